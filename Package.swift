@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "RStream",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RStream", targets: ["RStream"]),
+        .executable(name: "rstream", targets: ["rstream"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Layer 0: the C import of libfabric, and the few things it does not import.
+        .systemLibrary(
+            name: "CLibfabric",
+            pkgConfig: "libfabric",
+            providers: [.apt(["libfabric-dev"])]
+        ),
+        .target(name: "CFabricShim"),
+        // Layer 1: the unsafe kernel (rings, word codec, credits, fabric handle owners, progress).
+        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim"]),
+        // Layer 2: the safe public API.
+        .target(name: "RStream", dependencies: ["RStreamKernel"]),
+        // Layer 3: the command.
+        .executableTarget(
+            name: "rstream",
+            dependencies: ["RStream", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "CLibfabric", "CFabricShim"]),
+        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "rstream"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

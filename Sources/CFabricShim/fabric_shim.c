@@ -1,0 +1,9 @@
+#include "fabric_shim.h"
+#include <rdma/fabric.h>
+#include <rdma/fi_eq.h>
+
+uint32_t rs_fi_version(uint32_t major, uint32_t minor) { return FI_VERSION(major, minor); }
+uint32_t rs_fi_header_version(void) { return FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION); }
+uint64_t rs_fi_addr_unspec(void) { return FI_ADDR_UNSPEC; }
+uint64_t rs_fi_key_notavail(void) { return FI_KEY_NOTAVAIL; }
+size_t rs_eq_cm_entry_data_offset(void) { return offsetof(struct fi_eq_cm_entry, data); }

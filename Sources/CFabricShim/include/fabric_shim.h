@@ -1,0 +1,15 @@
+// What libfabric's headers say in macros and flexible arrays, which Swift cannot import.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+/// FI_VERSION(major, minor).
+uint32_t rs_fi_version(uint32_t major, uint32_t minor);
+/// FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION) of the headers we were built against.
+uint32_t rs_fi_header_version(void);
+/// FI_ADDR_UNSPEC, `(uint64_t)-1`.
+uint64_t rs_fi_addr_unspec(void);
+/// FI_KEY_NOTAVAIL, `(uint64_t)-1`.
+uint64_t rs_fi_key_notavail(void);
+/// offsetof(struct fi_eq_cm_entry, data): where connection private data starts in a CM event.
+size_t rs_eq_cm_entry_data_offset(void);

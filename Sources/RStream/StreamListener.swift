@@ -1,0 +1,58 @@
+import RStreamKernel
+
+/// Listens on one address and accepts streams one after another. Many accepted streams live at once
+/// on the listener's single event queue, each matched to its own endpoint.
+public final class StreamListener: Sendable {
+    private let passive: PassiveListener
+    public let options: StreamOptions
+
+    /// The address actually bound (the real port when 0 was asked).
+    public var host: String { passive.host }
+    public var port: UInt16 { passive.port }
+
+    public init(host: String = "0.0.0.0", port: UInt16 = 0, backlog: Int = 128,
+                options: StreamOptions = StreamOptions()) throws(RStreamError) {
+        try options.validate()
+        guard backlog > 0 else { throw RStreamError(.invalidOption, code: 22, "backlog \(backlog) must be positive") }
+        passive = try PassiveListener(host: host, port: port, backlog: backlog, requirements: options.requirements)
+        self.options = options
+    }
+
+    /// Waits for the next connection and returns its stream. A request that breaks the protocol
+    /// (a bad connection block, another version or mode) is refused with its reason, and thrown as
+    /// `.protocolViolation`; the listener stays usable.
+    public func accept(timeout: Duration? = nil) throws(RStreamError) -> StreamConnection {
+        let engine = try passive.accept(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
+        return StreamConnection(engine: engine, options: options)
+    }
+}
+
+/// A core provider on this machine that can carry a stream, and what it says of itself.
+public struct CoreProvider: Sendable, Equatable {
+    public var name: String
+    public var fabric: String
+    public var domain: String
+    public var addressFormat: String
+    /// `FI_RX_CQ_DATA`: a write with remote CQ data uses up a posted receive.
+    public var writeConsumesReceive: Bool
+    /// `FI_MR_VIRT_ADDR`: remote addresses are virtual; else offsets into the registration.
+    public var virtualAddressing: Bool
+    public var providerKeys: Bool
+    public var localRegistration: Bool
+    public var cqDataSize: Int
+    public var maxTxQueueSize: Int
+    public var maxRxQueueSize: Int
+    public var injectSize: Int
+    public var dataProgress: String
+
+    /// Every core provider here that can carry a stream (an `FI_EP_MSG` endpoint with `FI_MSG` and `FI_RMA`).
+    public static func available() -> [CoreProvider] {
+        FabricInfo.discover().map { a in
+            CoreProvider(name: a.provider, fabric: a.fabric, domain: a.domain, addressFormat: a.addressFormat,
+                         writeConsumesReceive: a.writeConsumesReceive, virtualAddressing: a.virtualAddressing,
+                         providerKeys: a.providerKeys, localRegistration: a.localRegistration, cqDataSize: a.cqDataSize,
+                         maxTxQueueSize: a.maxTxSize, maxRxQueueSize: a.maxRxSize, injectSize: a.injectSize,
+                         dataProgress: a.dataProgress)
+        }
+    }
+}

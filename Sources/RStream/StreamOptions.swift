@@ -1,0 +1,44 @@
+/// Settings fixed before a connection starts. Every value is checked; a bad one is named in the
+/// error with its allowed range.
+public struct StreamOptions: Sendable, Equatable {
+    /// Bytes of the send ring (default 32 KiB).
+    public var sendRingSize = 32 * 1024
+    /// Bytes of the receive ring the peer writes into (default 32 KiB).
+    public var receiveRingSize = 32 * 1024
+    /// Transmit-queue slots (default 384); the core's own limit caps it.
+    public var txQueueSize = 384
+    /// Receives kept posted for the peer's words (default 384).
+    public var rxCredits = 384
+    /// iWarp mode: words travel as 4-byte sends instead of remote CQ data.
+    public var iwarp = false
+    /// The core provider; nil picks `RSTREAM_PROVIDER`, else the best usable of verbs, tcp, sockets.
+    public var provider: String?
+    /// How long blocking calls busy-poll before they sleep.
+    public var busyPollWindow: Duration = .microseconds(50)
+
+    public static let ringSizeRange = 4096...((1 << 20) - 1)
+    public static let txQueueSizeRange = 8...65536
+    public static let rxCreditRange = 3...511
+    public static let busyPollWindowRange: ClosedRange<Duration> = .zero ... .seconds(1)
+
+    public init() {}
+
+    /// Throws `.invalidOption` naming the first value out of range.
+    public func validate() throws(RStreamError) {
+        func check(_ name: String, _ value: Int, _ range: ClosedRange<Int>) throws(RStreamError) {
+            guard range.contains(value) else {
+                throw RStreamError(.invalidOption, code: 22, "\(name) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
+        try check("send ring size", sendRingSize, Self.ringSizeRange)
+        try check("receive ring size", receiveRingSize, Self.ringSizeRange)
+        try check("tx queue size", txQueueSize, Self.txQueueSizeRange)
+        try check("rx credits", rxCredits, Self.rxCreditRange)
+        guard Self.busyPollWindowRange.contains(busyPollWindow) else {
+            throw RStreamError(.invalidOption, code: 22, "busy-poll window \(busyPollWindow) is outside 0 seconds...1 second")
+        }
+        if let provider, provider.isEmpty || provider.contains(where: { $0 == ";" || $0.isWhitespace }) {
+            throw RStreamError(.invalidOption, code: 22, "provider \"\(provider)\" is not a core provider's name")
+        }
+    }
+}

@@ -1,0 +1,167 @@
+import CLibfabric
+#if canImport(Glibc)
+import Glibc
+#endif
+
+package typealias FabricStreamEngine = StreamEngine<FabricTransport>
+
+/// A host and port in numeric form.
+package func numericAddress(_ address: UnsafeRawPointer, length: Int) -> (host: String, port: UInt16)? {
+    var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+    var port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+    let rc = getnameinfo(address.assumingMemoryBound(to: sockaddr.self), socklen_t(length), &host, socklen_t(host.count),
+                         &port, socklen_t(port.count), NI_NUMERICHOST | NI_NUMERICSERV)
+    guard rc == 0 else { return nil }
+    let hostText = host.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    let portText = port.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    return (hostText, UInt16(portText) ?? 0)
+}
+
+/// Owner of a passive endpoint listening on one address, with the event queue it shares with every
+/// endpoint it accepts and the domain they are opened in.
+///
+/// Invariant: `pep` is open and bound to `eventQueue` until deinit; requests taken from the queue
+/// are either accepted (their `fi_info` then belongs to the endpoint) or rejected and freed.
+package final class PassiveListener: @unchecked Sendable {
+    private let info: FabricInfo
+    package let domain: Domain
+    package let eventQueue: EventQueue
+    private let pep: UnsafeMutablePointer<fid_pep>
+    package let requirements: CoreRequirements
+    package let host: String
+    package let port: UInt16
+
+    package init(host: String, port: UInt16, backlog: Int, requirements: CoreRequirements) throws(RStreamError) {
+        self.requirements = requirements
+        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: true)
+        let domain = try Domain.shared(for: info.head)
+        let eventQueue = try EventQueue(domain: domain)
+        var pep: UnsafeMutablePointer<fid_pep>?
+        try fabricCheck(.passiveEndpoint, "fi_passive_ep") { fi_passive_ep(domain.fabric, info.head, &pep, nil) }
+        do throws(RStreamError) {
+            try fabricCheck(.bind, "fi_pep_bind") { fi_pep_bind(pep, fidOf(eventQueue.handle), 0) }
+            var depth = Int32(clamping: backlog)
+            _ = fi_control(fidOf(pep!), Int32(FI_BACKLOG), &depth) // a core without a settable backlog keeps its own
+            try fabricCheck(.listen, "fi_listen on \(host):\(port)") { fi_listen(pep) }
+            var storage = sockaddr_storage()
+            var length = MemoryLayout<sockaddr_storage>.size
+            try fabricCheck(.getname, "fi_getname") { fi_getname(fidOf(pep!), &storage, &length) }
+            let bound = withUnsafeBytes(of: &storage) { numericAddress($0.baseAddress!, length: length) }
+            self.host = bound?.host ?? host
+            self.port = bound?.port ?? port
+        } catch {
+            _ = fi_close(fidOf(pep!))
+            throw error
+        }
+        self.info = info
+        self.domain = domain
+        self.eventQueue = eventQueue
+        self.pep = pep!
+    }
+
+    deinit { _ = fi_close(fidOf(pep)) }
+
+    /// Refuses a request, telling the peer why (truncated to what connection data can carry).
+    package func reject(_ request: ConnectionRequest, reason: String) {
+        let bytes = Array(reason.utf8.prefix(200))
+        _ = bytes.withUnsafeBytes { raw in
+            fabricCall(.reject) { fi_reject(pep, request.info.pointee.handle, raw.baseAddress, raw.count) }
+        }
+        fi_freeinfo(request.info)
+    }
+
+    private func openEndpoint(for request: ConnectionRequest, shape: EndpointShape) throws(RStreamError) -> FabricTransport {
+        do throws(RStreamError) {
+            let transport = try FabricTransport(info: request.info, domain: domain, eventQueue: eventQueue, shape: shape)
+            try transport.postInitialReceives()
+            return transport
+        } catch {
+            reject(request, reason: "the listener could not open an endpoint: \(error.context)")
+            throw error
+        }
+    }
+
+    /// Waits for the next connection request and makes it a stream. A request whose block fails a
+    /// check is rejected with the reason and reported as a `protocolViolation`; the listener goes on.
+    package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> FabricStreamEngine {
+        let request = try EventQueue.wait(until: deadline, "a connection request") { () throws(RStreamError) in try eventQueue.takeRequest() }
+        let peer: ConnectionBlock
+        do throws(RStreamError) {
+            peer = try ConnectionBlock.decode(request.peerData, expectIwarp: shape.iwarp)
+        } catch {
+            reject(request, reason: error.context)
+            throw RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)")
+        }
+        var transport = try openEndpoint(for: request, shape: shape)
+        let info = FabricInfo(adopting: request.info) // the request's info lives until here
+        _ = info
+        transport.connect(to: peer)
+        let block = transport.localBlock.encoded
+        let endpoint = transport.endpoint
+        let rcAccept = block.withUnsafeBytes { raw in fabricCall(.accept) { fi_accept(endpoint, raw.baseAddress, raw.count) } }
+        if rcAccept < 0 { throw .fabric(rcAccept, "fi_accept") }
+        let key = transport.fidKey
+        let event = try EventQueue.wait(until: deadline, "the accepted connection to complete") { () throws(RStreamError) in
+            try eventQueue.takeEvent(for: key)
+        }
+        switch event {
+        case .connected: break
+        case .shutdown: throw RStreamError(.connectionReset, code: 104, "the peer left before the connection completed")
+        case .failed(let code, _): throw RStreamError.fabric(Int(code), "completing an accepted connection")
+        }
+        return FabricStreamEngine(transport: transport, peer: peer)
+    }
+}
+
+package enum ActiveConnector {
+    /// Connects to `host:port`. Nothing listening, a refusal with a reason, an unreachable host and
+    /// the deadline passing are distinct errors; a peer whose block fails a check is shut down.
+    package static func connect(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        deadline: ContinuousClock.Instant?
+    ) throws(RStreamError) -> FabricStreamEngine {
+        let place = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
+        let domain = try Domain.shared(for: info.head)
+        let eventQueue = try EventQueue(domain: domain, size: 16)
+        var transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
+        try transport.postInitialReceives()
+        let block = transport.localBlock.encoded
+        let endpoint = transport.endpoint
+        let destination = info.head.pointee.dest_addr
+        let rcConnect = block.withUnsafeBytes { raw in
+            fabricCall(.connect) { fi_connect(endpoint, destination, raw.baseAddress, raw.count) }
+        }
+        if rcConnect < 0 { throw .fabric(rcConnect, "fi_connect to \(place)") }
+        let key = transport.fidKey
+        let event: ConnectionEvent
+        do throws(RStreamError) {
+            event = try EventQueue.wait(until: deadline, "the connection to \(place)") { () throws(RStreamError) in
+                try eventQueue.takeEvent(for: key)
+            }
+        } catch {
+            throw error.kind == .timedOut ? RStreamError(.timedOut, code: error.code, "connecting to \(place) timed out") : error
+        }
+        switch event {
+        case .connected(let data):
+            do throws(RStreamError) {
+                let peer = try ConnectionBlock.decode(data, expectIwarp: shape.iwarp)
+                transport.connect(to: peer)
+                return FabricStreamEngine(transport: transport, peer: peer)
+            } catch {
+                transport.disconnect()
+                throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
+            }
+        case .shutdown:
+            throw RStreamError(.connectionReset, code: 104, "\(place) closed the connection while it was being made")
+        case .failed(let code, let data):
+            if code == FI_ECONNREFUSED {
+                if !data.isEmpty {
+                    throw RStreamError(.rejected, code: code, "\(place) refused the connection: \(String(decoding: data, as: UTF8.self))")
+                }
+                throw RStreamError(.connectionRefused, code: code, "nothing is listening at \(place)")
+            }
+            throw RStreamError.fabric(Int(code), "connecting to \(place)")
+        }
+    }
+}

@@ -1,0 +1,58 @@
+import CLibfabric
+import Synchronization
+
+@inline(__always)
+package func fidOf<T>(_ object: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<fid> {
+    // Every libfabric object begins with its `struct fid`.
+    UnsafeMutableRawPointer(object).assumingMemoryBound(to: fid.self)
+}
+
+/// Owner of an open fabric and one domain on it, shared by every endpoint opened in that domain.
+///
+/// Invariant: both handles are open for the object's lifetime; the domain closes before the fabric,
+/// and only after every endpoint, queue and registration holding a reference to it is gone.
+package final class Domain: @unchecked Sendable {
+    package let fabric: UnsafeMutablePointer<fid_fabric>
+    package let domain: UnsafeMutablePointer<fid_domain>
+    package let attributes: CoreAttributes
+    private let nextKey = Atomic<UInt64>(1)
+
+    private init(info: UnsafeMutablePointer<fi_info>) throws(RStreamError) {
+        attributes = FabricInfo.attributes(of: info)
+        var fabric: UnsafeMutablePointer<fid_fabric>?
+        try fabricCheck(.fabric, "fi_fabric(\(attributes.provider))") { fi_fabric(info.pointee.fabric_attr, &fabric, nil) }
+        var domain: UnsafeMutablePointer<fid_domain>?
+        do throws(RStreamError) {
+            try fabricCheck(.domain, "fi_domain(\(attributes.domain))") { fi_domain(fabric, info, &domain, nil) }
+        } catch {
+            _ = fi_close(fidOf(fabric!))
+            throw error
+        }
+        self.fabric = fabric!
+        self.domain = domain!
+    }
+
+    deinit {
+        _ = fi_close(fidOf(domain))
+        _ = fi_close(fidOf(fabric))
+    }
+
+    /// A key for a registration when the core lets us choose (no `FI_MR_PROV_KEY`).
+    package func makeKey() -> UInt64 { nextKey.wrappingAdd(1, ordering: .relaxed).oldValue }
+
+    private struct WeakDomain { weak var domain: Domain? }
+    private static let cache = Mutex<[String: WeakDomain]>([:])
+
+    /// The open domain for `info`'s provider, fabric and domain name, opened once per process and
+    /// shared while anyone uses it.
+    package static func shared(for info: UnsafeMutablePointer<fi_info>) throws(RStreamError) -> Domain {
+        let a = FabricInfo.attributes(of: info)
+        let key = "\(a.provider)|\(a.fabric)|\(a.domain)"
+        return try cache.withLock { (cache: inout [String: WeakDomain]) throws(RStreamError) -> Domain in
+            if let existing = cache[key]?.domain { return existing }
+            let domain = try Domain(info: info)
+            cache[key] = WeakDomain(domain: domain)
+            return domain
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import CLibfabric
+
+// The bridges between Swift collections and the rings live here, in the kernel, so that the
+// public layer never holds a pointer.
+extension StreamEngine where Transport: ~Copyable {
+    /// Sends as many of `bytes` as fit now; 0 means would block.
+    package mutating func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
+        var result: Result<Int, RStreamError>?
+        _ = bytes.withContiguousStorageIfAvailable { buffer in
+            result = Result { () throws(RStreamError) in try send(UnsafeRawBufferPointer(buffer)) }
+        }
+        if let result { return try result.get() }
+        // A collection without contiguous storage is copied through the zero-copy path.
+        return try withWritableBytes { region in
+            var n = 0
+            for byte in bytes.prefix(region.count) { region[n] = byte; n += 1 }
+            return n
+        }
+    }
+
+    /// Receives into the front of `buffer`.
+    package mutating func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
+        var result: Result<ReceiveOutcome, RStreamError>?
+        _ = buffer.withContiguousMutableStorageIfAvailable { storage in
+            result = Result { () throws(RStreamError) in try receive(into: UnsafeMutableRawBufferPointer(storage)) }
+        }
+        if let result { return try result.get() }
+        var index = buffer.startIndex
+        return try withReadableBytes { region in
+            var n = 0
+            while n < region.count && index != buffer.endIndex {
+                buffer[index] = region[n]
+                buffer.formIndex(after: &index)
+                n += 1
+            }
+            return n
+        }
+    }
+}
+
+extension StreamEngine where Transport == FabricTransport {
+    /// Reads this endpoint's connection events; a disconnect ends the stream (a reset unless the
+    /// peer's FIN came first).
+    package mutating func pollConnectionEvents() {
+        let event: ConnectionEvent?
+        do throws(RStreamError) {
+            event = try transport.eventQueue.takeEvent(for: transport.fidKey)
+        } catch {
+            return
+        }
+        switch event {
+        case .shutdown?, .failed?: peerDidDisconnect()
+        case .connected?, nil: break
+        }
+    }
+
+    /// Ends the core connection once this side is done with it.
+    package mutating func disconnect() { transport.disconnect() }
+}

@@ -1,0 +1,46 @@
+import Synchronization
+
+/// Every libfabric call the kernel makes goes through `fabricCall`, so that a test can make any one
+/// of them fail with a chosen code (the way swift-system's IORing tests inject errors).
+package enum FabricCallSite: Int, Sendable, CaseIterable {
+    case getinfo, fabric, domain, eqOpen, cqOpen, endpoint, passiveEndpoint, bind, enable, listen,
+         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname
+}
+
+package enum FaultInjection {
+    // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all the hot path pays.
+    private static let armed = Atomic<UInt64>(0)
+
+    /// Makes the next call at `site` return `-code` instead of running.
+    package static func failNext(_ site: FabricCallSite, code: Int32) {
+        armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
+    }
+
+    package static func disarm() { armed.store(0, ordering: .sequentiallyConsistent) }
+
+    @inline(__always)
+    fileprivate static func injected(at site: FabricCallSite) -> Int? {
+        let word = armed.load(ordering: .relaxed)
+        guard word != 0, word >> 32 == UInt64(site.rawValue + 1) else { return nil }
+        guard armed.compareExchange(expected: word, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
+            return nil
+        }
+        return -Int(UInt32(truncatingIfNeeded: word))
+    }
+}
+
+/// Runs one libfabric call, or returns the injected failure for its site.
+@inline(__always)
+package func fabricCall<R: BinaryInteger>(_ site: FabricCallSite, _ call: () -> R) -> Int {
+    if let rc = FaultInjection.injected(at: site) { return rc }
+    return Int(call())
+}
+
+/// Runs one libfabric call that returns 0 on success; throws its error with `context`.
+@inline(__always)
+package func fabricCheck<R: BinaryInteger>(
+    _ site: FabricCallSite, _ context: @autoclosure () -> String, _ call: () -> R
+) throws(RStreamError) {
+    let rc = fabricCall(site, call)
+    if rc < 0 { throw RStreamError.fabric(rc, context()) }
+}

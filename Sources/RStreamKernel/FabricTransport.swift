@@ -1,0 +1,344 @@
+import CLibfabric
+import CFabricShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a fabric endpoint is sized and which mode it speaks.
+package struct EndpointShape: Sendable, Equatable {
+    package var sendRingSize: Int
+    package var receiveRingSize: Int
+    package var txQueueSize: Int
+    package var rxCredits: Int
+    package var iwarp: Bool
+    package init(sendRingSize: Int, receiveRingSize: Int, txQueueSize: Int, rxCredits: Int, iwarp: Bool) {
+        self.sendRingSize = sendRingSize
+        self.receiveRingSize = receiveRingSize
+        self.txQueueSize = txQueueSize
+        self.rxCredits = rxCredits
+        self.iwarp = iwarp
+    }
+}
+
+/// The libfabric transport of one connection: an `FI_EP_MSG` endpoint, its completion queue, and
+/// three registered regions (send ring: local write source; receive ring: remote write target;
+/// word area: iWarp receive payloads and word sends).
+///
+/// Invariants: every handle is open until deinit, which closes the endpoint first (so no operation
+/// can still refer to the regions), then the completion queue, then the registrations; the regions
+/// themselves are freed after that, as the struct's fields are destroyed. Exactly `rxCredits`
+/// receives are posted while connected. In iWarp mode a word being sent lives in a word slot
+/// taken from `freeWordSlots` until its completion returns it.
+package struct FabricTransport: ~Copyable, StreamTransport {
+    package let domain: Domain
+    package let eventQueue: EventQueue
+    package let endpoint: UnsafeMutablePointer<fid_ep>
+    private let cq: UnsafeMutablePointer<fid_cq>
+    private let sendRegistration: UnsafeMutablePointer<fid_mr>
+    private let receiveRegistration: UnsafeMutablePointer<fid_mr>
+    private let wordRegistration: UnsafeMutablePointer<fid_mr>
+    private let sendRegion: PageAlignedRegion
+    private let receiveRegion: PageAlignedRegion
+    /// iWarp: rxCredits receive slots, then txQueueSize send slots, 4 bytes each.
+    private let wordRegion: PageAlignedRegion
+    private let completions: UnsafeMutablePointer<fi_cq_data_entry>
+    private let freeWordSlots: UnsafeMutablePointer<Int32>
+    private var freeWordSlotCount: Int
+    private var peer: ConnectionBlock?
+    /// iWarp: a DATA word whose write was posted but whose send found the queue full.
+    private var pendingDataWord: UInt32?
+
+    package let shape: EndpointShape
+    package let costs: TransportCosts
+    private let attributes: CoreAttributes
+    private static let completionBatch = 16
+
+    private enum Tag: UInt {
+        case write = 1, wordSend = 2, receive = 3
+    }
+
+    @inline(__always)
+    private static func context(_ tag: Tag, _ slot: Int) -> UnsafeMutableRawPointer? {
+        UnsafeMutableRawPointer(bitPattern: tag.rawValue << 32 | UInt(slot))
+    }
+
+    @inline(__always)
+    private static func decode(_ context: UnsafeMutableRawPointer?) -> (Tag, Int)? {
+        let raw = UInt(bitPattern: context)
+        guard let tag = Tag(rawValue: raw >> 32) else { return nil }
+        return (tag, Int(raw & 0xFFFF_FFFF))
+    }
+
+    package var fidKey: UInt { EventQueue.key(fidOf(endpoint)) }
+
+    /// Opens and enables an endpoint for `info` (fi_getinfo's answer, or a connection request's),
+    /// and registers its rings. The caller posts the receives and makes the connection.
+    package init(info: UnsafeMutablePointer<fi_info>, domain: Domain, eventQueue: EventQueue, shape: EndpointShape) throws(RStreamError) {
+        let attributes = FabricInfo.attributes(of: info)
+        let opsPerWord = shape.iwarp ? 2 : 1
+        // The core's queue limits win over the options; the connection block announces the result.
+        let rxCredits = min(shape.rxCredits, attributes.maxRxSize)
+        guard ConnectionBlock.rxCreditRange.contains(rxCredits) else {
+            throw RStreamError(.invalidOption, "the core's receive queue of \(attributes.maxRxSize) is too small")
+        }
+        let shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
+                                  txQueueSize: shape.txQueueSize, rxCredits: rxCredits, iwarp: shape.iwarp)
+        let txSize = min(shape.txQueueSize, attributes.maxTxSize)
+        guard txSize >= 2 + 2 * opsPerWord else {
+            throw RStreamError(.invalidOption, "the core's transmit queue of \(attributes.maxTxSize) is too small")
+        }
+        info.pointee.tx_attr.pointee.size = txSize
+        info.pointee.rx_attr.pointee.size = shape.rxCredits
+
+        var undo: [() -> Void] = []
+        func fail(_ error: RStreamError) -> RStreamError {
+            for step in undo.reversed() { step() }
+            return error
+        }
+
+        var ep: UnsafeMutablePointer<fid_ep>?
+        let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, nil) }
+        if rcEp < 0 { throw fail(.fabric(rcEp, "fi_endpoint")) }
+        undo.append { _ = fi_close(fidOf(ep!)) }
+
+        var cqAttr = fi_cq_attr()
+        cqAttr.size = txSize + shape.rxCredits + 16
+        cqAttr.format = FI_CQ_FORMAT_DATA
+        cqAttr.wait_obj = FI_WAIT_NONE
+        var cq: UnsafeMutablePointer<fid_cq>?
+        let rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+        if rcCq < 0 { throw fail(.fabric(rcCq, "fi_cq_open")) }
+        undo.insert({ _ = fi_close(fidOf(cq!)) }, at: 0) // closes after the endpoint
+
+        for (object, flags, what) in [(fidOf(cq!), UInt64(FI_TRANSMIT | FI_RECV), "completion queue"), (fidOf(eventQueue.handle), 0, "event queue")] {
+            let rc = fabricCall(.bind) { fi_ep_bind(ep, object, flags) }
+            if rc < 0 { throw fail(.fabric(rc, "fi_ep_bind(\(what))")) }
+        }
+        let rcEnable = fabricCall(.enable) { fi_enable(ep) }
+        if rcEnable < 0 { throw fail(.fabric(rcEnable, "fi_enable")) }
+
+        let sendRegion = PageAlignedRegion(byteCount: shape.sendRingSize)
+        let receiveRegion = PageAlignedRegion(byteCount: shape.receiveRingSize)
+        let wordRegion = PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize))
+
+        func register(_ region: borrowing PageAlignedRegion, access: UInt64, _ what: String) throws(RStreamError) -> UnsafeMutablePointer<fid_mr> {
+            var mr: UnsafeMutablePointer<fid_mr>?
+            let key = attributes.providerKeys ? 0 : domain.makeKey()
+            let rc = fabricCall(.memoryRegister) {
+                fi_mr_reg(domain.domain, region.base, region.count, access, 0, key, 0, &mr, nil)
+            }
+            if rc < 0 { throw .fabric(rc, "fi_mr_reg(\(what), \(region.count) bytes)") }
+            return mr!
+        }
+        let sendMR: UnsafeMutablePointer<fid_mr>
+        let receiveMR: UnsafeMutablePointer<fid_mr>
+        let wordMR: UnsafeMutablePointer<fid_mr>
+        do throws(RStreamError) {
+            sendMR = try register(sendRegion, access: FI_WRITE, "send ring")
+            undo.append { _ = fi_close(fidOf(sendMR)) }
+            receiveMR = try register(receiveRegion, access: FI_REMOTE_WRITE, "receive ring")
+            undo.append { _ = fi_close(fidOf(receiveMR)) }
+            wordMR = try register(wordRegion, access: FI_SEND | FI_RECV, "word area")
+            undo.append { _ = fi_close(fidOf(wordMR)) }
+        } catch {
+            throw fail(error)
+        }
+
+        self.domain = domain
+        self.eventQueue = eventQueue
+        self.endpoint = ep!
+        self.cq = cq!
+        self.sendRegistration = sendMR
+        self.receiveRegistration = receiveMR
+        self.wordRegistration = wordMR
+        self.sendRegion = sendRegion
+        self.receiveRegion = receiveRegion
+        self.wordRegion = wordRegion
+        self.completions = .allocate(capacity: Self.completionBatch)
+        self.freeWordSlots = .allocate(capacity: txSize)
+        for i in 0..<txSize { freeWordSlots[i] = Int32(i) }
+        self.freeWordSlotCount = txSize
+        self.shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
+                                   txQueueSize: txSize, rxCredits: shape.rxCredits, iwarp: shape.iwarp)
+        self.attributes = attributes
+        self.costs = TransportCosts(
+            txPerDataWrite: opsPerWord,
+            peerReceivesPerDataWrite: shape.iwarp || attributes.writeConsumesReceive ? 1 : 0,
+            txQueueSize: txSize,
+            postedReceives: rxCredits)
+    }
+
+    /// Posts the `rxCredits` receives; called once, before the connection block is sent.
+    package func postInitialReceives() throws(RStreamError) {
+        for slot in 0..<shape.rxCredits {
+            try postReceive(slot: slot)
+        }
+    }
+
+    deinit {
+        _ = fi_close(fidOf(endpoint))
+        _ = fi_close(fidOf(cq))
+        _ = fi_close(fidOf(sendRegistration))
+        _ = fi_close(fidOf(receiveRegistration))
+        _ = fi_close(fidOf(wordRegistration))
+        completions.deallocate()
+        freeWordSlots.deallocate()
+        eventQueue.forget(EventQueue.key(fidOf(endpoint)))
+    }
+
+    /// This side's connection block: where the peer may write, under which key.
+    package var localBlock: ConnectionBlock {
+        ConnectionBlock(
+            baseAddress: attributes.virtualAddressing ? UInt64(UInt(bitPattern: receiveRegion.base)) : 0,
+            key: fi_mr_key(receiveRegistration),
+            ringSize: shape.receiveRingSize, rxCredits: shape.rxCredits, iwarp: shape.iwarp)
+    }
+
+    /// Called once the peer's block has been checked: from now on writes go to its ring.
+    package mutating func connect(to peer: ConnectionBlock) { self.peer = peer }
+
+    package var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
+    package var receiveRing: UnsafeRawBufferPointer { UnsafeRawBufferPointer(receiveRegion.buffer) }
+
+    private func postReceive(slot: Int) throws(RStreamError) {
+        let rc: Int
+        if shape.iwarp {
+            rc = fabricCall(.receive) {
+                fi_recv(endpoint, wordRegion.base + 4 * slot, 4, fi_mr_desc(wordRegistration), 0, Self.context(.receive, slot))
+            }
+        } else {
+            rc = fabricCall(.receive) { fi_recv(endpoint, nil, 0, nil, 0, Self.context(.receive, slot)) }
+        }
+        if rc < 0 { throw .fabric(rc, "fi_recv(slot \(slot))") }
+    }
+
+    package mutating func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+        guard let peer else { preconditionFailure("write before the peer's block was accepted") }
+        if pendingDataWord != nil {
+            guard try flushPendingDataWord() else { return false }
+        }
+        let source = sendRegion.base + sendOffset
+        let desc = fi_mr_desc(sendRegistration)
+        let address = peer.baseAddress &+ UInt64(remoteOffset)
+        let context = Self.context(.write, writeSlot)
+        let rc: Int
+        if shape.iwarp {
+            guard freeWordSlotCount > 0 else { return false }
+            rc = fabricCall(.write) { fi_write(endpoint, source, length, desc, rs_fi_addr_unspec(), address, peer.key, context) }
+        } else {
+            rc = fabricCall(.write) {
+                fi_writedata(endpoint, source, length, desc, UInt64(word), rs_fi_addr_unspec(), address, peer.key, context)
+            }
+        }
+        if rc == -Int(FI_EAGAIN) { return false }
+        if rc < 0 { throw .fabric(rc, "fi_write(\(length) bytes)") }
+        if shape.iwarp {
+            // The write is placed; its DATA word must follow before anything else.
+            pendingDataWord = word
+            _ = try flushPendingDataWord()
+        }
+        return true
+    }
+
+    private mutating func flushPendingDataWord() throws(RStreamError) -> Bool {
+        guard let word = pendingDataWord else { return true }
+        guard try sendWordPayload(word) else { return false }
+        pendingDataWord = nil
+        return true
+    }
+
+    package mutating func send(word: UInt32) throws(RStreamError) -> Bool {
+        if shape.iwarp {
+            guard try flushPendingDataWord() else { return false }
+            return try sendWordPayload(word)
+        }
+        let rc = fabricCall(.send) { fi_senddata(endpoint, nil, 0, nil, UInt64(word), rs_fi_addr_unspec(), Self.context(.wordSend, 0)) }
+        if rc == -Int(FI_EAGAIN) { return false }
+        if rc < 0 { throw .fabric(rc, "fi_senddata(word)") }
+        return true
+    }
+
+    private mutating func sendWordPayload(_ word: UInt32) throws(RStreamError) -> Bool {
+        guard freeWordSlotCount > 0 else { return false }
+        let slot = Int(freeWordSlots[freeWordSlotCount - 1])
+        let payload = wordRegion.base + 4 * (shape.rxCredits + slot)
+        payload.storeBytes(of: word.bigEndian, as: UInt32.self)
+        let rc = fabricCall(.send) {
+            fi_send(endpoint, payload, 4, fi_mr_desc(wordRegistration), rs_fi_addr_unspec(), Self.context(.wordSend, slot))
+        }
+        if rc == -Int(FI_EAGAIN) { return false }
+        if rc < 0 { throw .fabric(rc, "fi_send(word)") }
+        freeWordSlotCount -= 1
+        return true
+    }
+
+    package mutating func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        if pendingDataWord != nil { _ = try flushPendingDataWord() }
+        let batch = min(events.count, Self.completionBatch)
+        let n = fabricCall(.cqRead) { fi_cq_read(cq, completions, batch) }
+        if n == -Int(FI_EAGAIN) { return 0 }
+        if n == -Int(FI_EAVAIL) {
+            var err = fi_cq_err_entry()
+            let rc = fi_cq_readerr(cq, &err, 0)
+            if rc < 0 { throw .fabric(rc, "fi_cq_readerr") }
+            let transmit = Self.decode(err.op_context).map { $0.0 != .receive } ?? (err.flags & UInt64(FI_RECV) == 0)
+            if let (tag, slot) = Self.decode(err.op_context), tag == .wordSend, shape.iwarp { returnWordSlot(slot) }
+            events[0] = .failed(code: err.err, transmit: transmit)
+            return 1
+        }
+        if n < 0 { throw .fabric(n, "fi_cq_read") }
+        for i in 0..<n {
+            events[i] = try event(for: completions[i])
+        }
+        return n
+    }
+
+    @inline(__always)
+    private mutating func event(for entry: fi_cq_data_entry) throws(RStreamError) -> TransportEvent {
+        let flags = entry.flags
+        // A local completion may carry FI_REMOTE_CQ_DATA too; only these two mark an arrival.
+        let incoming = flags & UInt64(FI_RECV | FI_REMOTE_WRITE) != 0
+        guard incoming else {
+            guard let (tag, slot) = Self.decode(entry.op_context) else {
+                throw RStreamError(.fabric, "completion with an unknown context \(String(describing: entry.op_context))")
+            }
+            switch tag {
+            case .write: return .transmitted(writeSlot: slot)
+            case .wordSend:
+                if shape.iwarp { returnWordSlot(slot) }
+                return .transmitted(writeSlot: nil)
+            case .receive: throw RStreamError(.fabric, "receive context on a transmit completion")
+            }
+        }
+        let consumed = flags & UInt64(FI_RECV) != 0
+            || (flags & UInt64(FI_REMOTE_WRITE) != 0 && attributes.writeConsumesReceive)
+        var word: UInt32?
+        if consumed {
+            guard let (tag, slot) = Self.decode(entry.op_context), tag == .receive, slot < shape.rxCredits else {
+                throw RStreamError(.fabric, "a consumed receive without its context")
+            }
+            if shape.iwarp {
+                // len is trustworthy for a send's payload; a payload of another size brings no word.
+                if entry.len == 4 {
+                    word = UInt32(bigEndian: wordRegion.base.loadUnaligned(fromByteOffset: 4 * slot, as: UInt32.self))
+                }
+            } else if flags & UInt64(FI_REMOTE_CQ_DATA) != 0, entry.data <= UInt64(UInt32.max) {
+                word = UInt32(entry.data)
+            }
+            try postReceive(slot: slot)
+        } else if !shape.iwarp, flags & UInt64(FI_REMOTE_CQ_DATA) != 0, entry.data <= UInt64(UInt32.max) {
+            word = UInt32(entry.data)
+        }
+        return .notified(word: word, consumedReceive: consumed)
+    }
+
+    private mutating func returnWordSlot(_ slot: Int) {
+        precondition(freeWordSlotCount < shape.txQueueSize, "word slot returned twice")
+        freeWordSlots[freeWordSlotCount] = Int32(slot)
+        freeWordSlotCount += 1
+    }
+
+    package mutating func disconnect() {
+        _ = fi_shutdown(endpoint, 0)
+    }
+}

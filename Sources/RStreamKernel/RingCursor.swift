@@ -1,0 +1,94 @@
+/// Position arithmetic of one byte ring: where the producer writes next, where the consumer reads
+/// next, and how many bytes lie between. It owns no memory; a ring's bytes live in a
+/// `RegisteredRegion` and are only touched at the offsets this cursor hands out.
+///
+/// Invariant: 0 <= used <= capacity; 0 <= writeOffset, readOffset < capacity;
+/// (readOffset + used) % capacity == writeOffset.
+package struct RingCursor: Sendable, Equatable {
+    package let capacity: Int
+    package private(set) var writeOffset = 0
+    package private(set) var readOffset = 0
+    package private(set) var used = 0
+
+    package init(capacity: Int) {
+        precondition(capacity > 0, "a ring needs a positive capacity")
+        self.capacity = capacity
+    }
+
+    package var free: Int { capacity - used }
+    package var isEmpty: Bool { used == 0 }
+
+    /// Free bytes from `writeOffset` up to the ring's end: one write never wraps.
+    package var contiguousFree: Int { min(free, capacity - writeOffset) }
+
+    /// Used bytes from `readOffset` up to the ring's end.
+    package var contiguousUsed: Int { min(used, capacity - readOffset) }
+
+    package mutating func produce(_ n: Int) {
+        precondition(n >= 0 && n <= contiguousFree, "produce(\(n)) beyond \(contiguousFree) contiguous free bytes")
+        used += n
+        writeOffset += n
+        if writeOffset == capacity { writeOffset = 0 }
+        checkInvariant()
+    }
+
+    package mutating func consume(_ n: Int) {
+        precondition(n >= 0 && n <= used, "consume(\(n)) beyond \(used) used bytes")
+        used -= n
+        readOffset += n
+        if readOffset >= capacity { readOffset -= capacity }
+        checkInvariant()
+    }
+
+    @inline(__always)
+    private func checkInvariant() {
+        assert(used >= 0 && used <= capacity && writeOffset < capacity && readOffset < capacity
+               && (readOffset + used) % capacity == writeOffset, "ring cursor invariant broken: \(self)")
+    }
+}
+
+/// The data writes in flight, in the order they were posted, so that send-ring bytes are freed in
+/// ring order even if a core completes writes out of order.
+///
+/// Invariant: retired <= posted <= retired + capacity; a slot between them holds the write's length,
+/// negated once its completion has arrived.
+package struct WriteFIFO: ~Copyable {
+    private let lengths: UnsafeMutableBufferPointer<Int32>
+    private var posted = 0
+    private var retired = 0
+
+    package init(capacity: Int) {
+        precondition(capacity > 0)
+        lengths = .allocate(capacity: capacity)
+        lengths.initialize(repeating: 0)
+    }
+
+    deinit { lengths.deallocate() }
+
+    package var inFlight: Int { posted - retired }
+    package var isFull: Bool { inFlight == lengths.count }
+
+    /// Records a posted write; returns the slot its completion will name.
+    package mutating func push(length: Int) -> Int {
+        precondition(!isFull && length > 0, "write FIFO overflow")
+        let slot = posted % lengths.count
+        lengths[slot] = Int32(length)
+        posted += 1
+        return slot
+    }
+
+    /// Marks the write in `slot` complete; returns the bytes that may now leave the send ring.
+    package mutating func complete(slot: Int) -> Int {
+        guard slot >= 0, slot < lengths.count, lengths[slot] > 0 else {
+            preconditionFailure("completion for slot \(slot), which has no write in flight")
+        }
+        lengths[slot] = -lengths[slot]
+        var freed = 0
+        while retired < posted, case let len = lengths[retired % lengths.count], len < 0 {
+            freed += Int(-len)
+            lengths[retired % lengths.count] = 0
+            retired += 1
+        }
+        return freed
+    }
+}
