@@ -1,4 +1,7 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Every libfabric call the kernel makes goes through `fabricCall`, so that a test can make any one
 /// of them fail with a chosen code (the way swift-system's IORing tests inject errors).
@@ -10,9 +13,12 @@ package enum FabricCallSite: Int, Sendable, CaseIterable {
 package enum FaultInjection {
     // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all the hot path pays.
     private static let armed = Atomic<UInt64>(0)
+    // Only the thread that armed a fault trips it, so tests running beside it are not disturbed.
+    private static let armingThread = Atomic<UInt>(0)
 
-    /// Makes the next call at `site` return `-code` instead of running.
+    /// Makes the next call at `site` on this thread return `-code` instead of running.
     package static func failNext(_ site: FabricCallSite, code: Int32) {
+        armingThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
     }
 
@@ -21,7 +27,8 @@ package enum FaultInjection {
     @inline(__always)
     fileprivate static func injected(at site: FabricCallSite) -> Int? {
         let word = armed.load(ordering: .relaxed)
-        guard word != 0, word >> 32 == UInt64(site.rawValue + 1) else { return nil }
+        guard word != 0, word >> 32 == UInt64(site.rawValue + 1),
+              armingThread.load(ordering: .acquiring) == UInt(pthread_self()) else { return nil }
         guard armed.compareExchange(expected: word, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
             return nil
         }

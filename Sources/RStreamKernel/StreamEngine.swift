@@ -293,8 +293,8 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
     }
 
     private func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
-        if finReceived { return .endOfStream }
         if let failure { throw failure }
+        if finReceived { return .endOfStream }
         return .wouldBlock
     }
 

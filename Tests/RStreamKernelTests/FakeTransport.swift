@@ -1,0 +1,111 @@
+@testable import RStreamKernel
+
+/// Two in-memory endpoints joined by queues: writes land in the peer's receive ring at the remote
+/// offset (bounds-checked, so an out-of-range write is caught), words arrive as notifications.
+final class FakeWire {
+    var pending: [[TransportEvent]] = [[], []]
+    var rings: [UnsafeMutableRawBufferPointer] = []
+    /// Completions held back until `deliver()`; lets a test see state before they return.
+    var holdCompletions = false
+    var held: [[TransportEvent]] = [[], []]
+    var consumesOnData: Bool
+    var iwarp: Bool
+
+    init(consumesOnData: Bool = false, iwarp: Bool = false) {
+        self.consumesOnData = consumesOnData
+        self.iwarp = iwarp
+    }
+
+    func inject(to side: Int, _ event: TransportEvent) { pending[side].append(event) }
+
+    func deliver() {
+        for side in 0..<2 { pending[side] += held[side]; held[side] = [] }
+    }
+}
+
+struct FakeTransport: ~Copyable, StreamTransport {
+    let side: Int
+    let wire: FakeWire
+    let sendRegion: PageAlignedRegion
+    let receiveRegion: PageAlignedRegion
+    let costs: TransportCosts
+    var disconnected = false
+
+    init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
+        self.side = side
+        self.wire = wire
+        sendRegion = PageAlignedRegion(byteCount: ringSize)
+        receiveRegion = PageAlignedRegion(byteCount: ringSize)
+        costs = TransportCosts(txPerDataWrite: wire.iwarp ? 2 : 1,
+                               peerReceivesPerDataWrite: wire.iwarp || wire.consumesOnData ? 1 : 0,
+                               txQueueSize: txQueueSize, postedReceives: rxCredits)
+        wire.rings.append(receiveRegion.buffer)
+    }
+
+    var block: ConnectionBlock {
+        ConnectionBlock(baseAddress: 0, key: UInt64(side), ringSize: receiveRegion.count,
+                        rxCredits: costs.postedReceives, iwarp: wire.iwarp)
+    }
+
+    var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
+    var receiveRing: UnsafeRawBufferPointer { UnsafeRawBufferPointer(receiveRegion.buffer) }
+
+    private func complete(_ event: TransportEvent) {
+        if wire.holdCompletions { wire.held[side].append(event) } else { wire.pending[side].append(event) }
+    }
+
+    mutating func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+        let target = wire.rings[1 - side]
+        precondition(sendOffset + length <= sendRegion.count, "write reads beyond the send ring")
+        precondition(remoteOffset + length <= target.count, "write lands beyond the peer's ring")
+        target.baseAddress!.advanced(by: remoteOffset).copyMemory(from: sendRegion.base + sendOffset, byteCount: length)
+        complete(.transmitted(writeSlot: writeSlot))
+        if wire.iwarp { complete(.transmitted(writeSlot: nil)) }
+        wire.pending[1 - side].append(.notified(word: word, consumedReceive: wire.iwarp || wire.consumesOnData))
+        return true
+    }
+
+    mutating func send(word: UInt32) throws(RStreamError) -> Bool {
+        complete(.transmitted(writeSlot: nil))
+        wire.pending[1 - side].append(.notified(word: word, consumedReceive: true))
+        return true
+    }
+
+    mutating func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        let n = min(events.count, wire.pending[side].count)
+        for i in 0..<n { events[i] = wire.pending[side][i] }
+        wire.pending[side].removeFirst(n)
+        return n
+    }
+
+    mutating func disconnect() { disconnected = true }
+}
+
+typealias FakeEngine = StreamEngine<FakeTransport>
+
+/// A connected pair of engines over one wire.
+final class EnginePair {
+    var a: FakeEngine
+    var b: FakeEngine
+    let wire: FakeWire
+
+    init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire()) {
+        let ta = FakeTransport(side: 0, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
+        let tb = FakeTransport(side: 1, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
+        let blockA = ta.block, blockB = tb.block
+        a = FakeEngine(transport: ta, peer: blockB)
+        b = FakeEngine(transport: tb, peer: blockA)
+        self.wire = wire
+    }
+}
+
+extension StreamEngine where Transport: ~Copyable {
+    mutating func send(_ bytes: [UInt8]) throws(RStreamError) -> Int { try send(contentsOf: bytes) }
+
+    mutating func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
+        var buffer = [UInt8](repeating: 0, count: max)
+        let outcome = try receive(into: &buffer)
+        if case .bytes(let n) = outcome { return (Array(buffer[0..<n]), outcome) }
+        return ([], outcome)
+    }
+}
