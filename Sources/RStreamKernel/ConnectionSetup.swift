@@ -113,45 +113,66 @@ package final class PassiveListener: @unchecked Sendable {
     }
 }
 
+/// An endpoint that offered a connection block, with the first event that answered it.
+package struct OfferedConnection: ~Copyable {
+    package var transport: FabricTransport
+    package let event: ConnectionEvent
+}
+
 package enum ActiveConnector {
+    static func place(_ host: String, _ port: UInt16) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// Opens an endpoint toward `host:port`, offers `block` (this side's own block when nil) as
+    /// connection data, and waits for the answer. Tests use it to play a hostile peer.
+    package static func offer(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        block: [UInt8]? = nil, deadline: ContinuousClock.Instant?
+    ) throws(RStreamError) -> OfferedConnection {
+        let place = place(host, port)
+        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
+        let domain = try Domain.shared(for: info.head)
+        let eventQueue = try EventQueue(domain: domain, size: 16)
+        let transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
+        try transport.postInitialReceives()
+        let offered = block ?? transport.localBlock.encoded
+        let endpoint = transport.endpoint
+        let destination = info.head.pointee.dest_addr
+        let rcConnect = offered.withUnsafeBytes { raw in
+            fabricCall(.connect) { fi_connect(endpoint, destination, raw.baseAddress, raw.count) }
+        }
+        if rcConnect < 0 { throw .fabric(rcConnect, "fi_connect to \(place)") }
+        let key = transport.fidKey
+        do throws(RStreamError) {
+            let event = try EventQueue.wait(until: deadline, "the connection to \(place)") { () throws(RStreamError) in
+                try eventQueue.takeEvent(for: key)
+            }
+            return OfferedConnection(transport: transport, event: event)
+        } catch {
+            throw error.kind == .timedOut ? RStreamError(.timedOut, code: error.code, "connecting to \(place) timed out") : error
+        }
+    }
+
     /// Connects to `host:port`. Nothing listening, a refusal with a reason, an unreachable host and
     /// the deadline passing are distinct errors; a peer whose block fails a check is shut down.
     package static func connect(
         host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
         deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> FabricStreamEngine {
-        let place = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
-        let domain = try Domain.shared(for: info.head)
-        let eventQueue = try EventQueue(domain: domain, size: 16)
-        var transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
-        try transport.postInitialReceives()
-        let block = transport.localBlock.encoded
-        let endpoint = transport.endpoint
-        let destination = info.head.pointee.dest_addr
-        let rcConnect = block.withUnsafeBytes { raw in
-            fabricCall(.connect) { fi_connect(endpoint, destination, raw.baseAddress, raw.count) }
-        }
-        if rcConnect < 0 { throw .fabric(rcConnect, "fi_connect to \(place)") }
-        let key = transport.fidKey
-        let event: ConnectionEvent
-        do throws(RStreamError) {
-            event = try EventQueue.wait(until: deadline, "the connection to \(place)") { () throws(RStreamError) in
-                try eventQueue.takeEvent(for: key)
-            }
-        } catch {
-            throw error.kind == .timedOut ? RStreamError(.timedOut, code: error.code, "connecting to \(place) timed out") : error
-        }
-        switch event {
+        let place = place(host, port)
+        var offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+        switch offered.event {
         case .connected(let data):
+            let peer: ConnectionBlock
             do throws(RStreamError) {
-                let peer = try ConnectionBlock.decode(data, expectIwarp: shape.iwarp)
-                transport.connect(to: peer)
-                return FabricStreamEngine(transport: transport, peer: peer)
+                peer = try ConnectionBlock.decode(data, expectIwarp: shape.iwarp)
             } catch {
-                transport.disconnect()
+                offered.transport.disconnect()
                 throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
             }
+            offered.transport.connect(to: peer)
+            return FabricStreamEngine(transport: offered.transport, peer: peer)
         case .shutdown:
             throw RStreamError(.connectionReset, code: 104, "\(place) closed the connection while it was being made")
         case .failed(let code, let data):
