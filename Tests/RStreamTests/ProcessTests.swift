@@ -1,0 +1,182 @@
+import Foundation
+import RStream
+import Testing
+
+/// The `rstream` executable built beside the test bundle.
+let rstreamBinary: URL = {
+    let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for candidate in [here, here.deletingLastPathComponent(), Bundle.main.bundleURL.deletingLastPathComponent()] {
+        let url = candidate.appendingPathComponent("rstream")
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    return here.appendingPathComponent("rstream")
+}()
+
+func rstream(_ arguments: [String]) -> Process {
+    let process = Process()
+    process.executableURL = rstreamBinary
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    environment["SWIFT_BACKTRACE"] = "enable=no"
+    process.environment = environment
+    return process
+}
+
+/// Starts `rstream listen --once` on an ephemeral port; returns it with the port it printed.
+func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process, UInt16, Pipe) {
+    let listen = rstream(["listen", "--host", "127.0.0.1", "--port", "0", "--once", "--provider", "tcp"] + extra)
+    let errors = Pipe()
+    listen.standardOutput = stdout
+    listen.standardError = errors
+    try listen.run()
+    var text = ""
+    while !text.contains("\n") {
+        let data = errors.fileHandleForReading.availableData
+        if data.isEmpty { break }
+        text += String(decoding: data, as: UTF8.self)
+    }
+    let port = UInt16(text.split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? "") ?? 0
+    #expect(text.hasPrefix("rstream: listening on 127.0.0.1:"), "\(text)")
+    return (listen, port, errors)
+}
+
+@Suite(.serialized) struct CommandTests {
+    @Test func sixtyFourMiBThroughListenAndConnectArriveIdentical() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rstream-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let input = dir.appendingPathComponent("in"), output = dir.appendingPathComponent("out")
+        var bytes = [UInt8](repeating: 0, count: 64 << 20)
+        PatternStream(seed: 77).fill(&bytes, count: bytes.count, from: 0)
+        try Data(bytes).write(to: input)
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+
+        let (listen, port, _) = try startListener(stdout: try FileHandle(forWritingTo: output))
+        let connect = rstream(["connect", "127.0.0.1", String(port), "--provider", "tcp"])
+        connect.standardInput = try FileHandle(forReadingFrom: input)
+        try connect.run()
+        connect.waitUntilExit()
+        listen.waitUntilExit()
+        #expect(connect.terminationStatus == 0)
+        #expect(listen.terminationStatus == 0)
+        let received = try Data(contentsOf: output)
+        #expect(received.count == bytes.count)
+        #expect(received == Data(bytes))
+    }
+
+    @Test func connectToNothingFailsWithAMessage() throws {
+        let port = try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions()).port
+        let connect = rstream(["connect", "127.0.0.1", String(port), "--provider", "tcp"])
+        let errors = Pipe()
+        connect.standardError = errors
+        connect.standardInput = FileHandle.nullDevice
+        try connect.run()
+        connect.waitUntilExit()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(connect.terminationStatus != 0)
+        #expect(text.contains("nothing is listening"), "\(text)")
+    }
+
+    @Test(arguments: [
+        (["--send-ring", "100"], "send ring size 100 is outside 4096...1048575"),
+        (["--rx-credits", "600"], "rx credits 600 is outside 3...511"),
+        (["--tx-size", "0"], "tx queue size 0 is outside 8...65536"),
+    ])
+    func badOptionsAreNamed(arguments: [String], message: String) throws {
+        let listen = rstream(["listen", "--port", "0"] + arguments)
+        let errors = Pipe()
+        listen.standardError = errors
+        try listen.run()
+        listen.waitUntilExit()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(listen.terminationStatus != 0)
+        #expect(text.contains(message), "\(text)")
+    }
+
+    @Test func theListenerReportsABadPeerAndGoesOnServing() throws {
+        let listen = rstream(["listen", "--host", "127.0.0.1", "--port", "0", "--provider", "tcp", "--iwarp"])
+        let errors = Pipe(), output = Pipe()
+        listen.standardError = errors
+        listen.standardOutput = output
+        try listen.run()
+        // SIGKILL: a child spawned from the test runner may inherit a mask that blocks SIGTERM.
+        defer { kill(listen.processIdentifier, SIGKILL); listen.waitUntilExit() }
+        var text = ""
+        while !text.contains("\n") { text += String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self) }
+        let port = UInt16(text.split(separator: ":").last!.trimmingCharacters(in: .whitespacesAndNewlines))!
+        expectError(.rejected, containing: "asks for normal mode") {
+            _ = try StreamConnection.connect(host: "127.0.0.1", port: port, options: loopbackOptions())
+        }
+        text = ""
+        while !text.contains("connection failed") { text += String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self) }
+        #expect(text.contains("protocolViolation"), "\(text)")
+        let good = try StreamConnection.connect(host: "127.0.0.1", port: port, options: loopbackOptions { $0.iwarp = true })
+        try good.sendAll(Array("still serving".utf8))
+        try good.shutdown()
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(try good.receive(into: &buffer) == 0)
+        good.close()
+        #expect(String(decoding: output.fileHandleForReading.availableData, as: UTF8.self) == "still serving")
+    }
+}
+
+@Suite(.serialized) struct KilledPeerTests {
+    /// A peer process killed mid-stream: the survivor reports a reset after the bytes that arrived,
+    /// and never hangs.
+    @Test func aKilledPeerIsAResetAfterTheBytesThatArrived() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions())
+        let connect = rstream(["connect", "127.0.0.1", String(listener.port), "--provider", "tcp"])
+        let feed = Pipe()
+        connect.standardInput = feed
+        connect.standardOutput = FileHandle.nullDevice
+        try connect.run()
+        let writer = Background { () -> Void in
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            var offset: UInt64 = 0
+            let fd = feed.fileHandleForWriting.fileDescriptor
+            while true {
+                PatternStream(seed: 5).fill(&chunk, count: chunk.count, from: offset)
+                let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { return }
+                offset += UInt64(n)
+                if n < chunk.count { return } // keep stream offsets simple: stop at a short write
+            }
+        }
+        let stream = try listener.accept(timeout: .seconds(10))
+        var received = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var outcome = "no reset within 30 s"
+        let deadline = ContinuousClock.now + .seconds(30)
+        loop: while ContinuousClock.now < deadline {
+            do {
+                switch try stream.tryReceive(into: &buffer) {
+                case .received(let n):
+                    if let bad = PatternStream(seed: 5).firstMismatch(buffer, count: n, from: UInt64(received)) {
+                        outcome = "byte \(received + bad) wrong"
+                        break loop
+                    }
+                    received += n
+                    if received >= 8 << 20 && connect.isRunning { kill(connect.processIdentifier, SIGKILL) }
+                case .endOfStream:
+                    outcome = "end of stream: a killed peer must not look like a FIN"
+                    break loop
+                case .wouldBlock:
+                    usleep(100)
+                }
+            } catch let error as RStreamError {
+                outcome = "\(error.kind)"
+                break
+            } catch {
+                outcome = "\(error)"
+                break
+            }
+        }
+        connect.waitUntilExit()
+        try? feed.fileHandleForWriting.close()
+        try writer.value()
+        #expect(outcome == "connectionReset")
+        #expect(received >= 8 << 20)
+        stream.close()
+    }
+}
