@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Layer 0: the C import of libfabric, and the few things it does not import.
@@ -26,7 +27,13 @@ let package = Package(
         // Layer 3: the command.
         .executableTarget(
             name: "rstream",
-            dependencies: ["RStream", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "RStream",
+                "RStreamKernel", // the raw-core baseline of `rstream perf` only
+                "CFabricShim", // sched_setaffinity for pinning
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
         ),
         .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "CLibfabric", "CFabricShim"]),
         .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "rstream"]),

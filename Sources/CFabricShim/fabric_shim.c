@@ -1,4 +1,6 @@
+#define _GNU_SOURCE
 #include "fabric_shim.h"
+#include <sched.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_eq.h>
 
@@ -7,3 +9,7 @@ uint32_t rs_fi_header_version(void) { return FI_VERSION(FI_MAJOR_VERSION, FI_MIN
 uint64_t rs_fi_addr_unspec(void) { return FI_ADDR_UNSPEC; }
 uint64_t rs_fi_key_notavail(void) { return FI_KEY_NOTAVAIL; }
 size_t rs_eq_cm_entry_data_offset(void) { return offsetof(struct fi_eq_cm_entry, data); }
+
+int rs_sched_setaffinity(int pid, size_t size, const void *mask) {
+    return sched_setaffinity(pid, size, (const cpu_set_t *)mask);
+}

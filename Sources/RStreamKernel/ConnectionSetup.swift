@@ -84,6 +84,12 @@ package final class PassiveListener: @unchecked Sendable {
     /// Waits for the next connection request and makes it a stream. A request whose block fails a
     /// check is rejected with the reason and reported as a `protocolViolation`; the listener goes on.
     package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> FabricStreamEngine {
+        let accepted = try acceptConnection(shape: shape, deadline: deadline)
+        return FabricStreamEngine(transport: accepted.transport, peer: accepted.peer)
+    }
+
+    /// `accept` without the stream engine: the connected transport and the peer's checked block.
+    package func acceptConnection(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> AcceptedConnection {
         let request = try EventQueue.wait(until: deadline, "a connection request") { () throws(RStreamError) in try eventQueue.takeRequest() }
         let peer: ConnectionBlock
         do throws(RStreamError) {
@@ -109,8 +115,14 @@ package final class PassiveListener: @unchecked Sendable {
         case .shutdown: throw RStreamError(.connectionReset, code: 104, "the peer left before the connection completed")
         case .failed(let code, _): throw RStreamError.fabric(Int(code), "completing an accepted connection")
         }
-        return FabricStreamEngine(transport: transport, peer: peer)
+        return AcceptedConnection(transport: transport, peer: peer)
     }
+}
+
+/// A connected transport with the peer's checked connection block.
+package struct AcceptedConnection: ~Copyable {
+    package var transport: FabricTransport
+    package let peer: ConnectionBlock
 }
 
 /// An endpoint that offered a connection block, with the first event that answered it.

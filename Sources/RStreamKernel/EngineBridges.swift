@@ -2,6 +2,41 @@ import CLibfabric
 
 // The bridges between Swift collections and the rings live here, in the kernel, so that the
 // public layer never holds a pointer.
+//
+// The generic bridges are @inlinable so that they specialise for the caller's collection; they call
+// the concrete entry points below, which the kernel compiles specialised for `FabricTransport`.
+extension StreamEngine where Transport == FabricTransport {
+    @usableFromInline
+    package mutating func sendContiguous(_ buffer: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+        try send(buffer)
+    }
+
+    @usableFromInline
+    package mutating func receiveContiguous(_ buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
+        try receive(into: buffer)
+    }
+
+    @inlinable
+    package mutating func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
+        var result: Result<Int, RStreamError>?
+        _ = bytes.withContiguousStorageIfAvailable { buffer in
+            result = Result { () throws(RStreamError) in try sendContiguous(UnsafeRawBufferPointer(buffer)) }
+        }
+        if let result { return try result.get() }
+        return try sendByElement(bytes)
+    }
+
+    @inlinable
+    package mutating func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
+        var result: Result<ReceiveOutcome, RStreamError>?
+        _ = buffer.withContiguousMutableStorageIfAvailable { storage in
+            result = Result { () throws(RStreamError) in try receiveContiguous(UnsafeMutableRawBufferPointer(storage)) }
+        }
+        if let result { return try result.get() }
+        return try receiveByElement(into: &buffer)
+    }
+}
+
 extension StreamEngine where Transport: ~Copyable {
     /// Sends as many of `bytes` as fit now; 0 means would block.
     package mutating func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
@@ -10,7 +45,12 @@ extension StreamEngine where Transport: ~Copyable {
             result = Result { () throws(RStreamError) in try send(UnsafeRawBufferPointer(buffer)) }
         }
         if let result { return try result.get() }
-        // A collection without contiguous storage is copied through the zero-copy path.
+        return try sendByElement(bytes)
+    }
+
+    /// A collection without contiguous storage is copied through the zero-copy path.
+    @usableFromInline
+    package mutating func sendByElement<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(RStreamError) -> Int {
         return try withWritableBytes { region in
             var n = 0
             for byte in bytes.prefix(region.count) { region[n] = byte; n += 1 }
@@ -25,6 +65,11 @@ extension StreamEngine where Transport: ~Copyable {
             result = Result { () throws(RStreamError) in try receive(into: UnsafeMutableRawBufferPointer(storage)) }
         }
         if let result { return try result.get() }
+        return try receiveByElement(into: &buffer)
+    }
+
+    @usableFromInline
+    package mutating func receiveByElement<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
         var index = buffer.startIndex
         return try withReadableBytes { region in
             var n = 0

@@ -224,12 +224,18 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
     /// (0: would block). The bytes accepted stay contiguous in the stream.
     package mutating func send(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
         try checkSendable()
-        progress()
+        // Completions are read only when the credits already known do not cover the request: a
+        // poll costs a system call on some cores, and a send-heavy caller need not pay it per call.
+        if writableSpan < bytes.count { progress() }
         var done = 0
         do throws(RStreamError) {
             while done < bytes.count {
-                let span = min(writableSpan, bytes.count - done)
-                if span == 0 { break }
+                var span = min(writableSpan, bytes.count - done)
+                if span == 0 {
+                    progress()
+                    span = min(writableSpan, bytes.count - done)
+                    if span == 0 { break }
+                }
                 let target = transport.sendRing.baseAddress! + sendCursor.writeOffset
                 target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
                 try commit(span)
@@ -246,7 +252,7 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
     /// sending would block); `body` fills a prefix and returns its length, which is then written.
     package mutating func withWritableBytes(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> Int {
         try checkSendable()
-        progress()
+        if writableSpan == 0 { progress() }
         let span = writableSpan
         guard span > 0 else {
             if let failure { throw failure }

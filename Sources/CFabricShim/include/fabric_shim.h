@@ -13,3 +13,6 @@ uint64_t rs_fi_addr_unspec(void);
 uint64_t rs_fi_key_notavail(void);
 /// offsetof(struct fi_eq_cm_entry, data): where connection private data starts in a CM event.
 size_t rs_eq_cm_entry_data_offset(void);
+
+/// sched_setaffinity(2), which needs _GNU_SOURCE and so does not import: pins thread/process `pid`.
+int rs_sched_setaffinity(int pid, size_t size, const void *mask);

@@ -1,0 +1,374 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import RStream
+import RStreamKernel
+import CFabricShim
+
+struct Perf: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure RStream against the raw core and kernel TCP (latency, bandwidth, scale).",
+        discussion: """
+            By default starts its own server process on loopback. Across two machines run \
+            `rstream perf --server --port P` on one and `rstream perf --client HOST --port P` on the other. \
+            The server uses ports P to P+4 (or ephemeral ones with --port 0).
+            """)
+
+    @Flag(help: "Run the server side only.") var server = false
+    @Option(help: "Run the client side only, against this server host.") var client: String?
+    @Option(help: "The server's first port (P..P+4); 0 picks free ones.") var port: UInt16 = 0
+    @Option(help: "Address the server listens on.") var host = "127.0.0.1"
+    @Option(help: "Message sizes in bytes, comma-separated.") var sizes = "1,64,4096,65536,1048576"
+    @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
+    @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
+    @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned.") var sendRing = 512 * 1024
+    @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned.") var recvRing = 512 * 1024
+    @Option(help: "Core provider.") var provider: String?
+    @Option(help: "Write every figure to this JSON file.") var json: String?
+    @Option(help: "Pin to this CPU (client; the server takes --server-cpu or the same).") var cpu: Int?
+    @Option(name: .customLong("server-cpu"), help: "Pin the spawned server to this CPU.") var serverCPU: Int?
+    @Option(name: .customLong("numa-node"), help: "Pin both processes to this NUMA node's CPUs.") var numaNode: Int?
+
+    static let transports = ["rstream", "rstream-tuned", "core-writedata", "tcp-blocking", "tcp-busypoll"]
+
+    func validate() throws {
+        guard server || client != nil || port == 0 || true else { return }
+        if recvRing >= 1 << 20 || sendRing >= 1 << 20 {
+            // 512 KiB is the default; the protocol's limit is 2^20 - 1.
+            throw ValidationError("--send-ring and --recv-ring must be at most 1048575 (protocol v3)")
+        }
+        _ = try parsedSizes()
+    }
+
+    func parsedSizes() throws -> [Int] {
+        let values = sizes.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ $0 != nil && $0! >= 1 && $0! <= 64 << 20 }) else {
+            throw ValidationError("--sizes takes byte counts from 1 to 67108864, comma-separated")
+        }
+        return values.map { $0! }
+    }
+
+    var defaultOptions: StreamOptions {
+        var options = StreamOptions()
+        options.provider = provider
+        return options
+    }
+
+    var tunedOptions: StreamOptions {
+        var options = defaultOptions
+        options.sendRingSize = sendRing
+        options.receiveRingSize = recvRing
+        return options
+    }
+
+    func run() throws {
+        try Pinning.apply(cpu: cpu, numaNode: numaNode)
+        if server { return try runServer() }
+        let maxMessage = try parsedSizes().max()!
+        if let client {
+            guard port != 0 else { throw ValidationError("--client needs the server's --port") }
+            return try runClient(host: client, ports: (0..<5).map { port + UInt16($0) }, maxMessage: maxMessage)
+        }
+        // Start our own server on loopback and read the ports it bound.
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var arguments = ["perf", "--server", "--port", "0", "--host", "127.0.0.1",
+                         "--send-ring", String(sendRing), "--recv-ring", String(recvRing)]
+        if let provider { arguments += ["--provider", provider] }
+        if let cpu = serverCPU ?? cpu { arguments += ["--cpu", String(cpu)] }
+        if let numaNode { arguments += ["--numa-node", String(numaNode)] }
+        child.arguments = arguments
+        let out = Pipe(), input = Pipe()
+        child.standardOutput = out
+        child.standardInput = input
+        try child.run()
+        defer { try? input.fileHandleForWriting.close(); child.waitUntilExit() }
+        var line = ""
+        while !line.contains("\n") {
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty { throw PerfError(description: "the server process did not start") }
+            line += String(decoding: data, as: UTF8.self)
+        }
+        let ports = line.split(separator: " ").compactMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        guard ports.count == 5 else { throw PerfError(description: "unexpected server line: \(line)") }
+        try runClient(host: "127.0.0.1", ports: ports, maxMessage: maxMessage)
+    }
+
+    // MARK: Server
+
+    func runServer() throws {
+        let maxMessage = 64 << 20
+        let streamDefault = try StreamListener(host: host, port: port, options: defaultOptions)
+        let streamTuned = try StreamListener(host: host, port: port == 0 ? 0 : port + 1, options: tunedOptions)
+        let core = try CoreBaselineListener(host: host, port: port == 0 ? 0 : port + 2, provider: provider)
+        let tcp = try TCPSocket.listen(host: host, port: port == 0 ? 0 : port + 3)
+        let scale = try StreamListener(host: host, port: port == 0 ? 0 : port + 4, backlog: 4096, options: defaultOptions)
+        FileHandle.standardOutput.write(Data("\(streamDefault.port) \(streamTuned.port) \(core.port) \(tcp.port) \(scale.port)\n".utf8))
+        func forever(_ body: @escaping @Sendable () throws -> Void) {
+            Thread.detachNewThread {
+                while true {
+                    do { try body() } catch let error as RStreamError where error.kind == .connectionReset {
+                        // a client that left without FIN (the core baseline has none)
+                    } catch { FileHandle.standardError.write(Data("rstream perf server: \(error)\n".utf8)) }
+                }
+            }
+        }
+        forever {
+            var channel = StreamChannel(try streamDefault.accept(), maxMessage: 1 << 20)
+            try serve(&channel)
+            channel.stream.close()
+        }
+        forever {
+            var channel = StreamChannel(try streamTuned.accept(), maxMessage: 1 << 20)
+            try serve(&channel)
+            channel.stream.close()
+        }
+        forever {
+            var channel = CoreChannel(core: try core.accept(), window: 64)
+            try serve(&channel)
+        }
+        forever {
+            let fd = accept(tcp.fd, nil, nil)
+            guard fd >= 0 else { throw PerfError(description: "TCP accept: errno \(errno)") }
+            defer { close(fd) }
+            // The client's first byte says whether it busy-polls; the server mirrors it.
+            var mode: UInt8 = 0
+            guard read(fd, &mode, 1) == 1 else { return }
+            var channel = TCPChannel(fd: fd, busyPoll: mode == 1, maxMessage: 1 << 20)
+            try serve(&channel)
+        }
+        forever { try serveScale(scale) }
+        // The server lives until its parent closes our standard input (or it is killed).
+        while FileHandle.standardInput.availableData.count > 0 {}
+    }
+
+    /// Accepts the N streams a scale header announces, then echoes on all of them round-robin.
+    func serveScale(_ listener: StreamListener) throws {
+        var first = StreamChannel(try listener.accept(), maxMessage: 64)
+        guard let header = try first.receiveHeader(), header.mode == .scale else { return }
+        var streams = [first.stream]
+        for _ in 1..<max(header.count, 1) { streams.append(try listener.accept()) }
+        var buffer = [UInt8](repeating: 0, count: header.size)
+        var pending = [Int](repeating: 0, count: streams.count)
+        var open = streams.count
+        while open > 0 {
+            for (i, stream) in streams.enumerated() where pending[i] >= 0 {
+                switch try stream.tryReceive(into: &buffer) {
+                case .received(let n):
+                    pending[i] += n
+                    while pending[i] >= header.size {
+                        try stream.sendAll(buffer[0..<header.size])
+                        pending[i] -= header.size
+                    }
+                case .endOfStream:
+                    pending[i] = -1
+                    open -= 1
+                case .wouldBlock: break
+                }
+            }
+        }
+        for stream in streams { stream.close() }
+    }
+
+    // MARK: Client
+
+    struct Result {
+        var transport: String
+        var size: Int
+        var rtt: Histogram<UInt64>?
+        var bandwidthMBps: Double?
+        var messagesPerSecond: Double?
+    }
+
+    func iterations(for size: Int) -> (warmup: Int, measured: Int) {
+        let base = quick ? 1000 : 10000
+        let scaled = max(20, min(base, (quick ? 64 : 512) * (1 << 20) / max(size, 1) / 4))
+        return (max(10, scaled / 10), scaled)
+    }
+
+    func bandwidthCount(for size: Int) -> Int {
+        let volume = (quick ? 64 : 512) << 20
+        return max(8, min(volume / size, quick ? 100_000 : 1_000_000))
+    }
+
+    func measure(_ channel: inout some PerfChannel & ~Copyable, transport: String, sizes: [Int]) throws -> [Result] {
+        var results: [Result] = []
+        for size in sizes {
+            let (warmup, measured) = iterations(for: size)
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            try channel.sendHeader(PerfHeader(mode: .echo, size: size, count: warmup + measured))
+            for i in 0..<(warmup + measured) {
+                let start = ContinuousClock.now
+                try channel.send(size)
+                try channel.receive(size)
+                if i >= warmup { _ = histogram.record(UInt64((ContinuousClock.now - start) / .nanoseconds(1))) }
+            }
+            let count = bandwidthCount(for: size)
+            try channel.sendHeader(PerfHeader(mode: .sink, size: size, count: count))
+            let start = ContinuousClock.now
+            for _ in 0..<count { try channel.send(size) }
+            try channel.receive(1)
+            let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
+            results.append(Result(transport: transport, size: size, rtt: histogram,
+                                  bandwidthMBps: Double(count * size) / seconds / 1e6,
+                                  messagesPerSecond: Double(count) / seconds))
+            FileHandle.standardError.write(Data("  \(transport) \(size) B done\n".utf8))
+        }
+        return results
+    }
+
+    func runClient(host: String, ports: [UInt16], maxMessage: Int) throws {
+        let sizes = try parsedSizes()
+        var results: [Result] = []
+        do {
+            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[0], options: defaultOptions), maxMessage: maxMessage)
+            results += try measure(&channel, transport: "rstream", sizes: sizes)
+            channel.stream.close()
+        }
+        do {
+            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[1], options: tunedOptions), maxMessage: maxMessage)
+            results += try measure(&channel, transport: "rstream-tuned", sizes: sizes)
+            channel.stream.close()
+        }
+        do {
+            var channel = CoreChannel(core: try CoreBaseline.connect(host: host, port: ports[2], provider: provider), window: 64)
+            results += try measure(&channel, transport: "core-writedata", sizes: sizes)
+            try channel.core.drain()
+        }
+        for busy in [false, true] {
+            let fd = try TCPSocket.connect(host: host, port: ports[3])
+            var mode: UInt8 = busy ? 1 : 0
+            _ = write(fd, &mode, 1)
+            var channel = TCPChannel(fd: fd, busyPoll: busy, maxMessage: maxMessage)
+            results += try measure(&channel, transport: busy ? "tcp-busypoll" : "tcp-blocking", sizes: sizes)
+            close(fd)
+        }
+        var scale: ScaleResult?
+        if connections > 0 { scale = try measureScale(host: host, port: ports[4]) }
+        report(results, scale: scale)
+        if let json { try writeJSON(results, scale: scale, to: json) }
+    }
+
+    struct ScaleResult {
+        var connections: Int
+        var roundTripsPerSecond: Double
+        var residentBytesPerConnection: Double
+        var ringBytesPerConnection: Int
+    }
+
+    func measureScale(host: String, port: UInt16) throws -> ScaleResult {
+        let before = Pinning.residentBytes()
+        var streams: [StreamConnection] = []
+        for i in 0..<connections {
+            streams.append(try StreamConnection.connect(host: host, port: port, options: defaultOptions))
+            if i == 0 { // tells the server how many streams to accept
+                try streams[0].sendAll(PerfHeader(mode: .scale, size: 64, count: connections).bytes)
+            }
+        }
+        let after = Pinning.residentBytes()
+        let message = [UInt8](repeating: 1, count: 64)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let rounds = max(10, (quick ? 20_000 : 200_000) / connections)
+        let start = ContinuousClock.now
+        for _ in 0..<rounds {
+            for stream in streams { try stream.sendAll(message) }
+            for stream in streams {
+                var got = 0
+                while got < 64 {
+                    if case .received(let n) = try stream.tryReceive(into: &buffer[0..<(64 - got)]) { got += n }
+                }
+            }
+        }
+        let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
+        for stream in streams { stream.close() }
+        let options = defaultOptions
+        return ScaleResult(connections: connections, roundTripsPerSecond: Double(rounds * connections) / seconds,
+                           residentBytesPerConnection: Double(after - before) / Double(connections),
+                           ringBytesPerConnection: options.sendRingSize + options.receiveRingSize)
+    }
+
+    // MARK: Output
+
+    static func microseconds(_ ns: UInt64) -> Double { Double(ns) / 1000 }
+
+    func report(_ results: [Result], scale: ScaleResult?) {
+        func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
+        func fmt(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+        print("RTT in µs (one-way = RTT/2); bandwidth one-way in MB/s (10^6 B/s)")
+        print(["transport", "size", "min", "p50", "p99", "p99.9", "max", "MB/s", "msg/s"].enumerated()
+            .map { $0.offset == 0 ? $0.element.padding(toLength: 15, withPad: " ", startingAt: 0) : pad($0.element, 10) }.joined())
+        for r in results {
+            let h = r.rtt!
+            let cells = [h.min, h.valueAtPercentile(50), h.valueAtPercentile(99), h.valueAtPercentile(99.9), h.max].map { fmt(Self.microseconds($0)) }
+            print(r.transport.padding(toLength: 15, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
+                  + cells.map { pad($0, 10) }.joined() + pad(fmt(r.bandwidthMBps!), 10) + pad(fmt(r.messagesPerSecond!, 0), 10))
+        }
+        print("\nratios (p50 RTT; bandwidth)")
+        func find(_ t: String, _ size: Int) -> Result? { results.first { $0.transport == t && $0.size == size } }
+        for size in Set(results.map(\.size)).sorted() {
+            guard let rs = find("rstream", size), let tuned = find("rstream-tuned", size), let core = find("core-writedata", size),
+                  let tcp = find("tcp-blocking", size) else { continue }
+            let p50 = { (r: Result) in Double(r.rtt!.valueAtPercentile(50)) }
+            print(pad("\(size)", 8) + " B: rstream/core RTT \(fmt(p50(rs) / p50(core), 2))x, rstream/tcp-blocking RTT \(fmt(p50(rs) / p50(tcp), 2))x, "
+                  + "bandwidth rstream/core \(fmt(rs.bandwidthMBps! / core.bandwidthMBps!, 2))x, rstream-tuned/core \(fmt(tuned.bandwidthMBps! / core.bandwidthMBps!, 2))x")
+        }
+        if let scale {
+            print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
+                  + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings \(scale.ringBytesPerConnection / 1024) KiB of it)")
+        }
+    }
+
+    func writeJSON(_ results: [Result], scale: ScaleResult?, to path: String) throws {
+        var rows: [[String: Any]] = []
+        for r in results {
+            let h = r.rtt!
+            rows.append([
+                "transport": r.transport, "size": r.size,
+                "rtt_us": ["min": Self.microseconds(h.min), "p50": Self.microseconds(h.valueAtPercentile(50)),
+                           "p99": Self.microseconds(h.valueAtPercentile(99)), "p999": Self.microseconds(h.valueAtPercentile(99.9)),
+                           "max": Self.microseconds(h.max)],
+                "one_way_us_p50": Self.microseconds(h.valueAtPercentile(50)) / 2,
+                "bandwidth_MBps": r.bandwidthMBps!, "messages_per_s": r.messagesPerSecond!,
+            ])
+        }
+        var document: [String: Any] = ["results": rows]
+        if let scale {
+            document["scale"] = ["connections": scale.connections, "round_trips_per_s": scale.roundTripsPerSecond,
+                                 "resident_bytes_per_connection": scale.residentBytesPerConnection,
+                                 "ring_bytes_per_connection": scale.ringBytesPerConnection]
+        }
+        let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+}
+
+/// CPU and NUMA-node pinning through the kernel's affinity mask (sysfs gives a node's CPUs).
+enum Pinning {
+    static func apply(cpu: Int?, numaNode: Int?) throws {
+        var cpus: [Int] = []
+        if let numaNode {
+            let path = "/sys/devices/system/node/node\(numaNode)/cpulist"
+            guard let list = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ValidationError("NUMA node \(numaNode) does not exist here (no \(path))")
+            }
+            for part in list.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+                let bounds = part.split(separator: "-").compactMap { Int($0) }
+                if bounds.count == 2 { cpus += Array(bounds[0]...bounds[1]) } else if let one = bounds.first { cpus.append(one) }
+            }
+        }
+        if let cpu { cpus = [cpu] }
+        guard !cpus.isEmpty else { return }
+        var set = cpu_set_t()
+        withUnsafeMutableBytes(of: &set) { raw in
+            for c in cpus where c / 8 < raw.count { raw[c / 8] |= UInt8(1 << (c % 8)) }
+        }
+        guard rs_sched_setaffinity(0, MemoryLayout<cpu_set_t>.size, &set) == 0 else {
+            throw ValidationError("cannot pin to CPUs \(cpus): errno \(errno)")
+        }
+    }
+
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        return (Int(text.split(separator: " ")[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
