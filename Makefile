@@ -5,7 +5,7 @@ SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libn
 SWIFT ?= swift
 MIB ?= 256
 
-.PHONY: run test deps build release clean
+.PHONY: run pipe test deps build release benchmarks clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -23,12 +23,20 @@ build: deps
 release: deps
 	$(SWIFT) build -c release --product rstream
 
-# The main job: a stream piped through `rstream listen` / `rstream connect` on loopback.
+# The main job: RStream against the raw core and kernel TCP, on loopback, in under 30 seconds.
 run: release
+	"$$($(SWIFT) build -c release --show-bin-path)/rstream" perf --quick
+
+# A stream piped through `rstream listen` / `rstream connect` on loopback, checked byte for byte.
+pipe: release
 	scripts/pipe-demo.sh "$$($(SWIFT) build -c release --show-bin-path)/rstream" $(MIB)
 
+# The Benchmarks package (ordo-one/benchmark): mallocs and throughput, checked against Thresholds/.
+benchmarks: deps
+	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check
+
 test: deps
-	$(SWIFT) test
+	$(SWIFT) test --no-parallel
 
 clean:
 	rm -rf .build

@@ -2,7 +2,7 @@
 ///
 ///     bit 31 = 1  DATA     bits 0..30: n, bytes the write just placed (1 <= n < 2^20)
 ///     bit 31 = 0  CONTROL  bits 0..19 freed, bits 20..28 credits, bit 30 FIN, bit 29 zero; never 0
-package enum NotificationWord: Equatable, Sendable {
+@_spi(Benchmarks) public enum NotificationWord: Equatable, Sendable {
     case data(length: Int)
     case control(freed: Int, credits: Int, fin: Bool)
 
@@ -16,7 +16,7 @@ package enum NotificationWord: Equatable, Sendable {
 
     /// Encodes a word; the caller guarantees the fields are in range (a programmer error otherwise).
     @inline(__always)
-    package var encoded: UInt32 {
+    @_spi(Benchmarks) public var encoded: UInt32 {
         switch self {
         case .data(let n):
             precondition(n >= 1 && n <= Self.maxDataLength, "DATA length \(n) out of range")
@@ -32,7 +32,7 @@ package enum NotificationWord: Equatable, Sendable {
 
     /// Decodes a word from the peer. Every invalid word is an error, never a trap.
     @inline(__always)
-    package static func decode(_ word: UInt32) throws(RStreamError) -> NotificationWord {
+    @_spi(Benchmarks) public static func decode(_ word: UInt32) throws(RStreamError) -> NotificationWord {
         if word & dataBit != 0 {
             let n = Int(word & ~dataBit)
             guard n >= 1 && n <= maxDataLength else {

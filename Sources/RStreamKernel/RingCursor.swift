@@ -4,27 +4,27 @@
 ///
 /// Invariant: 0 <= used <= capacity; 0 <= writeOffset, readOffset < capacity;
 /// (readOffset + used) % capacity == writeOffset.
-package struct RingCursor: Sendable, Equatable {
-    package let capacity: Int
-    package private(set) var writeOffset = 0
-    package private(set) var readOffset = 0
-    package private(set) var used = 0
+@_spi(Benchmarks) public struct RingCursor: Sendable, Equatable {
+    @_spi(Benchmarks) public let capacity: Int
+    @_spi(Benchmarks) public private(set) var writeOffset = 0
+    @_spi(Benchmarks) public private(set) var readOffset = 0
+    @_spi(Benchmarks) public private(set) var used = 0
 
-    package init(capacity: Int) {
+    @_spi(Benchmarks) public init(capacity: Int) {
         precondition(capacity > 0, "a ring needs a positive capacity")
         self.capacity = capacity
     }
 
-    package var free: Int { capacity - used }
-    package var isEmpty: Bool { used == 0 }
+    @_spi(Benchmarks) public var free: Int { capacity - used }
+    @_spi(Benchmarks) public var isEmpty: Bool { used == 0 }
 
     /// Free bytes from `writeOffset` up to the ring's end: one write never wraps.
-    package var contiguousFree: Int { min(free, capacity - writeOffset) }
+    @_spi(Benchmarks) public var contiguousFree: Int { min(free, capacity - writeOffset) }
 
     /// Used bytes from `readOffset` up to the ring's end.
-    package var contiguousUsed: Int { min(used, capacity - readOffset) }
+    @_spi(Benchmarks) public var contiguousUsed: Int { min(used, capacity - readOffset) }
 
-    package mutating func produce(_ n: Int) {
+    @_spi(Benchmarks) public mutating func produce(_ n: Int) {
         precondition(n >= 0 && n <= contiguousFree, "produce(\(n)) beyond \(contiguousFree) contiguous free bytes")
         used += n
         writeOffset += n
@@ -32,7 +32,7 @@ package struct RingCursor: Sendable, Equatable {
         checkInvariant()
     }
 
-    package mutating func consume(_ n: Int) {
+    @_spi(Benchmarks) public mutating func consume(_ n: Int) {
         precondition(n >= 0 && n <= used, "consume(\(n)) beyond \(used) used bytes")
         used -= n
         readOffset += n

@@ -1,0 +1,98 @@
+import Benchmark
+import Foundation
+import RStream
+@_spi(Benchmarks) import RStreamKernel
+
+/// A connected loopback pair over the tcp core; both ends driven from the benchmark's thread.
+final class LoopbackPair: @unchecked Sendable {
+    let client: StreamConnection
+    let server: StreamConnection
+
+    init(ring: Int) throws {
+        var options = StreamOptions()
+        options.provider = ProcessInfo.processInfo.environment["RSTREAM_PROVIDER"] ?? "tcp"
+        options.sendRingSize = ring
+        options.receiveRingSize = ring
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
+        nonisolated(unsafe) var accepted: StreamConnection?
+        let thread = Thread { accepted = try? listener.accept(timeout: .seconds(10)) }
+        thread.start()
+        client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: options)
+        while accepted == nil { usleep(100) }
+        server = accepted!
+    }
+
+    /// One message client -> server, received whole.
+    func roundOneWay(_ message: [UInt8], into buffer: inout [UInt8]) throws {
+        var sent = 0, received = 0
+        while received < message.count {
+            if sent < message.count, case .sent(let n) = try client.trySend(message[sent...]) { sent += n }
+            if case .received(let n) = try server.tryReceive(into: &buffer) { received += n }
+        }
+    }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal, .instructions],
+        maxDuration: .seconds(3),
+        maxIterations: 1_000_000,
+        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 0])]
+    )
+
+    Benchmark("Word codec: encode + decode", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        for i in benchmark.scaledIterations {
+            let word = NotificationWord.data(length: (i & 0xFFFF) + 1).encoded
+            blackHole(try NotificationWord.decode(word))
+            let control = NotificationWord.control(freed: i & 0xFFFFF, credits: (i >> 3) & 0x1FF, fin: true).encoded
+            blackHole(try NotificationWord.decode(control))
+        }
+    }
+
+    for size in [64, 65536] {
+        Benchmark("Ring copy: \(size) B through a 1 MiB ring", configuration: .init(scalingFactor: .kilo)) { benchmark in
+            let capacity = (1 << 20) - 1
+            let ring = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 4096)
+            defer { ring.deallocate() }
+            let source = [UInt8](repeating: 7, count: size)
+            var sink = [UInt8](repeating: 0, count: size)
+            var cursor = RingCursor(capacity: capacity)
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                var left = size
+                source.withUnsafeBytes { src in
+                    while left > 0 {
+                        let n = min(left, cursor.contiguousFree)
+                        (ring.baseAddress! + cursor.writeOffset).copyMemory(from: src.baseAddress! + (size - left), byteCount: n)
+                        cursor.produce(n)
+                        left -= n
+                    }
+                }
+                sink.withUnsafeMutableBytes { dst in
+                    var taken = 0
+                    while taken < size {
+                        let n = min(size - taken, cursor.contiguousUsed)
+                        (dst.baseAddress! + taken).copyMemory(from: ring.baseAddress! + cursor.readOffset, byteCount: n)
+                        cursor.consume(n)
+                        taken += n
+                    }
+                }
+            }
+            blackHole(sink)
+        }
+    }
+
+    for size in [64, 65536] {
+        Benchmark("Send + receive \(size) B, loopback pair (tcp core)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+            let pair = try LoopbackPair(ring: size == 64 ? 32 * 1024 : 512 * 1024)
+            let message = [UInt8](repeating: 1, count: size)
+            var buffer = [UInt8](repeating: 0, count: size)
+            for _ in 0..<100 { try pair.roundOneWay(message, into: &buffer) } // steady state
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations { try pair.roundOneWay(message, into: &buffer) }
+            benchmark.stopMeasurement()
+            pair.client.close(linger: .zero)
+            pair.server.close(linger: .zero)
+        }
+    }
+}
