@@ -9,3 +9,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netdb.h>
+/* Wait descriptors: what FI_GETWAIT returns is waited on with these. */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <poll.h>

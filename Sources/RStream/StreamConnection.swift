@@ -5,6 +5,7 @@ import Glibc
 #endif
 
 public typealias RStreamError = RStreamKernel.RStreamError
+public typealias WaitInterest = RStreamKernel.WaitInterest
 
 /// What a non-blocking send did.
 public enum SendResult: Equatable, Sendable {
@@ -32,11 +33,30 @@ public enum ReceiveResult: Equatable, Sendable {
 /// from any thread.
 public final class StreamConnection: Sendable {
     private let engine: Mutex<FabricStreamEngine?>
+    private let waitSet: WaitSet?
     public let options: StreamOptions
 
     init(engine: consuming sending FabricStreamEngine, options: StreamOptions) {
+        waitSet = engine.transport.waitSet
         self.engine = Mutex(Optional(engine))
         self.options = options
+    }
+
+    /// A descriptor that `poll()` and `epoll` report readable when the stream may have become
+    /// readable or writable, or has a connection event (nil where the core has no wait
+    /// descriptors). It is a hint: the pattern is arm, poll, then peek —
+    ///
+    ///     while stream.readableBytes == 0 {
+    ///         if stream.prepareToWait(for: .readable) { poll(&pollfd(fd: stream.descriptor!, ...), 1, -1) }
+    ///     }
+    public var descriptor: Int32? { waitSet?.descriptor }
+
+    /// Arms the descriptor: true when the caller may now sleep on it; false when the stream is
+    /// already ready for `interest` (or has no descriptor), so the caller should look again.
+    /// A wake-up is not readiness: after waking, peek or try the call and arm again. Several threads
+    /// waiting on one stream should use `wait(for:timeout:)`, which counts its sleepers.
+    public func prepareToWait(for interest: WaitInterest) -> Bool {
+        (try? withEngine { engine in engine.prepareToWait(for: interest) }) ?? false
     }
 
     deinit {
@@ -68,19 +88,18 @@ public final class StreamConnection: Sendable {
         }
     }
 
-    /// Retries `attempt` until it yields: busy-polls for the options' window, then sleeps in short
-    /// steps, watching for the peer's disconnect.
+    /// Retries `attempt` until it yields: busy-polls for the options' window, then sleeps on the
+    /// descriptor (armed for `interest`), or in short steps where the core has none.
     private func block<R: Sendable>(
-        deadline: ContinuousClock.Instant? = nil,
+        for interest: WaitInterest, deadline: ContinuousClock.Instant? = nil,
         _ attempt: (inout FabricStreamEngine) throws(RStreamError) -> R?
     ) throws(RStreamError) -> R {
         let clock = ContinuousClock()
         let busyUntil = clock.now + options.busyPollWindow
         var round = 0
         while true {
-            let sleeping = round > 0 && clock.now >= busyUntil
             if let value = try withEngine({ (engine) throws(RStreamError) -> R? in
-                if sleeping || round & 63 == 63 { engine.pollConnectionEvents() }
+                if round & 63 == 63 { engine.pollConnectionEvents() }
                 return try attempt(&engine)
             }) {
                 return value
@@ -89,7 +108,14 @@ public final class StreamConnection: Sendable {
                 throw RStreamError(.timedOut, code: 110, "the stream did not become ready in time")
             }
             round += 1
-            if sleeping { usleep(round < 4096 ? 10 : 100) }
+            guard clock.now >= busyUntil else { continue }
+            if let waitSet {
+                let mayWait = try withEngine { engine in engine.prepareToWait(for: interest, sleeper: true) }
+                if mayWait { waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline)) }
+            } else {
+                _ = try withEngine { engine in engine.pollConnectionEvents() }
+                usleep(round < 4096 ? 10 : 100)
+            }
         }
     }
 
@@ -104,10 +130,25 @@ public final class StreamConnection: Sendable {
     /// Blocks until at least one byte of `bytes` is accepted; returns how many were.
     public func send(_ bytes: some Collection<UInt8>) throws(RStreamError) -> Int {
         guard !bytes.isEmpty else { return 0 }
-        return try block { (engine) throws(RStreamError) -> Int? in
+        return try block(for: .writable) { (engine) throws(RStreamError) -> Int? in
             let n = try engine.send(contentsOf: bytes)
             return n > 0 ? n : nil
         }
+    }
+
+    /// Accepts all of `bytes` in this one call, or none: for records that several threads send on
+    /// one stream and that must not be split.
+    public func trySendWhole(_ bytes: some Collection<UInt8>) throws(RStreamError) -> SendResult {
+        let n = try withEngine { (engine) throws(RStreamError) -> Int in
+            if engine.writableCount < bytes.count { engine.progress() }
+            guard engine.writableCount >= bytes.count else {
+                if let failure = engine.failure { throw failure }
+                return 0
+            }
+            return try engine.send(contentsOf: bytes)
+        }
+        precondition(n == 0 || n == bytes.count, "a whole send was split")
+        return n > 0 || bytes.isEmpty ? .sent(n) : .wouldBlock
     }
 
     /// Blocks until every byte of `bytes` is accepted.
@@ -144,11 +185,38 @@ public final class StreamConnection: Sendable {
         return Self.result(outcome)
     }
 
+    /// Receives exactly `buffer.count` bytes in this one call, or none (would block until that many
+    /// have arrived): for records that several threads receive from one stream.
+    public func tryReceive(exactly buffer: inout [UInt8]) throws(RStreamError) -> ReceiveResult {
+        precondition(!buffer.isEmpty, "receive into an empty buffer")
+        let outcome = try withEngine { (engine) throws(RStreamError) -> ReceiveOutcome in
+            engine.progress()
+            if engine.readableCount >= buffer.count { return try engine.receive(into: &buffer) }
+            return engine.readableCount == 0 ? try engine.outcomeWhenEmpty() : .wouldBlock
+        }
+        return Self.result(outcome)
+    }
+
+    /// Blocks until the stream is ready for `interest` (busy-polling for the window, then sleeping
+    /// on the descriptor); false if `timeout` passed first.
+    public func wait(for interest: WaitInterest, timeout: Duration? = nil) throws(RStreamError) -> Bool {
+        do {
+            return try block(for: interest, deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) -> Bool? in
+                engine.progress()
+                if interest.contains(.readable) && engine.isReadable { return true }
+                if interest.contains(.writable) && (engine.writableCount > 0 || engine.failure != nil) { return true }
+                return nil
+            }
+        } catch where error.kind == .timedOut {
+            return false
+        }
+    }
+
     /// Blocks until bytes arrive; returns how many were written to the front of `buffer`, or 0 at
     /// end of stream. A reset or protocol error is thrown once the bytes before it have been read.
     public func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> Int {
         precondition(!buffer.isEmpty, "receive into an empty buffer")
-        return try block { (engine) throws(RStreamError) -> Int? in
+        return try block(for: .readable) { (engine) throws(RStreamError) -> Int? in
             switch try engine.receive(into: &buffer) {
             case .bytes(let n): return n
             case .endOfStream: return 0
@@ -206,7 +274,7 @@ public final class StreamConnection: Sendable {
 
     /// Blocks until every byte accepted so far and the FIN (if sent) have left this side.
     public func flush(timeout: Duration? = nil) throws(RStreamError) {
-        _ = try block(deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) throws(RStreamError) -> Bool? in
+        _ = try block(for: [], deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) throws(RStreamError) -> Bool? in
             engine.progress()
             if let failure = engine.failure { throw failure }
             return engine.isQuiescent && (!engine.isShutdown || engine.hasSentFin) ? true : nil
@@ -222,6 +290,7 @@ public final class StreamConnection: Sendable {
             engine?.disconnect()
             engine = nil
         }
+        waitSet?.ring() // sleepers wake and find the stream closed
     }
 }
 

@@ -18,6 +18,13 @@ public final class StreamListener: Sendable {
         self.options = options
     }
 
+    /// A descriptor `poll()` reports readable when a connection request may have arrived (nil
+    /// where the core has no wait descriptors). Arm with `prepareToWait()`, poll, then `accept`.
+    public var descriptor: Int32? { passive.waitSet?.descriptor }
+
+    /// True when the caller may sleep on `descriptor`; false when a request is already waiting.
+    public func prepareToWait() -> Bool { passive.prepareToWait() }
+
     /// Waits for the next connection and returns its stream. A request that breaks the protocol
     /// (a bad connection block, another version or mode) is refused with its reason, and thrown as
     /// `.protocolViolation`; the listener stays usable.

@@ -1,4 +1,5 @@
 import CLibfabric
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,6 +31,8 @@ package final class PassiveListener: @unchecked Sendable {
     package let requirements: CoreRequirements
     package let host: String
     package let port: UInt16
+    /// What a thread waiting for a connection request sleeps on; nil without wait descriptors.
+    package let waitSet: WaitSet?
 
     package init(host: String, port: UInt16, backlog: Int, requirements: CoreRequirements) throws(RStreamError) {
         self.requirements = requirements
@@ -57,9 +60,46 @@ package final class PassiveListener: @unchecked Sendable {
         self.domain = domain
         self.eventQueue = eventQueue
         self.pep = pep!
+        waitSet = eventQueue.waitDescriptor.flatMap { WaitSet(waitDescriptors: [$0]) }
+        if let waitSet { eventQueue.register(waitSet, for: 0) }
     }
 
     deinit { _ = fi_close(fidOf(pep)) }
+
+
+    /// True when the caller may sleep on `waitSet` until a request comes; false when one is
+    /// already queued (or there is no descriptor).
+    package func prepareToWait(sleeper: Bool = false) -> Bool {
+        guard let waitSet else { return false }
+        return acceptLock.withLock { _ in
+            for _ in 0..<8 {
+                waitSet.arm()
+                if eventQueue.hasRequest { return false }
+                if eventQueue.tryWait() == 0 {
+                    if sleeper { waitSet.willSleep() }
+                    return true
+                }
+            }
+            return false
+        }
+    }
+
+    /// Serialises arming against other waiters on this listener (the role a stream's lock plays).
+    private let acceptLock = Mutex(())
+
+    private func nextRequest(deadline: ContinuousClock.Instant?) throws(RStreamError) -> ConnectionRequest {
+        while true {
+            if let request = try eventQueue.takeRequest() { return request }
+            if let deadline, ContinuousClock.now >= deadline {
+                throw RStreamError(.timedOut, code: FI_ETIMEDOUT, "timed out waiting for a connection request")
+            }
+            if let waitSet, prepareToWait(sleeper: true) {
+                waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline))
+            } else if waitSet == nil {
+                usleep(200)
+            }
+        }
+    }
 
     /// Refuses a request, telling the peer why (truncated to what connection data can carry).
     package func reject(_ request: ConnectionRequest, reason: String) {
@@ -90,7 +130,7 @@ package final class PassiveListener: @unchecked Sendable {
 
     /// `accept` without the stream engine: the connected transport and the peer's checked block.
     package func acceptConnection(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> AcceptedConnection {
-        let request = try EventQueue.wait(until: deadline, "a connection request") { () throws(RStreamError) in try eventQueue.takeRequest() }
+        let request = try nextRequest(deadline: deadline)
         let peer: ConnectionBlock
         do throws(RStreamError) {
             peer = try ConnectionBlock.decode(request.peerData, expectIwarp: shape.iwarp)

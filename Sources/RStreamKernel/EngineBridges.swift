@@ -99,6 +99,28 @@ extension StreamEngine where Transport == FabricTransport {
         }
     }
 
+    /// The last step before sleeping on `transport.waitSet`: drives progress, arms the wait set,
+    /// picks up connection events routed meanwhile, and checks readiness for `interest` (an empty
+    /// interest waits for any completion). True when the caller may sleep; false when it should
+    /// look again (or when the core offers no descriptor). A `sleeper` is counted, and must call
+    /// `transport.waitSet!.sleep` once the stream lock is released.
+    package mutating func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
+        guard let waitSet = transport.waitSet else { return false }
+        for _ in 0..<8 {
+            progress()
+            // Armed before the last look: whatever happens after it rings the wait set.
+            waitSet.arm()
+            pollConnectionEvents()
+            if interest.contains(.readable) && isReadable { return false }
+            if interest.contains(.writable) && (writableCount > 0 || failure != nil || isShutdown) { return false }
+            if transport.tryWait() == 0 {
+                if sleeper { waitSet.willSleep() }
+                return true
+            }
+        }
+        return false
+    }
+
     /// Ends the core connection once this side is done with it.
     package mutating func disconnect() { transport.disconnect() }
 }

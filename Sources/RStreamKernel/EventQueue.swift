@@ -32,20 +32,54 @@ package final class EventQueue: @unchecked Sendable {
     private struct Demux {
         var requests: [ConnectionRequest] = []
         var events: [UInt: [ConnectionEvent]] = [:]
+        /// The wait sets to ring when an event is routed to their endpoint (or, at key 0, a request
+        /// to the listener): whoever reads the queue may not be the one waiting for the event.
+        var wakers: [UInt: WaitSet] = [:]
     }
     private let demux = Mutex(Demux())
 
     private static let dataOffset = rs_eq_cm_entry_data_offset()
     private static let entryCapacity = dataOffset + 512
 
+    /// The queue's wait descriptor (`FI_WAIT_FD`), nil where the core offers none.
+    package let waitDescriptor: Int32?
+
     package init(domain: Domain, size: Int = 1024) throws(RStreamError) {
         self.domain = domain
         var attr = fi_eq_attr()
         attr.size = size
-        attr.wait_obj = FI_WAIT_UNSPEC
+        attr.wait_obj = FI_WAIT_FD
         var eq: UnsafeMutablePointer<fid_eq>?
-        try fabricCheck(.eqOpen, "fi_eq_open") { fi_eq_open(domain.fabric, &attr, &eq, nil) }
+        if fabricCall(.eqOpen, { fi_eq_open(domain.fabric, &attr, &eq, nil) }) < 0 {
+            attr.wait_obj = FI_WAIT_NONE // a core without wait descriptors: waiters sleep in steps
+            try fabricCheck(.eqOpen, "fi_eq_open") { fi_eq_open(domain.fabric, &attr, &eq, nil) }
+        }
         handle = eq!
+        var fd: Int32 = -1
+        if attr.wait_obj == FI_WAIT_FD, fi_control(fidOf(eq!), Int32(FI_GETWAIT), &fd) == 0, fd >= 0 {
+            waitDescriptor = fd
+        } else {
+            waitDescriptor = nil
+        }
+    }
+
+    /// Rings `waitSet` whenever an event is routed to `key` (0: connection requests).
+    package func register(_ waitSet: WaitSet, for key: UInt) {
+        demux.withLock { $0.wakers[key] = waitSet }
+    }
+
+    /// `fi_trywait` on this queue: 0 when a caller may sleep on its descriptor.
+    package func tryWait() -> Int {
+        var fids: [UnsafeMutablePointer<fid>?] = [fidOf(handle)]
+        return Int(fi_trywait(domain.fabric, &fids, 1))
+    }
+
+    /// True when a connection request is queued.
+    package var hasRequest: Bool {
+        (try? demux.withLock { (d: inout Demux) throws(RStreamError) -> Bool in
+            if d.requests.isEmpty { try drain(&d) }
+            return !d.requests.isEmpty
+        }) ?? true
     }
 
     deinit {
@@ -72,7 +106,7 @@ package final class EventQueue: @unchecked Sendable {
                 if let p = err.err_data, err.err_data_size > 0 {
                     data = Array(UnsafeRawBufferPointer(start: p, count: err.err_data_size))
                 }
-                if let f = err.fid { d.events[Self.key(f), default: []].append(.failed(code: err.err, data: data)) }
+                if let f = err.fid { route(.failed(code: err.err, data: data), to: Self.key(f), &d) }
                 continue
             }
             if n < 0 { throw RStreamError.fabric(n, "fi_eq_read") }
@@ -82,15 +116,23 @@ package final class EventQueue: @unchecked Sendable {
             let data = Array(UnsafeRawBufferPointer(start: buffer + Self.dataOffset, count: dataCount))
             switch event {
             case UInt32(FI_CONNREQ):
-                if let info { d.requests.append(ConnectionRequest(info: info, peerData: data)) }
+                if let info {
+                    d.requests.append(ConnectionRequest(info: info, peerData: data))
+                    d.wakers[0]?.stateMayHaveChanged()
+                }
             case UInt32(FI_CONNECTED):
-                if let fid { d.events[Self.key(fid), default: []].append(.connected(peerData: data)) }
+                if let fid { route(.connected(peerData: data), to: Self.key(fid), &d) }
             case UInt32(FI_SHUTDOWN):
-                if let fid { d.events[Self.key(fid), default: []].append(.shutdown) }
+                if let fid { route(.shutdown, to: Self.key(fid), &d) }
             default:
                 if let info { fi_freeinfo(info) }
             }
         }
+    }
+
+    private func route(_ event: ConnectionEvent, to key: UInt, _ d: inout Demux) {
+        d.events[key, default: []].append(event)
+        d.wakers[key]?.stateMayHaveChanged()
     }
 
     /// The next event for the endpoint `key`, if one has arrived.
@@ -106,7 +148,10 @@ package final class EventQueue: @unchecked Sendable {
 
     /// Drops whatever is still queued for a closed endpoint.
     package func forget(_ key: UInt) {
-        _ = demux.withLock { d in d.events.removeValue(forKey: key) }
+        demux.withLock { d in
+            d.events.removeValue(forKey: key)
+            d.wakers.removeValue(forKey: key)
+        }
     }
 
     package func takeRequest() throws(RStreamError) -> ConnectionRequest? {

@@ -48,6 +48,8 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     /// iWarp: a DATA word whose write was posted but whose send found the queue full.
     private var pendingDataWord: UInt32?
 
+    /// What waiters on this endpoint sleep on; nil where the core offers no wait descriptors.
+    package let waitSet: WaitSet?
     package let shape: EndpointShape
     package let costs: TransportCosts
     private let attributes: CoreAttributes
@@ -77,7 +79,10 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         let attributes = FabricInfo.attributes(of: info)
         let opsPerWord = shape.iwarp ? 2 : 1
         // The core's queue limits win over the options; the connection block announces the result.
-        let rxCredits = min(shape.rxCredits, attributes.maxRxSize)
+        // Where data uses up receives, 3 credits (2 held back) cannot be both live and quiet: at
+        // least 4 are announced (NOTES.md, "rx_credits = 3").
+        let dataConsumesReceives = shape.iwarp || attributes.writeConsumesReceive
+        let rxCredits = min(max(shape.rxCredits, dataConsumesReceives ? 4 : 3), attributes.maxRxSize)
         guard ConnectionBlock.rxCreditRange.contains(rxCredits) else {
             throw RStreamError(.invalidOption, "the core's receive queue of \(attributes.maxRxSize) is too small")
         }
@@ -104,9 +109,13 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         var cqAttr = fi_cq_attr()
         cqAttr.size = txSize + shape.rxCredits + 16
         cqAttr.format = FI_CQ_FORMAT_DATA
-        cqAttr.wait_obj = FI_WAIT_NONE
+        cqAttr.wait_obj = eventQueue.waitDescriptor == nil ? FI_WAIT_NONE : FI_WAIT_FD
         var cq: UnsafeMutablePointer<fid_cq>?
-        let rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+        var rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+        if rcCq < 0 && cqAttr.wait_obj == FI_WAIT_FD {
+            cqAttr.wait_obj = FI_WAIT_NONE // a core without wait descriptors: waiters sleep in steps
+            rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+        }
         if rcCq < 0 { throw fail(.fabric(rcCq, "fi_cq_open")) }
         undo.insert({ _ = fi_close(fidOf(cq!)) }, at: 0) // closes after the endpoint
 
@@ -144,6 +153,14 @@ package struct FabricTransport: ~Copyable, StreamTransport {
             throw fail(error)
         }
 
+        var cqDescriptor: Int32 = -1
+        if cqAttr.wait_obj == FI_WAIT_FD, let eqDescriptor = eventQueue.waitDescriptor,
+           fi_control(fidOf(cq!), Int32(FI_GETWAIT), &cqDescriptor) == 0, cqDescriptor >= 0 {
+            waitSet = WaitSet(waitDescriptors: [cqDescriptor, eqDescriptor])
+        } else {
+            waitSet = nil
+        }
+        if let waitSet { eventQueue.register(waitSet, for: EventQueue.key(fidOf(ep!))) }
         self.domain = domain
         self.eventQueue = eventQueue
         self.endpoint = ep!
@@ -284,13 +301,21 @@ package struct FabricTransport: ~Copyable, StreamTransport {
             let transmit = Self.decode(err.op_context).map { $0.0 != .receive } ?? (err.flags & UInt64(FI_RECV) == 0)
             if let (tag, slot) = Self.decode(err.op_context), tag == .wordSend, shape.iwarp { returnWordSlot(slot) }
             events[0] = .failed(code: err.err, transmit: transmit)
+            waitSet?.stateMayHaveChanged()
             return 1
         }
         if n < 0 { throw .fabric(n, "fi_cq_read") }
         for i in 0..<n {
             events[i] = try event(for: completions[i])
         }
+        waitSet?.stateMayHaveChanged()
         return n
+    }
+
+    /// `fi_trywait` on the completion and event queues: 0 when a caller may sleep on `waitSet`.
+    package func tryWait() -> Int {
+        var fids: [UnsafeMutablePointer<fid>?] = [fidOf(cq), fidOf(eventQueue.handle)]
+        return Int(fi_trywait(domain.fabric, &fids, 2))
     }
 
     @inline(__always)

@@ -111,11 +111,14 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
                 return fail(.protocolViolation(costs.txPerDataWrite == 2
                     ? "a message whose payload is not 4 bytes" : "a completion without remote CQ data"))
             }
-            guard !finReceived else {
-                return fail(.protocolViolation("word 0x\(String(word, radix: 16)) after FIN"))
-            }
             do throws(RStreamError) {
-                switch try NotificationWord.decode(word) {
+                let decoded = try NotificationWord.decode(word)
+                // After FIN the peer may still return credits and ring space for what we send
+                // (half-close), but only in CONTROL words that repeat the FIN bit.
+                if finReceived, case .control(_, _, true) = decoded {} else if finReceived {
+                    throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
+                }
+                switch decoded {
                 case .data(let n):
                     guard n <= receiveCursor.contiguousFree else {
                         throw .protocolViolation("DATA of \(n) bytes at offset \(receiveCursor.writeOffset) beyond the \(receiveCursor.contiguousFree) free bytes of the receive ring")
@@ -165,6 +168,8 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
     private mutating func flushControl() throws(RStreamError) {
         let wantFin = finRequested && !finSent && staged == nil
         guard wantFin || unreportedFreed > 0 || unreportedCredits > 0 else { return }
+        // Every word after our FIN repeats it: the only words the peer accepts after a FIN.
+        let fin = wantFin || finSent
         let rx = localRxCredits
         let due = wantFin
             || unreportedFreed >= receiveCursor.capacity / 2
@@ -172,7 +177,7 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
             || (unreportedDataCredits > 0 && rx - unreportedCredits <= Self.reserve)
             || rx - unreportedCredits <= 1
         guard due, txCredits >= 1, targetCredits >= 1, !peerDisconnected, failure == nil else { return }
-        let word = NotificationWord.control(freed: unreportedFreed, credits: unreportedCredits, fin: wantFin).encoded
+        let word = NotificationWord.control(freed: unreportedFreed, credits: unreportedCredits, fin: fin).encoded
         guard try transport.send(word: word) else { return }
         txCredits -= 1
         targetCredits -= 1
@@ -298,7 +303,8 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
         do throws(RStreamError) { try flushControl() } catch { fail(error) }
     }
 
-    private func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
+    /// What a receive reports when no bytes are waiting: end of stream, the failure, or would block.
+    package func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
         if let failure { throw failure }
         if finReceived { return .endOfStream }
         return .wouldBlock

@@ -1,5 +1,5 @@
 import Testing
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 
 @Suite struct NotificationWordTests {
     @Test func dataRoundTripsAtEveryLengthBoundary() throws {

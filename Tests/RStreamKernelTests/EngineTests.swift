@@ -1,5 +1,5 @@
 import Testing
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 
 @Suite struct EngineTests {
     @Test func bytesThenFinThenEndOfStream() throws {
@@ -41,7 +41,7 @@ import Testing
 
     static let reserve = FakeEngine.reserve
 
-    @Test(arguments: [3, 4, 8])
+    @Test(arguments: [4, 5, 8])
     func targetCreditsWhenDataConsumesReceives(rxCredits: Int) throws {
         let pair = EnginePair(ringSize: 1 << 16, txQueueSize: 64, rxCredits: rxCredits, wire: FakeWire(consumesOnData: true))
         var writes = 0
@@ -103,6 +103,35 @@ import Testing
         } throws: { ($0 as? RStreamError)?.context.contains("after FIN") ?? false }
     }
 
+    @Test func afterFinOnlyControlWordsRepeatingFinAreAccepted() throws {
+        let pair = EnginePair(ringSize: 4096)
+        #expect(try pair.b.send([UInt8](repeating: 1, count: 100)) == 100)
+        pair.a.shutdown()
+        pair.b.progress()
+        // A half-closed peer returns ring space for what it goes on receiving: CONTROL|FIN.
+        pair.wire.inject(to: 1, .notified(word: 0x4000_0000 | 100, consumedReceive: true))
+        #expect(try pair.b.receiveAll().1 == .endOfStream)
+        #expect(pair.b.writableCount == 4096)
+        pair.wire.inject(to: 1, .notified(word: 1 << 20, consumedReceive: true)) // CONTROL without FIN
+        #expect {
+            _ = try pair.b.receiveAll()
+        } throws: { ($0 as? RStreamError)?.context.contains("after FIN") ?? false }
+    }
+
+    @Test func aHalfClosedSideKeepsReceivingAndReturningSpace() throws {
+        let pair = EnginePair(ringSize: 4096, rxCredits: 4, wire: FakeWire(consumesOnData: true))
+        pair.a.shutdown()
+        var received = 0
+        for round in 0..<200 {
+            let k = try pair.b.send([UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 3000))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            if case .bytes(let n) = try pair.a.receive(into: &buffer) { received += n }
+            #expect(k > 0 || received > 0)
+        }
+        #expect(received > 100_000)
+        #expect(pair.b.failure == nil && pair.a.failure == nil)
+    }
+
     @Test func morePeerReceivesThanCredited() throws {
         let pair = EnginePair(rxCredits: 4)
         pair.wire.holdCompletions = true
@@ -132,7 +161,7 @@ import Testing
     @Test(arguments: [
         Mode(ring: 4096, tx: 8, rx: 3, consumes: false, iwarp: false),
         Mode(ring: 4096, tx: 8, rx: 4, consumes: true, iwarp: false),
-        Mode(ring: 4096, tx: 8, rx: 5, consumes: false, iwarp: true),
+        Mode(ring: 4096, tx: 8, rx: 4, consumes: false, iwarp: true),
         Mode(ring: 5000, tx: 16, rx: 511, consumes: true, iwarp: false),
         Mode(ring: 65536, tx: 384, rx: 384, consumes: false, iwarp: false),
     ])

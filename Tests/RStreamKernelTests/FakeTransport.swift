@@ -1,4 +1,4 @@
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 
 /// Two in-memory endpoints joined by queues: writes land in the peer's receive ring at the remote
 /// offset (bounds-checked, so an out-of-range write is caught), words arrive as notifications.

@@ -1,5 +1,5 @@
 import Testing
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 
 @Suite struct RingCursorTests {
     /// For every start offset and every length, a produce/consume pair behaves like a reference

@@ -1,6 +1,6 @@
 import Foundation
 import RStream
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 import Testing
 
 /// Expects `body` to throw an `RStreamError` of `kind` whose context contains `text`.
@@ -124,8 +124,8 @@ func expectError(
         expectError(.fabric, containing: "fi_mr_reg(send ring") {
             _ = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions(), timeout: .seconds(5))
         }
-        FaultInjection.failNext(.cqOpen, code: ENOMEM)
-        expectError(.fabric, containing: "fi_cq_open") {
+        FaultInjection.failNext(.enable, code: ENOMEM)
+        expectError(.fabric, containing: "fi_enable") {
             _ = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions(), timeout: .seconds(5))
         }
         FaultInjection.disarm()

@@ -1,6 +1,6 @@
 import Foundation
 import RStream
-@testable import RStreamKernel
+@_spi(Benchmarks) @testable import RStreamKernel
 import Testing
 
 /// A test plays a raw peer: its own `tcp` core endpoint, offering whatever connection block and

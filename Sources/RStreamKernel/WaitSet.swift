@@ -1,0 +1,102 @@
+import CLibfabric
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a waiter waits for.
+public struct WaitInterest: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Bytes, end of stream or an error to report.
+    public static let readable = WaitInterest(rawValue: 1)
+    /// Room to send, or an error to report.
+    public static let writable = WaitInterest(rawValue: 2)
+}
+
+/// Owner of the descriptor a stream's waiters sleep on: an epoll set holding the completion
+/// queue's and event queue's wait descriptors and a private eventfd.
+///
+/// A completion-queue wakeup is not stream readiness (rsockets' poll hung on exactly that): another
+/// thread may take the completion, and clear the queue's signal, before a sleeper wakes. So a
+/// waiter *arms* the set under the stream lock before its last readiness check, and whoever takes
+/// completions while it is armed rings the eventfd. The eventfd is drained only by an arming
+/// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
+/// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
+///
+/// Invariants: the three descriptors are open until deinit; `armed` is set only under the stream's
+/// lock and cleared by whoever rings; `sleepers` is raised under the stream's lock, before it is
+/// released, by a thread about to sleep, and lowered by that thread when it wakes.
+package final class WaitSet: @unchecked Sendable {
+    package let descriptor: Int32
+    private let wakeFD: Int32
+    private let armed = Atomic<Bool>(false)
+    private let sleepers = Atomic<Int>(0)
+
+    package init?(waitDescriptors: [Int32]) {
+        let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epoll >= 0 else { return nil }
+        let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wake >= 0 else { close(epoll); return nil }
+        for fd in waitDescriptors + [wake] {
+            var event = epoll_event()
+            event.events = EPOLLIN.rawValue
+            event.data.fd = fd
+            if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
+                close(wake); close(epoll)
+                return nil
+            }
+        }
+        descriptor = epoll
+        wakeFD = wake
+    }
+
+    deinit {
+        close(wakeFD)
+        close(descriptor)
+    }
+
+    /// Called under the stream lock before the last readiness check: clears an old wake-up and
+    /// asks the next taker of completions to ring.
+    package func arm() {
+        if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
+            var value: UInt64 = 0
+            _ = read(wakeFD, &value, 8)
+        }
+        armed.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// Called under the stream lock by a thread that will call `sleep` once the lock is released.
+    package func willSleep() {
+        sleepers.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// Called by whoever took completions or connection events: rings if anyone is armed.
+    @inline(__always)
+    package func stateMayHaveChanged() {
+        guard armed.load(ordering: .relaxed) else { return }
+        ring()
+    }
+
+    package func ring() {
+        armed.store(false, ordering: .relaxed)
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    /// Milliseconds to `deadline` for `sleep`, capped at one second so a sleeper re-checks.
+    package static func milliseconds(until deadline: ContinuousClock.Instant?) -> Int32 {
+        guard let deadline else { return 1000 }
+        let left = deadline - .now
+        if left <= .zero { return 0 }
+        return Int32(min(1000, left / .milliseconds(1) + 1))
+    }
+
+    /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced
+    /// itself with `willSleep` under the stream lock.
+    package func sleep(timeoutMilliseconds: Int32) {
+        var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, timeoutMilliseconds)
+        sleepers.subtract(1, ordering: .sequentiallyConsistent)
+    }
+}
