@@ -37,6 +37,7 @@ benchmarks: deps
 
 test: deps
 	$(SWIFT) test --no-parallel
+	SWIFT=$(SWIFT) scripts/test-tsan.sh
 
 clean:
 	rm -rf .build

@@ -13,3 +13,8 @@ size_t rs_eq_cm_entry_data_offset(void) { return offsetof(struct fi_eq_cm_entry,
 int rs_sched_setaffinity(int pid, size_t size, const void *mask) {
     return sched_setaffinity(pid, size, (const cpu_set_t *)mask);
 }
+
+extern void __tsan_acquire(void *address) __attribute__((weak));
+extern void __tsan_release(void *address) __attribute__((weak));
+void rs_tsan_acquire(const void *address) { if (__tsan_acquire) __tsan_acquire((void *)address); }
+void rs_tsan_release(const void *address) { if (__tsan_release) __tsan_release((void *)address); }

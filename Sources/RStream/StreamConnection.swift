@@ -60,7 +60,7 @@ public final class StreamConnection: Sendable {
     }
 
     deinit {
-        engine.withLock { engine in
+        engine.withCheckedLock(key: lockKey(self)) { engine in
             engine?.disconnect()
             engine = nil
         }
@@ -82,7 +82,7 @@ public final class StreamConnection: Sendable {
     private static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
 
     private func withEngine<R: Sendable>(_ body: (inout FabricStreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
-        try engine.withLock { (engine: inout FabricStreamEngine?) throws(RStreamError) -> R in
+        try engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) throws(RStreamError) -> R in
             guard engine != nil else { throw Self.closedError }
             return try body(&engine!)
         }
@@ -286,7 +286,7 @@ public final class StreamConnection: Sendable {
     public func close(linger: Duration = .seconds(2)) {
         _ = try? shutdown()
         _ = try? flush(timeout: linger)
-        engine.withLock { engine in
+        engine.withCheckedLock(key: lockKey(self)) { engine in
             engine?.disconnect()
             engine = nil
         }

@@ -71,7 +71,7 @@ package final class PassiveListener: @unchecked Sendable {
     /// already queued (or there is no descriptor).
     package func prepareToWait(sleeper: Bool = false) -> Bool {
         guard let waitSet else { return false }
-        return acceptLock.withLock { _ in
+        return acceptLock.withCheckedLock(key: lockKey(self)) { _ in
             for _ in 0..<8 {
                 waitSet.arm()
                 if eventQueue.hasRequest { return false }

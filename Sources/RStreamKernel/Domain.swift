@@ -42,13 +42,15 @@ package final class Domain: @unchecked Sendable {
 
     private struct WeakDomain { weak var domain: Domain? }
     private static let cache = Mutex<[String: WeakDomain]>([:])
+    private final class CacheOwner: Sendable {}
+    private static let cacheOwner = CacheOwner()
 
     /// The open domain for `info`'s provider, fabric and domain name, opened once per process and
     /// shared while anyone uses it.
     package static func shared(for info: UnsafeMutablePointer<fi_info>) throws(RStreamError) -> Domain {
         let a = FabricInfo.attributes(of: info)
         let key = "\(a.provider)|\(a.fabric)|\(a.domain)"
-        return try cache.withLock { (cache: inout [String: WeakDomain]) throws(RStreamError) -> Domain in
+        return try cache.withCheckedLock(key: lockKey(cacheOwner)) { (cache: inout [String: WeakDomain]) throws(RStreamError) -> Domain in
             if let existing = cache[key]?.domain { return existing }
             let domain = try Domain(info: info)
             cache[key] = WeakDomain(domain: domain)

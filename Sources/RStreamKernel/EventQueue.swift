@@ -65,7 +65,7 @@ package final class EventQueue: @unchecked Sendable {
 
     /// Rings `waitSet` whenever an event is routed to `key` (0: connection requests).
     package func register(_ waitSet: WaitSet, for key: UInt) {
-        demux.withLock { $0.wakers[key] = waitSet }
+        demux.withCheckedLock(key: lockKey(self)) { $0.wakers[key] = waitSet }
     }
 
     /// `fi_trywait` on this queue: 0 when a caller may sleep on its descriptor.
@@ -76,7 +76,7 @@ package final class EventQueue: @unchecked Sendable {
 
     /// True when a connection request is queued.
     package var hasRequest: Bool {
-        (try? demux.withLock { (d: inout Demux) throws(RStreamError) -> Bool in
+        (try? demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> Bool in
             if d.requests.isEmpty { try drain(&d) }
             return !d.requests.isEmpty
         }) ?? true
@@ -84,7 +84,7 @@ package final class EventQueue: @unchecked Sendable {
 
     deinit {
         _ = fi_close(fidOf(handle))
-        demux.withLock { d in for r in d.requests { fi_freeinfo(r.info) } }
+        demux.withCheckedLock(key: lockKey(self)) { d in for r in d.requests { fi_freeinfo(r.info) } }
     }
 
     package static func key(_ object: UnsafeMutablePointer<fid>) -> UInt { UInt(bitPattern: object) }
@@ -137,7 +137,7 @@ package final class EventQueue: @unchecked Sendable {
 
     /// The next event for the endpoint `key`, if one has arrived.
     package func takeEvent(for key: UInt) throws(RStreamError) -> ConnectionEvent? {
-        try demux.withLock { (d: inout Demux) throws(RStreamError) -> ConnectionEvent? in
+        try demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> ConnectionEvent? in
             if d.events[key]?.isEmpty ?? true { try drain(&d) }
             guard var list = d.events[key], !list.isEmpty else { return nil }
             let first = list.removeFirst()
@@ -148,14 +148,14 @@ package final class EventQueue: @unchecked Sendable {
 
     /// Drops whatever is still queued for a closed endpoint.
     package func forget(_ key: UInt) {
-        demux.withLock { d in
+        demux.withCheckedLock(key: lockKey(self)) { d in
             d.events.removeValue(forKey: key)
             d.wakers.removeValue(forKey: key)
         }
     }
 
     package func takeRequest() throws(RStreamError) -> ConnectionRequest? {
-        try demux.withLock { (d: inout Demux) throws(RStreamError) -> ConnectionRequest? in
+        try demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> ConnectionRequest? in
             if d.requests.isEmpty { try drain(&d) }
             return d.requests.isEmpty ? nil : d.requests.removeFirst()
         }

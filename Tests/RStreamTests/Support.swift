@@ -73,3 +73,16 @@ func loopbackOptions(_ configure: (inout StreamOptions) -> Void = { _ in }) -> S
     configure(&options)
     return options
 }
+
+/// A value behind an `NSLock`: tests use it rather than `Synchronization.Mutex`, which
+/// ThreadSanitizer does not see on Linux.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}

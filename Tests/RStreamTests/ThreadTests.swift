@@ -13,7 +13,7 @@ func connectedPair(_ options: StreamOptions = loopbackOptions()) throws -> (clie
 
 /// A reusable barrier for a fixed number of threads.
 final class Barrier: Sendable {
-    private let state = Mutex((waiting: 0, generation: 0))
+    private let state = Locked((waiting: 0, generation: 0))
     let parties: Int
     init(_ parties: Int) { self.parties = parties }
     func arriveAndWait() {
@@ -33,8 +33,8 @@ final class Barrier: Sendable {
         let rounds = Int(ProcessInfo.processInfo.environment["RSTREAM_WAKE_ROUNDS"] ?? "10000")!
         let (client, server) = try connectedPair(loopbackOptions { $0.busyPollWindow = .zero })
         let start = Barrier(5), woke = Barrier(5)
-        let failures = Mutex<[String]>([])
-        let longestWait = Mutex<Duration>(.zero)
+        let failures = Locked<[String]>([])
+        let longestWait = Locked<Duration>(.zero)
         let waiters = (0..<4).map { id in
             Background { () -> Void in
                 for round in 0..<rounds {
@@ -126,8 +126,8 @@ final class Barrier: Sendable {
                 }
             }
         }
-        let seen = Mutex([[Bool]](repeating: [Bool](repeating: false, count: perSender), count: 4))
-        let problems = Mutex<[String]>([])
+        let seen = Locked([[Bool]](repeating: [Bool](repeating: false, count: perSender), count: 4))
+        let problems = Locked<[String]>([])
         let total = Atomic<Int>(0)
         let receivers = (0..<4).map { _ in
             Background { () throws -> Void in

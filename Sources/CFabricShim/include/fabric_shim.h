@@ -16,3 +16,8 @@ size_t rs_eq_cm_entry_data_offset(void);
 
 /// sched_setaffinity(2), which needs _GNU_SOURCE and so does not import: pins thread/process `pid`.
 int rs_sched_setaffinity(int pid, size_t size, const void *mask);
+
+/// ThreadSanitizer's acquire/release annotations, or nothing where its runtime is absent: TSan does
+/// not see Swift's Synchronization.Mutex on Linux, so TSan builds announce its edges themselves.
+void rs_tsan_acquire(const void *address);
+void rs_tsan_release(const void *address);

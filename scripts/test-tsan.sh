@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every test again under ThreadSanitizer (volumes scaled down: TSan runs them ~10x slower).
+# Fails on a failing test or on any ThreadSanitizer report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+RSTREAM_STRESS_MIB=16 RSTREAM_CHURN=500 ${SWIFT:-swift} test --no-parallel --scratch-path .build-tsan \
+  --sanitize=thread -Xswiftc -DRSTREAM_TSAN 2>&1 | tee "$log"
+if grep -q "WARNING: ThreadSanitizer" "$log"; then
+  echo "ThreadSanitizer reported races (above)"
+  exit 1
+fi
