@@ -20,8 +20,9 @@ let package = Package(
             providers: [.apt(["libfabric-dev"])]
         ),
         .target(name: "CFabricShim"),
+        .systemLibrary(name: "CNuma", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
         // Layer 1: the unsafe kernel (rings, word codec, credits, fabric handle owners, progress).
-        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim"]),
+        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma"]),
         // Layer 2: the safe public API.
         .target(name: "RStream", dependencies: ["RStreamKernel"]),
         // Layer 3: the command.
@@ -30,13 +31,12 @@ let package = Package(
             dependencies: [
                 "RStream",
                 "RStreamKernel", // the raw-core baseline of `rstream perf` only
-                "CFabricShim", // sched_setaffinity for pinning
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "CLibfabric", "CFabricShim"]),
-        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "rstream"]),
+        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "rstream"]),
     ],
     swiftLanguageModes: [.v6]
 )

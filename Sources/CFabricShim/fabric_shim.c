@@ -18,3 +18,5 @@ extern void __tsan_acquire(void *address) __attribute__((weak));
 extern void __tsan_release(void *address) __attribute__((weak));
 void rs_tsan_acquire(const void *address) { if (__tsan_acquire) __tsan_acquire((void *)address); }
 void rs_tsan_release(const void *address) { if (__tsan_release) __tsan_release((void *)address); }
+
+int rs_sched_getcpu(void) { return sched_getcpu(); }

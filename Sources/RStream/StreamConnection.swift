@@ -6,6 +6,7 @@ import Glibc
 
 public typealias RStreamError = RStreamKernel.RStreamError
 public typealias WaitInterest = RStreamKernel.WaitInterest
+public typealias NUMAPlacement = RStreamKernel.NUMAPlacement
 
 /// What a non-blocking send did.
 public enum SendResult: Equatable, Sendable {
@@ -40,6 +41,14 @@ public final class StreamConnection: Sendable {
         waitSet = engine.transport.waitSet
         self.engine = Mutex(Optional(engine))
         self.options = options
+    }
+
+    /// The NUMA node the rings were placed on (nil: no NUMA support here).
+    public var ringNode: Int? { (try? withEngine { $0.transport.shape.numaNode }) ?? nil }
+
+    /// The node of every page of the send and receive rings, from `move_pages` (for tests).
+    package var ringPageNodes: (send: [Int], receive: [Int]) {
+        (try? withEngine { $0.transport.ringPageNodes }) ?? ([], [])
     }
 
     /// A descriptor that `poll()` and `epoll` report readable when the stream may have become
@@ -297,7 +306,7 @@ public final class StreamConnection: Sendable {
 extension StreamOptions {
     var shape: EndpointShape {
         EndpointShape(sendRingSize: sendRingSize, receiveRingSize: receiveRingSize, txQueueSize: txQueueSize,
-                      rxCredits: rxCredits, iwarp: iwarp)
+                      rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
     }
 
     var requirements: CoreRequirements { CoreRequirements(provider: provider, iwarp: iwarp) }

@@ -1,3 +1,5 @@
+import RStreamKernel
+
 /// Settings fixed before a connection starts. Every value is checked; a bad one is named in the
 /// error with its allowed range.
 public struct StreamOptions: Sendable, Equatable {
@@ -15,6 +17,9 @@ public struct StreamOptions: Sendable, Equatable {
     public var provider: String?
     /// How long blocking calls busy-poll before they sleep.
     public var busyPollWindow: Duration = .microseconds(50)
+    /// The NUMA node for the rings; nil: the NIC's node where the core reports it, else the
+    /// calling thread's node.
+    public var numaNode: Int?
 
     public static let ringSizeRange = 4096...((1 << 20) - 1)
     public static let txQueueSizeRange = 8...65536
@@ -37,6 +42,7 @@ public struct StreamOptions: Sendable, Equatable {
         guard Self.busyPollWindowRange.contains(busyPollWindow) else {
             throw RStreamError(.invalidOption, code: 22, "busy-poll window \(busyPollWindow) is outside 0 seconds...1 second")
         }
+        if let numaNode { try NUMAPlacement.check(node: numaNode) }
         if let provider, provider.isEmpty || provider.contains(where: { $0 == ";" || $0.isWhitespace }) {
             throw RStreamError(.invalidOption, code: 22, "provider \"\(provider)\" is not a core provider's name")
         }

@@ -11,12 +11,16 @@ package struct EndpointShape: Sendable, Equatable {
     package var txQueueSize: Int
     package var rxCredits: Int
     package var iwarp: Bool
-    package init(sendRingSize: Int, receiveRingSize: Int, txQueueSize: Int, rxCredits: Int, iwarp: Bool) {
+    /// The node for the rings; nil: the NIC's node where the core reports it, else the calling
+    /// thread's node, else (no NUMA support) the default policy.
+    package var numaNode: Int?
+    package init(sendRingSize: Int, receiveRingSize: Int, txQueueSize: Int, rxCredits: Int, iwarp: Bool, numaNode: Int? = nil) {
         self.sendRingSize = sendRingSize
         self.receiveRingSize = receiveRingSize
         self.txQueueSize = txQueueSize
         self.rxCredits = rxCredits
         self.iwarp = iwarp
+        self.numaNode = numaNode
     }
 }
 
@@ -86,8 +90,15 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         guard ConnectionBlock.rxCreditRange.contains(rxCredits) else {
             throw RStreamError(.invalidOption, "the core's receive queue of \(attributes.maxRxSize) is too small")
         }
+        let node: Int?
+        if let asked = shape.numaNode {
+            try NUMAPlacement.check(node: asked)
+            node = asked
+        } else {
+            node = NUMAPlacement.isAvailable ? NUMAPlacement.node(ofNICIn: info) ?? NUMAPlacement.currentNode : nil
+        }
         let shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
-                                  txQueueSize: shape.txQueueSize, rxCredits: rxCredits, iwarp: shape.iwarp)
+                                  txQueueSize: shape.txQueueSize, rxCredits: rxCredits, iwarp: shape.iwarp, numaNode: node)
         let txSize = min(shape.txQueueSize, attributes.maxTxSize)
         guard txSize >= 2 + 2 * opsPerWord else {
             throw RStreamError(.invalidOption, "the core's transmit queue of \(attributes.maxTxSize) is too small")
@@ -126,9 +137,9 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         let rcEnable = fabricCall(.enable) { fi_enable(ep) }
         if rcEnable < 0 { throw fail(.fabric(rcEnable, "fi_enable")) }
 
-        let sendRegion = PageAlignedRegion(byteCount: shape.sendRingSize)
-        let receiveRegion = PageAlignedRegion(byteCount: shape.receiveRingSize)
-        let wordRegion = PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize))
+        let sendRegion = PageAlignedRegion(byteCount: shape.sendRingSize, node: node)
+        let receiveRegion = PageAlignedRegion(byteCount: shape.receiveRingSize, node: node)
+        let wordRegion = PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize), node: node)
 
         func register(_ region: borrowing PageAlignedRegion, access: UInt64, _ what: String) throws(RStreamError) -> UnsafeMutablePointer<fid_mr> {
             var mr: UnsafeMutablePointer<fid_mr>?
@@ -176,7 +187,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         for i in 0..<txSize { freeWordSlots[i] = Int32(i) }
         self.freeWordSlotCount = txSize
         self.shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
-                                   txQueueSize: txSize, rxCredits: shape.rxCredits, iwarp: shape.iwarp)
+                                   txQueueSize: txSize, rxCredits: shape.rxCredits, iwarp: shape.iwarp, numaNode: node)
         self.attributes = attributes
         self.costs = TransportCosts(
             txPerDataWrite: opsPerWord,
@@ -215,6 +226,12 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     package mutating func connect(to peer: ConnectionBlock) { self.peer = peer }
 
     package var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
+
+    /// The node each page of the send and receive rings is on (`move_pages`).
+    package var ringPageNodes: (send: [Int], receive: [Int]) {
+        (NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(sendRegion.buffer)),
+         NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(receiveRegion.buffer)))
+    }
     package var receiveRing: UnsafeRawBufferPointer { UnsafeRawBufferPointer(receiveRegion.buffer) }
 
     private func postReceive(slot: Int) throws(RStreamError) {

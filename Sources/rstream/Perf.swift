@@ -3,7 +3,6 @@ import Foundation
 import Histogram
 import RStream
 import RStreamKernel
-import CFabricShim
 
 struct Perf: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -342,29 +341,11 @@ struct Perf: ParsableCommand {
     }
 }
 
-/// CPU and NUMA-node pinning through the kernel's affinity mask (sysfs gives a node's CPUs).
 enum Pinning {
     static func apply(cpu: Int?, numaNode: Int?) throws {
-        var cpus: [Int] = []
-        if let numaNode {
-            let path = "/sys/devices/system/node/node\(numaNode)/cpulist"
-            guard let list = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw ValidationError("NUMA node \(numaNode) does not exist here (no \(path))")
-            }
-            for part in list.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
-                let bounds = part.split(separator: "-").compactMap { Int($0) }
-                if bounds.count == 2 { cpus += Array(bounds[0]...bounds[1]) } else if let one = bounds.first { cpus.append(one) }
-            }
-        }
-        if let cpu { cpus = [cpu] }
-        guard !cpus.isEmpty else { return }
-        var set = cpu_set_t()
-        withUnsafeMutableBytes(of: &set) { raw in
-            for c in cpus where c / 8 < raw.count { raw[c / 8] |= UInt8(1 << (c % 8)) }
-        }
-        guard rs_sched_setaffinity(0, MemoryLayout<cpu_set_t>.size, &set) == 0 else {
-            throw ValidationError("cannot pin to CPUs \(cpus): errno \(errno)")
-        }
+        do {
+            if let cpu { try NUMAPlacement.pinCurrentThread(toCPU: cpu) } else if let numaNode { try NUMAPlacement.pinCurrentThread(toNode: numaNode) }
+        } catch { throw ValidationError(error.context) }
     }
 
     static func residentBytes() -> Int {

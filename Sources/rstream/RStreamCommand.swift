@@ -27,6 +27,17 @@ struct StreamFlags: ParsableArguments {
     var rxCredits: Int = 384
     @Flag(help: "iWarp mode: words travel as 4-byte sends, not remote CQ data.")
     var iwarp = false
+    @Option(name: .customLong("numa-node"), help: "Place the rings on this NUMA node and run on its CPUs.")
+    var numaNode: Int?
+    @Option(help: "Run on this CPU.")
+    var cpu: Int?
+
+    /// Pins the process's threads (those made from here on) to `--cpu` or `--numa-node`.
+    func pin() throws {
+        do {
+            if let cpu { try NUMAPlacement.pinCurrentThread(toCPU: cpu) } else if let numaNode { try NUMAPlacement.pinCurrentThread(toNode: numaNode) }
+        } catch { throw ValidationError(error.context) }
+    }
 
     func options() throws -> StreamOptions {
         var options = StreamOptions()
@@ -36,6 +47,7 @@ struct StreamFlags: ParsableArguments {
         options.txQueueSize = txSize
         options.rxCredits = rxCredits
         options.iwarp = iwarp
+        options.numaNode = numaNode
         do { try options.validate() } catch { throw ValidationError(error.context) }
         return options
     }
@@ -103,6 +115,7 @@ struct Listen: ParsableCommand {
     @OptionGroup var flags: StreamFlags
 
     func run() throws {
+        try flags.pin()
         let listener: StreamListener
         do {
             listener = try StreamListener(host: host, port: port, options: try flags.options())
@@ -137,6 +150,7 @@ struct Connect: ParsableCommand {
     @OptionGroup var flags: StreamFlags
 
     func run() throws {
+        try flags.pin()
         let stream: StreamConnection
         do {
             stream = try StreamConnection.connect(host: host, port: port, options: try flags.options(),

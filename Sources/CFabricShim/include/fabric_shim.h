@@ -21,3 +21,6 @@ int rs_sched_setaffinity(int pid, size_t size, const void *mask);
 /// not see Swift's Synchronization.Mutex on Linux, so TSan builds announce its edges themselves.
 void rs_tsan_acquire(const void *address);
 void rs_tsan_release(const void *address);
+
+/// sched_getcpu(3), which also needs _GNU_SOURCE: the CPU the calling thread runs on.
+int rs_sched_getcpu(void);

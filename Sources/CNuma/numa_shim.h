@@ -1,0 +1,4 @@
+#pragma once
+#include <numa.h>
+#include <numaif.h>
+#include <sched.h>

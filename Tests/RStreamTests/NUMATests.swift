@@ -1,0 +1,68 @@
+import Foundation
+import RStream
+@_spi(Benchmarks) @testable import RStreamKernel
+import CFabricShim
+import Testing
+
+@Suite(.serialized) struct NUMATests {
+    @Test func ringsArePlacedOnTheDefaultNodeAndOnAChosenOne() throws {
+        let node = try #require(NUMAPlacement.nodes.first, "this test needs NUMA support")
+        for options in [loopbackOptions(), loopbackOptions { $0.numaNode = node }] {
+            let (client, server) = try connectedPair(options)
+            for stream in [client, server] {
+                #expect(stream.ringNode == node)
+                let pages = stream.ringPageNodes
+                #expect(!pages.send.isEmpty && !pages.receive.isEmpty)
+                #expect(pages.send.allSatisfy { $0 == node } && pages.receive.allSatisfy { $0 == node }, "\(pages)")
+            }
+            client.close()
+            server.close()
+        }
+    }
+
+    @Test func anAbsentNodeIsAClearError() throws {
+        let absent = (NUMAPlacement.nodes.max() ?? 0) + 1
+        var options = loopbackOptions()
+        options.numaNode = absent
+        expectError(.invalidOption, containing: "NUMA node \(absent) does not exist") { try options.validate() }
+        expectError(.invalidOption, containing: "does not exist") { _ = try StreamListener(host: "127.0.0.1", options: options) }
+        expectError(.invalidOption, containing: "NUMA node \(absent) does not exist") { try NUMAPlacement.pinCurrentThread(toNode: absent) }
+        expectError(.invalidOption, containing: "CPU 100000 does not exist") { try NUMAPlacement.pinCurrentThread(toCPU: 100_000) }
+    }
+
+    @Test func aMachineWithoutNUMASupportIsAClearError() throws {
+        NUMAPlacement.simulateNoNUMASupport(true)
+        defer { NUMAPlacement.simulateNoNUMASupport(false) }
+        var options = loopbackOptions()
+        options.numaNode = 0
+        expectError(.invalidOption, containing: "no NUMA support") { try options.validate() }
+        // Without a node asked for, streams still work, on the default policy.
+        let (client, server) = try connectedPair()
+        #expect(client.ringNode == nil)
+        try client.sendAll([9])
+        #expect(try server.receive(maxBytes: 1) == [9])
+        client.close()
+        server.close()
+    }
+
+    @Test func pinningMovesTheCallingThread() throws {
+        let cpus = ProcessInfo.processInfo.activeProcessorCount
+        let last = cpus - 1
+        let seen = Background { () throws -> Int32 in
+            try NUMAPlacement.pinCurrentThread(toCPU: last)
+            return rs_sched_getcpu()
+        }
+        #expect(try seen.value() == Int32(last))
+    }
+
+    @Test func theCommandNamesAnAbsentNode() throws {
+        let listen = rstream(["listen", "--port", "0", "--numa-node", "64"])
+        let errors = Pipe()
+        listen.standardError = errors
+        try listen.run()
+        listen.waitUntilExit()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(listen.terminationStatus != 0)
+        #expect(text.contains("NUMA node 64 does not exist"), "\(text)")
+    }
+}
