@@ -14,7 +14,7 @@ for run in runs:
         cells[key]["bw"].append(r["bandwidth_MBps"])
         cells[key]["mps"].append(r["messages_per_s"])
 med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in cells.items()}
-transports = ["rstream", "rstream-tuned", "core-writedata", "tcp-blocking", "tcp-busypoll"]
+transports = ["rstream", "rstream-tuned", "rstream-busypoll", "core-writedata", "tcp-blocking", "tcp-busypoll"]
 sizes = sorted({s for _, s in med})
 print("| transport | size | p50 RTT µs | p99 RTT µs | MB/s | msg/s |")
 print("|---|---:|---:|---:|---:|---:|")
@@ -24,12 +24,12 @@ for t in transports:
             m = med[(t, s)]
             print(f"| {t} | {s} | {m['p50']:.1f} | {m['p99']:.1f} | {m['bw']:.1f} | {m['mps']:.0f} |")
 print()
-print("| size | RTT rstream/core | RTT rstream/tcp-blocking | BW rstream/core | BW rstream-tuned/core |")
-print("|---:|---:|---:|---:|---:|")
+print("| size | RTT rstream/core | RTT rstream-busypoll/core | RTT rstream/tcp-blocking | BW rstream/core | BW rstream-tuned/core |")
+print("|---:|---:|---:|---:|---:|---:|")
 for s in sizes:
-    r, t, c, k = (med.get((x, s)) for x in ["rstream", "rstream-tuned", "core-writedata", "tcp-blocking"])
-    if r and t and c and k:
-        print(f"| {s} | {r['p50'] / c['p50']:.2f}x | {r['p50'] / k['p50']:.2f}x | {r['bw'] / c['bw']:.2f}x | {t['bw'] / c['bw']:.2f}x |")
+    r, t, c, k, b = (med.get((x, s)) for x in ["rstream", "rstream-tuned", "core-writedata", "tcp-blocking", "rstream-busypoll"])
+    if r and t and c and k and b:
+        print(f"| {s} | {r['p50'] / c['p50']:.2f}x | {b['p50'] / c['p50']:.2f}x | {r['p50'] / k['p50']:.2f}x | {r['bw'] / c['bw']:.2f}x | {t['bw'] / c['bw']:.2f}x |")
 scales = [run["scale"] for run in runs if "scale" in run]
 if scales:
     rt = statistics.median(s["round_trips_per_s"] for s in scales)

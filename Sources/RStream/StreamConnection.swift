@@ -305,8 +305,10 @@ public final class StreamConnection: Sendable {
 
 extension StreamOptions {
     var shape: EndpointShape {
-        EndpointShape(sendRingSize: sendRingSize, receiveRingSize: receiveRingSize, txQueueSize: txQueueSize,
-                      rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
+        var shape = EndpointShape(sendRingSize: sendRingSize, receiveRingSize: receiveRingSize, txQueueSize: txQueueSize,
+                                  rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
+        shape.waitDescriptor = waitDescriptor
+        return shape
     }
 
     var requirements: CoreRequirements { CoreRequirements(provider: provider, iwarp: iwarp) }

@@ -17,6 +17,10 @@ public struct StreamOptions: Sendable, Equatable {
     public var provider: String?
     /// How long blocking calls busy-poll before they sleep.
     public var busyPollWindow: Duration = .microseconds(50)
+    /// Give the stream a descriptor to `poll()` on (`FI_WAIT_FD`), on which blocking calls sleep.
+    /// Some cores (tcp) then signal a descriptor on every completion, which costs latency; a
+    /// caller that only busy-polls may turn it off (blocking calls then sleep in short steps).
+    public var waitDescriptor = true
     /// The NUMA node for the rings; nil: the NIC's node where the core reports it, else the
     /// calling thread's node.
     public var numaNode: Int?

@@ -16,7 +16,9 @@ package struct CoreBaseline: ~Copyable {
     package static let regionSize = ConnectionBlock.ringSizes.upperBound
 
     package static var shape: EndpointShape {
-        EndpointShape(sendRingSize: regionSize, receiveRingSize: regionSize, txQueueSize: 256, rxCredits: 256, iwarp: false)
+        var shape = EndpointShape(sendRingSize: regionSize, receiveRingSize: regionSize, txQueueSize: 256, rxCredits: 256, iwarp: false)
+        shape.waitDescriptor = false // the floor: nothing the raw core does not need
+        return shape
     }
 
     package init(_ accepted: consuming AcceptedConnection) {

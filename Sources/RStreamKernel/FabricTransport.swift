@@ -14,6 +14,9 @@ package struct EndpointShape: Sendable, Equatable {
     /// The node for the rings; nil: the NIC's node where the core reports it, else the calling
     /// thread's node, else (no NUMA support) the default policy.
     package var numaNode: Int?
+    /// Open the completion queue with a wait descriptor (`FI_WAIT_FD`). Some cores (tcp) then
+    /// signal it on every completion, which costs latency; busy-pollers may do without.
+    package var waitDescriptor = true
     package init(sendRingSize: Int, receiveRingSize: Int, txQueueSize: Int, rxCredits: Int, iwarp: Bool, numaNode: Int? = nil) {
         self.sendRingSize = sendRingSize
         self.receiveRingSize = receiveRingSize
@@ -82,6 +85,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     package init(info: UnsafeMutablePointer<fi_info>, domain: Domain, eventQueue: EventQueue, shape: EndpointShape) throws(RStreamError) {
         let attributes = FabricInfo.attributes(of: info)
         let opsPerWord = shape.iwarp ? 2 : 1
+        let waitDescriptorAsked = shape.waitDescriptor
         // The core's queue limits win over the options; the connection block announces the result.
         // Where data uses up receives, 3 credits (2 held back) cannot be both live and quiet: at
         // least 4 are announced (NOTES.md, "rx_credits = 3").
@@ -97,8 +101,9 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         } else {
             node = NUMAPlacement.isAvailable ? NUMAPlacement.node(ofNICIn: info) ?? NUMAPlacement.currentNode : nil
         }
-        let shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
+        var shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
                                   txQueueSize: shape.txQueueSize, rxCredits: rxCredits, iwarp: shape.iwarp, numaNode: node)
+        shape.waitDescriptor = waitDescriptorAsked
         let txSize = min(shape.txQueueSize, attributes.maxTxSize)
         guard txSize >= 2 + 2 * opsPerWord else {
             throw RStreamError(.invalidOption, "the core's transmit queue of \(attributes.maxTxSize) is too small")
@@ -120,7 +125,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         var cqAttr = fi_cq_attr()
         cqAttr.size = txSize + shape.rxCredits + 16
         cqAttr.format = FI_CQ_FORMAT_DATA
-        cqAttr.wait_obj = eventQueue.waitDescriptor == nil ? FI_WAIT_NONE : FI_WAIT_FD
+        cqAttr.wait_obj = eventQueue.waitDescriptor == nil || !shape.waitDescriptor ? FI_WAIT_NONE : FI_WAIT_FD
         var cq: UnsafeMutablePointer<fid_cq>?
         var rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
         if rcCq < 0 && cqAttr.wait_obj == FI_WAIT_FD {
@@ -186,8 +191,9 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         self.freeWordSlots = .allocate(capacity: txSize)
         for i in 0..<txSize { freeWordSlots[i] = Int32(i) }
         self.freeWordSlotCount = txSize
-        self.shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
-                                   txQueueSize: txSize, rxCredits: shape.rxCredits, iwarp: shape.iwarp, numaNode: node)
+        var finalShape = shape
+        finalShape.txQueueSize = txSize
+        self.shape = finalShape
         self.attributes = attributes
         self.costs = TransportCosts(
             txPerDataWrite: opsPerWord,

@@ -10,12 +10,12 @@ struct Perf: ParsableCommand {
         discussion: """
             By default starts its own server process on loopback. Across two machines run \
             `rstream perf --server --port P` on one and `rstream perf --client HOST --port P` on the other. \
-            The server uses ports P to P+4 (or ephemeral ones with --port 0).
+            The server uses ports P to P+5 (or ephemeral ones with --port 0).
             """)
 
     @Flag(help: "Run the server side only.") var server = false
     @Option(help: "Run the client side only, against this server host.") var client: String?
-    @Option(help: "The server's first port (P..P+4); 0 picks free ones.") var port: UInt16 = 0
+    @Option(help: "The server's first port (P..P+5); 0 picks free ones.") var port: UInt16 = 0
     @Option(help: "Address the server listens on.") var host = "127.0.0.1"
     @Option(help: "Message sizes in bytes, comma-separated.") var sizes = "1,64,4096,65536,1048576"
     @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
@@ -28,7 +28,7 @@ struct Perf: ParsableCommand {
     @Option(name: .customLong("server-cpu"), help: "Pin the spawned server to this CPU.") var serverCPU: Int?
     @Option(name: .customLong("numa-node"), help: "Pin both processes to this NUMA node's CPUs.") var numaNode: Int?
 
-    static let transports = ["rstream", "rstream-tuned", "core-writedata", "tcp-blocking", "tcp-busypoll"]
+    static let transports = ["rstream", "rstream-tuned", "rstream-busypoll", "core-writedata", "tcp-blocking", "tcp-busypoll"]
 
     func validate() throws {
         guard server || client != nil || port == 0 || true else { return }
@@ -53,6 +53,13 @@ struct Perf: ParsableCommand {
         return options
     }
 
+    /// Default rings without a wait descriptor: what a caller that only busy-polls gets.
+    var busyPollOptions: StreamOptions {
+        var options = defaultOptions
+        options.waitDescriptor = false
+        return options
+    }
+
     var tunedOptions: StreamOptions {
         var options = defaultOptions
         options.sendRingSize = sendRing
@@ -66,7 +73,7 @@ struct Perf: ParsableCommand {
         let maxMessage = try parsedSizes().max()!
         if let client {
             guard port != 0 else { throw ValidationError("--client needs the server's --port") }
-            return try runClient(host: client, ports: (0..<5).map { port + UInt16($0) }, maxMessage: maxMessage)
+            return try runClient(host: client, ports: (0..<6).map { port + UInt16($0) }, maxMessage: maxMessage)
         }
         // Start our own server on loopback and read the ports it bound.
         let child = Process()
@@ -89,7 +96,7 @@ struct Perf: ParsableCommand {
             line += String(decoding: data, as: UTF8.self)
         }
         let ports = line.split(separator: " ").compactMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        guard ports.count == 5 else { throw PerfError(description: "unexpected server line: \(line)") }
+        guard ports.count == 6 else { throw PerfError(description: "unexpected server line: \(line)") }
         try runClient(host: "127.0.0.1", ports: ports, maxMessage: maxMessage)
     }
 
@@ -102,7 +109,8 @@ struct Perf: ParsableCommand {
         let core = try CoreBaselineListener(host: host, port: port == 0 ? 0 : port + 2, provider: provider)
         let tcp = try TCPSocket.listen(host: host, port: port == 0 ? 0 : port + 3)
         let scale = try StreamListener(host: host, port: port == 0 ? 0 : port + 4, backlog: 4096, options: defaultOptions)
-        FileHandle.standardOutput.write(Data("\(streamDefault.port) \(streamTuned.port) \(core.port) \(tcp.port) \(scale.port)\n".utf8))
+        let streamBusy = try StreamListener(host: host, port: port == 0 ? 0 : port + 5, options: busyPollOptions)
+        FileHandle.standardOutput.write(Data("\(streamDefault.port) \(streamTuned.port) \(core.port) \(tcp.port) \(scale.port) \(streamBusy.port)\n".utf8))
         func forever(_ body: @escaping @Sendable () throws -> Void) {
             Thread.detachNewThread {
                 while true {
@@ -137,6 +145,11 @@ struct Perf: ParsableCommand {
             try serve(&channel)
         }
         forever { try serveScale(scale) }
+        forever {
+            var channel = StreamChannel(try streamBusy.accept(), maxMessage: 1 << 20)
+            try serve(&channel)
+            channel.stream.close()
+        }
         // The server lives until its parent closes our standard input (or it is killed).
         while FileHandle.standardInput.availableData.count > 0 {}
     }
@@ -230,6 +243,11 @@ struct Perf: ParsableCommand {
             channel.stream.close()
         }
         do {
+            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[5], options: busyPollOptions), maxMessage: maxMessage)
+            results += try measure(&channel, transport: "rstream-busypoll", sizes: sizes)
+            channel.stream.close()
+        }
+        do {
             var channel = CoreChannel(core: try CoreBaseline.connect(host: host, port: ports[2], provider: provider), window: 64)
             results += try measure(&channel, transport: "core-writedata", sizes: sizes)
             try channel.core.drain()
@@ -295,20 +313,20 @@ struct Perf: ParsableCommand {
         func fmt(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
         print("RTT in µs (one-way = RTT/2); bandwidth one-way in MB/s (10^6 B/s)")
         print(["transport", "size", "min", "p50", "p99", "p99.9", "max", "MB/s", "msg/s"].enumerated()
-            .map { $0.offset == 0 ? $0.element.padding(toLength: 15, withPad: " ", startingAt: 0) : pad($0.element, 10) }.joined())
+            .map { $0.offset == 0 ? $0.element.padding(toLength: 18, withPad: " ", startingAt: 0) : pad($0.element, 10) }.joined())
         for r in results {
             let h = r.rtt!
             let cells = [h.min, h.valueAtPercentile(50), h.valueAtPercentile(99), h.valueAtPercentile(99.9), h.max].map { fmt(Self.microseconds($0)) }
-            print(r.transport.padding(toLength: 15, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
+            print(r.transport.padding(toLength: 18, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
                   + cells.map { pad($0, 10) }.joined() + pad(fmt(r.bandwidthMBps!), 10) + pad(fmt(r.messagesPerSecond!, 0), 10))
         }
         print("\nratios (p50 RTT; bandwidth)")
         func find(_ t: String, _ size: Int) -> Result? { results.first { $0.transport == t && $0.size == size } }
         for size in Set(results.map(\.size)).sorted() {
             guard let rs = find("rstream", size), let tuned = find("rstream-tuned", size), let core = find("core-writedata", size),
-                  let tcp = find("tcp-blocking", size) else { continue }
+                  let tcp = find("tcp-blocking", size), let busy = find("rstream-busypoll", size) else { continue }
             let p50 = { (r: Result) in Double(r.rtt!.valueAtPercentile(50)) }
-            print(pad("\(size)", 8) + " B: rstream/core RTT \(fmt(p50(rs) / p50(core), 2))x, rstream/tcp-blocking RTT \(fmt(p50(rs) / p50(tcp), 2))x, "
+            print(pad("\(size)", 8) + " B: rstream/core RTT \(fmt(p50(rs) / p50(core), 2))x (busy-poll \(fmt(p50(busy) / p50(core), 2))x), rstream/tcp-blocking RTT \(fmt(p50(rs) / p50(tcp), 2))x, "
                   + "bandwidth rstream/core \(fmt(rs.bandwidthMBps! / core.bandwidthMBps!, 2))x, rstream-tuned/core \(fmt(tuned.bandwidthMBps! / core.bandwidthMBps!, 2))x")
         }
         if let scale {
