@@ -38,16 +38,6 @@ extension StreamEngine where Transport == FabricTransport {
 }
 
 extension StreamEngine where Transport: ~Copyable {
-    /// Sends as many of `bytes` as fit now; 0 means would block.
-    package mutating func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
-        var result: Result<Int, RStreamError>?
-        _ = bytes.withContiguousStorageIfAvailable { buffer in
-            result = Result { () throws(RStreamError) in try send(UnsafeRawBufferPointer(buffer)) }
-        }
-        if let result { return try result.get() }
-        return try sendByElement(bytes)
-    }
-
     /// A collection without contiguous storage is copied through the zero-copy path.
     @usableFromInline
     package mutating func sendByElement<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(RStreamError) -> Int {
@@ -56,16 +46,6 @@ extension StreamEngine where Transport: ~Copyable {
             for byte in bytes.prefix(region.count) { region[n] = byte; n += 1 }
             return n
         }
-    }
-
-    /// Receives into the front of `buffer`.
-    package mutating func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
-        var result: Result<ReceiveOutcome, RStreamError>?
-        _ = buffer.withContiguousMutableStorageIfAvailable { storage in
-            result = Result { () throws(RStreamError) in try receive(into: UnsafeMutableRawBufferPointer(storage)) }
-        }
-        if let result { return try result.get() }
-        return try receiveByElement(into: &buffer)
     }
 
     @usableFromInline

@@ -103,7 +103,20 @@ final class EnginePair {
 }
 
 extension StreamEngine where Transport: ~Copyable {
-    mutating func send(_ bytes: [UInt8]) throws(RStreamError) -> Int { try send(contentsOf: bytes) }
+    mutating func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
+        defer { copy.deallocate() }
+        copy.copyBytes(from: bytes)
+        return try send(UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]))
+    }
+
+    mutating func receive(into buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count, alignment: 1)
+        defer { raw.deallocate() }
+        let outcome = try receive(into: raw)
+        if case .bytes(let n) = outcome { buffer.replaceSubrange(0..<n, with: raw[0..<n]) }
+        return outcome
+    }
 
     mutating func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
         var buffer = [UInt8](repeating: 0, count: max)

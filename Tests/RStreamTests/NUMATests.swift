@@ -56,13 +56,8 @@ import Testing
     }
 
     @Test func theCommandNamesAnAbsentNode() throws {
-        let listen = rstream(["listen", "--port", "0", "--numa-node", "64"])
-        let errors = Pipe()
-        listen.standardError = errors
-        try listen.run()
-        listen.waitUntilExit()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(listen.terminationStatus != 0)
+        let (status, text) = try runToCompletion(["listen", "--port", "0", "--numa-node", "64"])
+        #expect(status != 0)
         #expect(text.contains("NUMA node 64 does not exist"), "\(text)")
     }
 }

@@ -22,6 +22,18 @@ func rstream(_ arguments: [String]) -> Process {
     return process
 }
 
+/// Runs `rstream` to completion; returns its exit status and what it wrote on stderr.
+func runToCompletion(_ arguments: [String]) throws -> (status: Int32, errors: String) {
+    let process = rstream(arguments)
+    let errors = Pipe()
+    process.standardError = errors
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, text)
+}
+
 /// Starts `rstream listen --once` on an ephemeral port; returns it with the port it printed.
 func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process, UInt16, Pipe) {
     let listen = rstream(["listen", "--host", "127.0.0.1", "--port", "0", "--once", "--provider", "tcp"] + extra)
@@ -66,14 +78,8 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
 
     @Test func connectToNothingFailsWithAMessage() throws {
         let port = try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions()).port
-        let connect = rstream(["connect", "127.0.0.1", String(port), "--provider", "tcp"])
-        let errors = Pipe()
-        connect.standardError = errors
-        connect.standardInput = FileHandle.nullDevice
-        try connect.run()
-        connect.waitUntilExit()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(connect.terminationStatus != 0)
+        let (status, text) = try runToCompletion(["connect", "127.0.0.1", String(port), "--provider", "tcp"])
+        #expect(status != 0)
         #expect(text.contains("nothing is listening"), "\(text)")
     }
 
@@ -83,13 +89,8 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
         (["--tx-size", "0"], "tx queue size 0 is outside 8...65536"),
     ])
     func badOptionsAreNamed(arguments: [String], message: String) throws {
-        let listen = rstream(["listen", "--port", "0"] + arguments)
-        let errors = Pipe()
-        listen.standardError = errors
-        try listen.run()
-        listen.waitUntilExit()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(listen.terminationStatus != 0)
+        let (status, text) = try runToCompletion(["listen", "--port", "0"] + arguments)
+        #expect(status != 0)
         #expect(text.contains(message), "\(text)")
     }
 
