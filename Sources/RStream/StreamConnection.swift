@@ -33,13 +33,15 @@ public enum ReceiveResult: Equatable, Sendable {
 /// nobody drives holds up its peer; call `progress()` when idle for long. Every method may be called
 /// from any thread.
 public final class StreamConnection: Sendable {
+    /// The engine, swapped out by `close`. Calls copy the reference out and work on the engine's
+    /// own sharded locks, so a sender, a receiver and a progress driver run at once.
     private let engine: Mutex<FabricStreamEngine?>
     private let waitSet: WaitSet?
     public let options: StreamOptions
 
-    init(engine: consuming sending FabricStreamEngine, options: StreamOptions) {
+    init(engine: FabricStreamEngine, options: StreamOptions) {
         waitSet = engine.transport.waitSet
-        self.engine = Mutex(Optional(engine))
+        self.engine = Mutex(engine)
         self.options = options
     }
 
@@ -69,7 +71,7 @@ public final class StreamConnection: Sendable {
     }
 
     deinit {
-        engine.withCheckedLock(key: lockKey(self)) { engine in
+        engine.withLock { engine in
             engine?.disconnect()
             engine = nil
         }
@@ -90,18 +92,16 @@ public final class StreamConnection: Sendable {
 
     private static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
 
-    private func withEngine<R: Sendable>(_ body: (inout FabricStreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
-        try engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) throws(RStreamError) -> R in
-            guard engine != nil else { throw Self.closedError }
-            return try body(&engine!)
-        }
+    private func withEngine<R>(_ body: (FabricStreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
+        guard let engine = engine.withCheckedLock(key: lockKey(self), { $0 }) else { throw Self.closedError }
+        return try body(engine)
     }
 
     /// Retries `attempt` until it yields: busy-polls for the options' window, then sleeps on the
     /// descriptor (armed for `interest`), or in short steps where the core has none.
-    private func block<R: Sendable>(
+    private func block<R>(
         for interest: WaitInterest, deadline: ContinuousClock.Instant? = nil,
-        _ attempt: (inout FabricStreamEngine) throws(RStreamError) -> R?
+        _ attempt: (FabricStreamEngine) throws(RStreamError) -> R?
     ) throws(RStreamError) -> R {
         let clock = ContinuousClock()
         let busyUntil = clock.now + options.busyPollWindow
@@ -109,7 +109,7 @@ public final class StreamConnection: Sendable {
         while true {
             if let value = try withEngine({ (engine) throws(RStreamError) -> R? in
                 if round & 63 == 63 { engine.pollConnectionEvents() }
-                return try attempt(&engine)
+                return try attempt(engine)
             }) {
                 return value
             }
@@ -199,9 +199,7 @@ public final class StreamConnection: Sendable {
     public func tryReceive(exactly buffer: inout [UInt8]) throws(RStreamError) -> ReceiveResult {
         precondition(!buffer.isEmpty, "receive into an empty buffer")
         let outcome = try withEngine { (engine) throws(RStreamError) -> ReceiveOutcome in
-            engine.progress()
-            if engine.readableCount >= buffer.count { return try engine.receive(into: &buffer) }
-            return engine.readableCount == 0 ? try engine.outcomeWhenEmpty() : .wouldBlock
+            try engine.receive(exactlyInto: &buffer)
         }
         return Self.result(outcome)
     }
@@ -295,10 +293,11 @@ public final class StreamConnection: Sendable {
     public func close(linger: Duration = .seconds(2)) {
         _ = try? shutdown()
         _ = try? flush(timeout: linger)
-        engine.withCheckedLock(key: lockKey(self)) { engine in
-            engine?.disconnect()
-            engine = nil
+        let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) -> FabricStreamEngine? in
+            defer { engine = nil }
+            return engine
         }
+        closed?.disconnect() // the engine is freed when the last call still using it returns
         waitSet?.ring() // sleepers wake and find the stream closed
     }
 }

@@ -27,3 +27,19 @@ extension Mutex where Value: ~Copyable {
 package func lockKey(_ owner: AnyObject) -> UnsafeRawPointer {
     UnsafeRawPointer(Unmanaged.passUnretained(owner).toOpaque())
 }
+
+extension Mutex where Value: ~Copyable {
+    /// `withLockIfAvailable`, announced to ThreadSanitizer like `withCheckedLock`.
+    @inline(__always)
+    package borrowing func withCheckedLockIfAvailable<Result, E: Error>(
+        key: UnsafeRawPointer, _ body: (inout sending Value) throws(E) -> sending Result
+    ) throws(E) -> sending Result? {
+        try withLockIfAvailable { (value: inout sending Value) throws(E) -> sending Result in
+            #if RSTREAM_TSAN
+            rs_tsan_acquire(key)
+            defer { rs_tsan_release(key) }
+            #endif
+            return try body(&value)
+        }
+    }
+}

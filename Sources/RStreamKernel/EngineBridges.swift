@@ -7,17 +7,17 @@ import CLibfabric
 // the concrete entry points below, which the kernel compiles specialised for `FabricTransport`.
 extension StreamEngine where Transport == FabricTransport {
     @usableFromInline
-    package mutating func sendContiguous(_ buffer: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+    package func sendContiguous(_ buffer: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
         try send(buffer)
     }
 
     @usableFromInline
-    package mutating func receiveContiguous(_ buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
+    package func receiveContiguous(_ buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         try receive(into: buffer)
     }
 
     @inlinable
-    package mutating func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
+    package func send<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
         var result: Result<Int, RStreamError>?
         _ = bytes.withContiguousStorageIfAvailable { buffer in
             result = Result { () throws(RStreamError) in try sendContiguous(UnsafeRawBufferPointer(buffer)) }
@@ -26,8 +26,16 @@ extension StreamEngine where Transport == FabricTransport {
         return try sendByElement(bytes)
     }
 
+    package func receive(exactlyInto buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
+        var result: Result<ReceiveOutcome, RStreamError>!
+        buffer.withUnsafeMutableBytes { raw in
+            result = Result { () throws(RStreamError) in try receive(exactly: raw) }
+        }
+        return try result.get()
+    }
+
     @inlinable
-    package mutating func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
+    package func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
         var result: Result<ReceiveOutcome, RStreamError>?
         _ = buffer.withContiguousMutableStorageIfAvailable { storage in
             result = Result { () throws(RStreamError) in try receiveContiguous(UnsafeMutableRawBufferPointer(storage)) }
@@ -37,10 +45,10 @@ extension StreamEngine where Transport == FabricTransport {
     }
 }
 
-extension StreamEngine where Transport: ~Copyable {
+extension StreamEngine {
     /// A collection without contiguous storage is copied through the zero-copy path.
     @usableFromInline
-    package mutating func sendByElement<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(RStreamError) -> Int {
+    package func sendByElement<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(RStreamError) -> Int {
         return try withWritableBytes { region in
             var n = 0
             for byte in bytes.prefix(region.count) { region[n] = byte; n += 1 }
@@ -49,7 +57,7 @@ extension StreamEngine where Transport: ~Copyable {
     }
 
     @usableFromInline
-    package mutating func receiveByElement<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
+    package func receiveByElement<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
         var index = buffer.startIndex
         return try withReadableBytes { region in
             var n = 0
@@ -66,7 +74,7 @@ extension StreamEngine where Transport: ~Copyable {
 extension StreamEngine where Transport == FabricTransport {
     /// Reads this endpoint's connection events; a disconnect ends the stream (a reset unless the
     /// peer's FIN came first).
-    package mutating func pollConnectionEvents() {
+    package func pollConnectionEvents() {
         let event: ConnectionEvent?
         do throws(RStreamError) {
             event = try transport.eventQueue.takeEvent(for: transport.fidKey)
@@ -79,28 +87,31 @@ extension StreamEngine where Transport == FabricTransport {
         }
     }
 
-    /// The last step before sleeping on `transport.waitSet`: drives progress, arms the wait set,
-    /// picks up connection events routed meanwhile, and checks readiness for `interest` (an empty
-    /// interest waits for any completion). True when the caller may sleep; false when it should
-    /// look again (or when the core offers no descriptor). A `sleeper` is counted, and must call
-    /// `transport.waitSet!.sleep` once the stream lock is released.
-    package mutating func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
+    /// The last step before sleeping on `transport.waitSet`: drives progress, then, under the
+    /// progress lock (where completions are taken), arms the wait set and checks readiness for
+    /// `interest` (an empty interest waits for any completion) and `fi_trywait`. True when the
+    /// caller may sleep; false when it should look again (or when the core offers no descriptor).
+    /// A `sleeper` is counted, and must call `transport.waitSet!.sleep` next.
+    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
         guard let waitSet = transport.waitSet else { return false }
         for _ in 0..<8 {
             progress()
-            // Armed before the last look: whatever happens after it rings the wait set.
-            waitSet.arm()
             pollConnectionEvents()
-            if interest.contains(.readable) && isReadable { return false }
-            if interest.contains(.writable) && (writableCount > 0 || failure != nil || isShutdown) { return false }
-            if transport.tryWait() == 0 {
+            let verdict = withProgressLock { () -> Bool? in
+                // Armed before the last look: whatever happens after it rings the wait set.
+                waitSet.arm()
+                if transport.eventQueue.hasEvent(for: transport.fidKey) { return nil }
+                if interest.contains(.readable) && isReadable { return false }
+                if interest.contains(.writable) && mayBeWritable { return false }
+                guard transport.tryWait() == 0 else { return nil }
                 if sleeper { waitSet.willSleep() }
                 return true
             }
+            if let verdict { return verdict }
         }
         return false
     }
 
     /// Ends the core connection once this side is done with it.
-    package mutating func disconnect() { transport.disconnect() }
+    package func disconnect() { transport.disconnect() }
 }

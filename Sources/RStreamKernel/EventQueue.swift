@@ -146,6 +146,14 @@ package final class EventQueue: @unchecked Sendable {
         }
     }
 
+    /// True when an event for `key` is queued (reading the queue first).
+    package func hasEvent(for key: UInt) -> Bool {
+        (try? demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> Bool in
+            try drain(&d)
+            return !(d.events[key]?.isEmpty ?? true)
+        }) ?? true
+    }
+
     /// Drops whatever is still queued for a closed endpoint.
     package func forget(_ key: UInt) {
         demux.withCheckedLock(key: lockKey(self)) { d in

@@ -1,5 +1,6 @@
 import CLibfabric
 import CFabricShim
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,10 +34,12 @@ package struct EndpointShape: Sendable, Equatable {
 ///
 /// Invariants: every handle is open until deinit, which closes the endpoint first (so no operation
 /// can still refer to the regions), then the completion queue, then the registrations; the regions
-/// themselves are freed after that, as the struct's fields are destroyed. Exactly `rxCredits`
-/// receives are posted while connected. In iWarp mode a word being sent lives in a word slot
-/// taken from `freeWordSlots` until its completion returns it.
-package struct FabricTransport: ~Copyable, StreamTransport {
+/// themselves are freed after that, as the object's fields are destroyed. Exactly `rxCredits`
+/// receives are posted while connected. In iWarp mode a word being sent lives in a word slot taken
+/// from `wordSlots` until its completion returns it. `peer` is set once, before the engine shares
+/// the transport; `completions` is touched only by `poll` (under the progress lock) and
+/// `pendingDataWord` only under the send lock.
+package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package let domain: Domain
     package let eventQueue: EventQueue
     package let endpoint: UnsafeMutablePointer<fid_ep>
@@ -49,8 +52,8 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     /// iWarp: rxCredits receive slots, then txQueueSize send slots, 4 bytes each.
     private let wordRegion: PageAlignedRegion
     private let completions: UnsafeMutablePointer<fi_cq_data_entry>
-    private let freeWordSlots: UnsafeMutablePointer<Int32>
-    private var freeWordSlotCount: Int
+    /// Free word slots (iWarp): taken under the send lock, returned under the progress lock.
+    private let wordSlots: Mutex<[Int32]>
     private var peer: ConnectionBlock?
     /// iWarp: a DATA word whose write was posted but whose send found the queue full.
     private var pendingDataWord: UInt32?
@@ -188,9 +191,9 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         self.receiveRegion = receiveRegion
         self.wordRegion = wordRegion
         self.completions = .allocate(capacity: Self.completionBatch)
-        self.freeWordSlots = .allocate(capacity: txSize)
-        for i in 0..<txSize { freeWordSlots[i] = Int32(i) }
-        self.freeWordSlotCount = txSize
+        var slots = [Int32](repeating: 0, count: txSize)
+        for i in 0..<txSize { slots[i] = Int32(txSize - 1 - i) }
+        self.wordSlots = Mutex(slots)
         var finalShape = shape
         finalShape.txQueueSize = txSize
         self.shape = finalShape
@@ -216,7 +219,6 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         _ = fi_close(fidOf(receiveRegistration))
         _ = fi_close(fidOf(wordRegistration))
         completions.deallocate()
-        freeWordSlots.deallocate()
         eventQueue.forget(EventQueue.key(fidOf(endpoint)))
     }
 
@@ -229,7 +231,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     }
 
     /// Called once the peer's block has been checked: from now on writes go to its ring.
-    package mutating func connect(to peer: ConnectionBlock) { self.peer = peer }
+    package func connect(to peer: ConnectionBlock) { self.peer = peer }
 
     package var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
 
@@ -252,7 +254,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         if rc < 0 { throw .fabric(rc, "fi_recv(slot \(slot))") }
     }
 
-    package mutating func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+    package func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
         guard let peer else { preconditionFailure("write before the peer's block was accepted") }
         if pendingDataWord != nil {
             guard try flushPendingDataWord() else { return false }
@@ -263,7 +265,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         let context = Self.context(.write, writeSlot)
         let rc: Int
         if shape.iwarp {
-            guard freeWordSlotCount > 0 else { return false }
+            guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.isEmpty }) else { return false }
             rc = fabricCall(.write) { fi_write(endpoint, source, length, desc, rs_fi_addr_unspec(), address, peer.key, context) }
         } else {
             rc = fabricCall(.write) {
@@ -280,14 +282,14 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         return true
     }
 
-    private mutating func flushPendingDataWord() throws(RStreamError) -> Bool {
+    private func flushPendingDataWord() throws(RStreamError) -> Bool {
         guard let word = pendingDataWord else { return true }
         guard try sendWordPayload(word) else { return false }
         pendingDataWord = nil
         return true
     }
 
-    package mutating func send(word: UInt32) throws(RStreamError) -> Bool {
+    package func send(word: UInt32) throws(RStreamError) -> Bool {
         if shape.iwarp {
             guard try flushPendingDataWord() else { return false }
             return try sendWordPayload(word)
@@ -298,21 +300,21 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         return true
     }
 
-    private mutating func sendWordPayload(_ word: UInt32) throws(RStreamError) -> Bool {
-        guard freeWordSlotCount > 0 else { return false }
-        let slot = Int(freeWordSlots[freeWordSlotCount - 1])
+    private func sendWordPayload(_ word: UInt32) throws(RStreamError) -> Bool {
+        guard let slot32 = wordSlots.withCheckedLock(key: lockKey(self), { $0.popLast() }) else { return false }
+        let slot = Int(slot32)
         let payload = wordRegion.base + 4 * (shape.rxCredits + slot)
         payload.storeBytes(of: word.bigEndian, as: UInt32.self)
         let rc = fabricCall(.send) {
             fi_send(endpoint, payload, 4, fi_mr_desc(wordRegistration), rs_fi_addr_unspec(), Self.context(.wordSend, slot))
         }
+        if rc < 0 { returnWordSlot(slot) }
         if rc == -Int(FI_EAGAIN) { return false }
         if rc < 0 { throw .fabric(rc, "fi_send(word)") }
-        freeWordSlotCount -= 1
         return true
     }
 
-    package mutating func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+    package func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
         if pendingDataWord != nil { _ = try flushPendingDataWord() }
         let batch = min(events.count, Self.completionBatch)
         let n = fabricCall(.cqRead) { fi_cq_read(cq, completions, batch) }
@@ -342,7 +344,7 @@ package struct FabricTransport: ~Copyable, StreamTransport {
     }
 
     @inline(__always)
-    private mutating func event(for entry: fi_cq_data_entry) throws(RStreamError) -> TransportEvent {
+    private func event(for entry: fi_cq_data_entry) throws(RStreamError) -> TransportEvent {
         let flags = entry.flags
         // A local completion may carry FI_REMOTE_CQ_DATA too; only these two mark an arrival.
         let incoming = flags & UInt64(FI_RECV | FI_REMOTE_WRITE) != 0
@@ -380,13 +382,14 @@ package struct FabricTransport: ~Copyable, StreamTransport {
         return .notified(word: word, consumedReceive: consumed)
     }
 
-    private mutating func returnWordSlot(_ slot: Int) {
-        precondition(freeWordSlotCount < shape.txQueueSize, "word slot returned twice")
-        freeWordSlots[freeWordSlotCount] = Int32(slot)
-        freeWordSlotCount += 1
+    private func returnWordSlot(_ slot: Int) {
+        wordSlots.withCheckedLock(key: lockKey(self)) { slots in
+            precondition(slots.count < shape.txQueueSize, "word slot returned twice")
+            slots.append(Int32(slot))
+        }
     }
 
-    package mutating func disconnect() {
+    package func disconnect() {
         _ = fi_shutdown(endpoint, 0)
     }
 }

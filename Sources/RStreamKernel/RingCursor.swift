@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Position arithmetic of one byte ring: where the producer writes next, where the consumer reads
 /// next, and how many bytes lie between. It owns no memory; a ring's bytes live in a
 /// `RegisteredRegion` and are only touched at the offsets this cursor hands out.
@@ -48,14 +50,16 @@
 }
 
 /// The data writes in flight, in the order they were posted, so that send-ring bytes are freed in
-/// ring order even if a core completes writes out of order.
+/// ring order even if a core completes writes out of order. Single producer, single consumer: the
+/// send shard pushes, the progress shard completes.
 ///
 /// Invariant: retired <= posted <= retired + capacity; a slot between them holds the write's length,
-/// negated once its completion has arrived.
-package struct WriteFIFO: ~Copyable {
+/// negated once its completion has arrived. `posted` is written only by the pusher, `retired` only
+/// by the completer.
+package final class WriteLedger: @unchecked Sendable {
     private let lengths: UnsafeMutableBufferPointer<Int32>
-    private var posted = 0
-    private var retired = 0
+    private let posted = Atomic<Int>(0)
+    private let retired = Atomic<Int>(0)
 
     package init(capacity: Int) {
         precondition(capacity > 0)
@@ -65,30 +69,36 @@ package struct WriteFIFO: ~Copyable {
 
     deinit { lengths.deallocate() }
 
-    package var inFlight: Int { posted - retired }
-    package var isFull: Bool { inFlight == lengths.count }
+    package var inFlight: Int { posted.load(ordering: .acquiring) - retired.load(ordering: .acquiring) }
+    package var isFull: Bool { inFlight >= lengths.count }
+    package var isEmpty: Bool { inFlight == 0 }
 
-    /// Records a posted write; returns the slot its completion will name.
-    package mutating func push(length: Int) -> Int {
-        precondition(!isFull && length > 0, "write FIFO overflow")
-        let slot = posted % lengths.count
+    /// Records a posted write (pusher only); returns the slot its completion will name.
+    package func push(length: Int) -> Int {
+        let p = posted.load(ordering: .relaxed)
+        precondition(p - retired.load(ordering: .acquiring) < lengths.count && length > 0, "write ledger overflow")
+        let slot = p % lengths.count
         lengths[slot] = Int32(length)
-        posted += 1
+        posted.store(p + 1, ordering: .releasing)
         return slot
     }
 
-    /// Marks the write in `slot` complete; returns the bytes that may now leave the send ring.
-    package mutating func complete(slot: Int) -> Int {
+    /// Marks the write in `slot` complete (completer only); returns the bytes that may now leave
+    /// the send ring.
+    package func complete(slot: Int) -> Int {
+        let p = posted.load(ordering: .acquiring)
+        var r = retired.load(ordering: .relaxed)
         guard slot >= 0, slot < lengths.count, lengths[slot] > 0 else {
             preconditionFailure("completion for slot \(slot), which has no write in flight")
         }
         lengths[slot] = -lengths[slot]
         var freed = 0
-        while retired < posted, case let len = lengths[retired % lengths.count], len < 0 {
+        while r < p, case let len = lengths[r % lengths.count], len < 0 {
             freed += Int(-len)
-            lengths[retired % lengths.count] = 0
-            retired += 1
+            lengths[r % lengths.count] = 0
+            r += 1
         }
+        retired.store(r, ordering: .releasing)
         return freed
     }
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// What a receive found.
 package enum ReceiveOutcome: Equatable, Sendable {
     case bytes(Int)
@@ -5,249 +7,396 @@ package enum ReceiveOutcome: Equatable, Sendable {
     case endOfStream
 }
 
-/// The protocol-v3 state of one connected stream over any transport: the send and receive rings'
-/// cursors, credits and ring space, the CONTROL bookkeeping, FIN and failure. It never blocks, and
-/// it allocates nothing after `init`; progress happens inside the caller's calls.
+/// The protocol-v3 state of one connected stream over any transport, sharded so that any number
+/// of threads may send, receive and drive progress at once (`FI_THREAD_SAFE`).
 ///
-/// Invariants (checked in debug builds by `checkInvariants`):
-/// - 0 <= txCredits <= costs.txQueueSize; 0 <= targetCredits <= peer.rxCredits;
-///   0 <= remoteSpace <= peer.ringSize; 0 <= remoteOffset < peer.ringSize;
-/// - the send cursor's used bytes are exactly the bytes of writes in flight (plus a staged write);
-/// - 0 <= unreportedCredits <= localRxCredits; 0 <= unreportedFreed <= receive ring capacity;
-/// - once `failure` is set, no more words are posted.
-package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
-    package var transport: Transport
+/// Three locks, each guarding one shard:
+/// - send: the send ring's write offset, the remote write offset, the staged write, FIN, and what
+///   the last CONTROL word reported; every word this side posts (data writes *and* CONTROL words)
+///   is posted under it, so tx slots and peer receives have a single consumer;
+/// - receive: the receive ring's read offset;
+/// - progress: reading the completion queue, the receive ring's write offset.
+///
+/// The counters that cross shards are monotonic atomics with exactly one writer each (named beside
+/// them); what is available is a difference of two of them. Lock order: receive → progress,
+/// send → progress; the progress shard never waits for the send lock (it only tries it), and the
+/// receive shard never takes it but by trying. A CONTROL word that a non-sender finds due is
+/// requested with `controlDue` and sent by whoever holds, or next takes, the send lock.
+///
+/// Invariants (each checked where its owner changes it):
+/// - 0 <= txTaken − txReturned <= costs.txQueueSize; 0 <= peerReceivesTaken − peerReceivesReturned
+///   <= peer.rxCredits; 0 <= remoteWritten − remoteFreed <= peer.ringSize;
+/// - 0 <= received − consumed <= receive ring size; 0 <= sendCommitted − sendFreed <= send ring size;
+/// - once failed, no more words are posted.
+package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendable {
+    package let transport: Transport
     package let peer: ConnectionBlock
     package let localRxCredits: Int
     package let costs: TransportCosts
+    private let sendCapacity: Int
+    private let receiveCapacity: Int
 
-    private var sendCursor: RingCursor
-    private var receiveCursor: RingCursor
-    private var writes: WriteFIFO
+    // Crossing counters, each with one writer.
+    private let sendCommitted = Atomic<Int>(0)        // send: bytes placed in the send ring
+    private let sendFreed = Atomic<Int>(0)            // progress: bytes whose writes completed
+    private let txTaken = Atomic<Int>(0)              // send: transmit slots used
+    private let txReturned = Atomic<Int>(0)           // progress: local completions
+    private let peerReceivesTaken = Atomic<Int>(0)    // send: peer receives our words used
+    private let peerReceivesReturned = Atomic<Int>(0) // progress: credits in the peer's CONTROL words
+    private let remoteWritten = Atomic<Int>(0)        // send: bytes written to the peer's ring
+    private let remoteFreed = Atomic<Int>(0)          // progress: freed in the peer's CONTROL words
+    private let received = Atomic<Int>(0)             // progress: bytes DATA words placed
+    private let consumed = Atomic<Int>(0)             // receive: bytes handed to the caller
+    private let receivesUsed = Atomic<Int>(0)         // progress: our receives the peer used
+    private let dataReceivesUsed = Atomic<Int>(0)     // progress: of those, by data
+    private let reportedFreed = Atomic<Int>(0)        // send: `consumed` as of the last CONTROL
+    private let reportedCredits = Atomic<Int>(0)      // send: `receivesUsed` as of the last CONTROL
+    private let reportedDataCredits = Atomic<Int>(0)  // send: `dataReceivesUsed` as of the last CONTROL
+    private let finRequestedFlag = Atomic<Bool>(false) // send
+    private let finSentFlag = Atomic<Bool>(false)     // send
+    private let finReceivedFlag = Atomic<Bool>(false) // progress
+    private let peerDisconnectedFlag = Atomic<Bool>(false)
+    private let controlDue = Atomic<Bool>(false)      // anyone: a CONTROL word may be due
+    private let failedFlag = Atomic<Bool>(false)
+    private let failureBox = Mutex<RStreamError?>(nil)
 
-    // The sender's side.
-    private var txCredits: Int
-    private var targetCredits: Int
-    private var remoteSpace: Int
-    private var remoteOffset = 0
-    /// A write fully accounted for whose post found the core's queue full; posted before anything else.
-    private var staged: (sendOffset: Int, length: Int, remoteOffset: Int, slot: Int)?
+    private let ledger: WriteLedger
 
-    // The receiver's side: what the next CONTROL word will return.
-    private var unreportedFreed = 0
-    private var unreportedCredits = 0
-    private var unreportedDataCredits = 0
-
-    private var finRequested = false
-    private var finSent = false
-    private var finReceived = false
-    private var peerDisconnected = false
-    package private(set) var failure: RStreamError?
-
-    private let events: UnsafeMutableBufferPointer<TransportEvent>
+    private struct SendShard {
+        var writeOffset = 0
+        var remoteOffset = 0
+        /// A write fully accounted for whose post found the core's queue full; posted first.
+        var staged: (sendOffset: Int, length: Int, remoteOffset: Int, slot: Int)?
+    }
+    private struct ReceiveShard {
+        var readOffset = 0
+    }
+    private struct ProgressShard {
+        var writeOffset = 0
+        let events: UnsafeMutableBufferPointer<TransportEvent>
+    }
+    private let sendShard = Mutex(SendShard())
+    private let receiveShard = Mutex(ReceiveShard())
+    private let progressShard: Mutex<ProgressShard>
 
     /// Transmit slots and peer receives that data may not take: they are kept for CONTROL words,
     /// so that data can never starve a credit update.
     package static var reserve: Int { 2 }
     private static var eventBatch: Int { 16 }
 
-    package init(transport: consuming Transport, peer: ConnectionBlock) {
+    package init(transport: Transport, peer: ConnectionBlock) {
         let costs = transport.costs
         self.costs = costs
         self.transport = transport
         self.peer = peer
-        self.localRxCredits = costs.postedReceives
-        sendCursor = RingCursor(capacity: self.transport.sendRing.count)
-        receiveCursor = RingCursor(capacity: self.transport.receiveRing.count)
-        writes = WriteFIFO(capacity: costs.txQueueSize)
-        txCredits = costs.txQueueSize
-        targetCredits = peer.rxCredits
-        remoteSpace = peer.ringSize
-        events = .allocate(capacity: Self.eventBatch)
+        localRxCredits = costs.postedReceives
+        sendCapacity = transport.sendRing.count
+        receiveCapacity = transport.receiveRing.count
+        ledger = WriteLedger(capacity: costs.txQueueSize)
+        let events = UnsafeMutableBufferPointer<TransportEvent>.allocate(capacity: Self.eventBatch)
         events.initialize(repeating: .transmitted(writeSlot: nil))
+        progressShard = Mutex(ProgressShard(events: events))
     }
 
-    deinit { events.deallocate() }
+    deinit { progressShard.withLock { $0.events.deallocate() } }
+
+    private var key: UnsafeRawPointer { lockKey(self) }
+    // TSan keys: one address per lock (the object, and two bytes past it, never dereferenced).
+    private var sendKey: UnsafeRawPointer { key }
+    private var receiveKey: UnsafeRawPointer { key + 1 }
+    private var progressKey: UnsafeRawPointer { key + 2 }
+
+    // MARK: Failure
+
+    package var failure: RStreamError? {
+        guard failedFlag.load(ordering: .acquiring) else { return nil }
+        return failureBox.withCheckedLock(key: key + 3) { $0 }
+    }
+
+    private func fail(_ error: RStreamError) {
+        let first = failureBox.withCheckedLock(key: key + 3) { (box: inout RStreamError?) -> Bool in
+            guard box == nil else { return false }
+            box = error
+            return true
+        }
+        guard first else { return }
+        failedFlag.store(true, ordering: .releasing)
+        if error.kind == .protocolViolation { transport.disconnect() }
+    }
 
     // MARK: Progress
 
-    /// Reads the completions waiting and acts on them, then sends a CONTROL word if one is due.
+    /// Reads the completions waiting and acts on them; asks for a CONTROL word if one may be due.
     /// Errors do not escape: they become `failure`, reported after the bytes that came before.
-    package mutating func progress() {
-        guard failure == nil else { return }
-        do throws(RStreamError) {
-            try flushStaged()
-            for _ in 0..<8 {
-                let n = try transport.poll(into: events)
-                for i in 0..<n {
-                    handle(events[i])
-                    if failure != nil { return }
+    package func progress() {
+        guard !failedFlag.load(ordering: .acquiring) else { return }
+        let notified = progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Bool in
+            var notified = false
+            do throws(RStreamError) {
+                for _ in 0..<8 {
+                    let n = try transport.poll(into: p.events)
+                    for i in 0..<n {
+                        if handle(p.events[i], &p) { notified = true }
+                        if failedFlag.load(ordering: .relaxed) { return notified }
+                    }
+                    if n < p.events.count { break }
                 }
-                if n < events.count { break }
+            } catch {
+                fail(error)
             }
-            try flushControl()
-        } catch {
-            fail(error)
+            return notified
         }
-        checkInvariants()
+        // Also after transmit completions alone: a CONTROL word waiting for credits can go now.
+        if notified { requestControl() } else { serveControlRequests() }
     }
 
-    private mutating func handle(_ event: TransportEvent) {
+    /// Handles one event under the progress lock; true when a CONTROL word may have become due.
+    private func handle(_ event: TransportEvent, _ p: inout ProgressShard) -> Bool {
         switch event {
         case .transmitted(let slot):
-            precondition(txCredits < costs.txQueueSize, "more transmit completions than operations posted")
-            txCredits += 1
-            if let slot {
-                sendCursor.consume(writes.complete(slot: slot))
-            }
-        case .notified(let word, let consumed):
-            if consumed {
-                unreportedCredits += 1
-                guard unreportedCredits <= localRxCredits else {
-                    return fail(.protocolViolation("peer used more than the \(localRxCredits) receives it was credited"))
+            let returned = txReturned.add(1, ordering: .releasing).newValue
+            precondition(returned <= txTaken.load(ordering: .acquiring), "more transmit completions than operations posted")
+            if let slot { sendFreed.add(ledger.complete(slot: slot), ordering: .releasing) }
+            return false
+        case .notified(let word, let usedReceive):
+            if usedReceive {
+                let used = receivesUsed.add(1, ordering: .releasing).newValue
+                guard used - reportedCredits.load(ordering: .acquiring) <= localRxCredits else {
+                    fail(.protocolViolation("peer used more than the \(localRxCredits) receives it was credited"))
+                    return false
                 }
             }
             guard let word else {
-                return fail(.protocolViolation(costs.txPerDataWrite == 2
+                fail(.protocolViolation(costs.txPerDataWrite == 2
                     ? "a message whose payload is not 4 bytes" : "a completion without remote CQ data"))
+                return false
             }
             do throws(RStreamError) {
                 let decoded = try NotificationWord.decode(word)
                 // After FIN the peer may still return credits and ring space for what we send
                 // (half-close), but only in CONTROL words that repeat the FIN bit.
-                if finReceived, case .control(_, _, true) = decoded {} else if finReceived {
-                    throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
+                if finReceivedFlag.load(ordering: .relaxed) {
+                    guard case .control(_, _, true) = decoded else {
+                        throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
+                    }
                 }
                 switch decoded {
                 case .data(let n):
-                    guard n <= receiveCursor.contiguousFree else {
-                        throw .protocolViolation("DATA of \(n) bytes at offset \(receiveCursor.writeOffset) beyond the \(receiveCursor.contiguousFree) free bytes of the receive ring")
+                    let free = receiveCapacity - (received.load(ordering: .relaxed) - consumed.load(ordering: .acquiring))
+                    let contiguousFree = min(free, receiveCapacity - p.writeOffset)
+                    guard n <= contiguousFree else {
+                        throw .protocolViolation("DATA of \(n) bytes at offset \(p.writeOffset) beyond the \(contiguousFree) free bytes of the receive ring")
                     }
-                    receiveCursor.produce(n)
-                    if consumed { unreportedDataCredits += 1 }
+                    p.writeOffset += n
+                    if p.writeOffset == receiveCapacity { p.writeOffset = 0 }
+                    received.add(n, ordering: .releasing)
+                    if usedReceive { dataReceivesUsed.add(1, ordering: .releasing) }
                 case .control(let freed, let credits, let fin):
-                    guard targetCredits + credits <= peer.rxCredits else {
-                        throw .protocolViolation("CONTROL returns \(credits) credits; \(targetCredits) held of \(peer.rxCredits)")
+                    let inUse = peerReceivesTaken.load(ordering: .acquiring) - peerReceivesReturned.load(ordering: .relaxed)
+                    guard credits <= inUse else {
+                        throw .protocolViolation("CONTROL returns \(credits) credits; \(inUse) of \(peer.rxCredits) are in use")
                     }
-                    guard remoteSpace + freed <= peer.ringSize else {
-                        throw .protocolViolation("CONTROL frees \(freed) bytes; \(remoteSpace) free of \(peer.ringSize)")
+                    let bytesInUse = remoteWritten.load(ordering: .acquiring) - remoteFreed.load(ordering: .relaxed)
+                    guard freed <= bytesInUse else {
+                        throw .protocolViolation("CONTROL frees \(freed) bytes; \(bytesInUse) of \(peer.ringSize) are in use")
                     }
-                    targetCredits += credits
-                    remoteSpace += freed
-                    if fin { finReceived = true }
+                    peerReceivesReturned.add(credits, ordering: .releasing)
+                    remoteFreed.add(freed, ordering: .releasing)
+                    if fin { finReceivedFlag.store(true, ordering: .releasing) }
                 }
             } catch {
                 fail(error)
             }
+            return true
         case .failed(let code, let transmit):
-            if !transmit && (finReceived || finSent && peerDisconnected) { return } // receives flushed at close
-            fail(RStreamError.fabric(Int(code), transmit ? "a write to the peer failed" : "the connection failed"))
-            if failure?.kind == .fabric { failure?.kind = .connectionReset }
+            let finished = finReceivedFlag.load(ordering: .acquiring)
+                || finSentFlag.load(ordering: .acquiring) && peerDisconnectedFlag.load(ordering: .acquiring)
+            if !transmit && finished { return false } // receives flushed at close
+            var error = RStreamError.fabric(Int(code), transmit ? "a write to the peer failed" : "the connection failed")
+            if error.kind == .fabric { error.kind = .connectionReset }
+            fail(error)
+            return false
         }
     }
 
-    private mutating func fail(_ error: RStreamError) {
-        guard failure == nil else { return }
-        failure = error
-        if error.kind == .protocolViolation { transport.disconnect() }
-    }
-
     /// The core connection went away (an `FI_SHUTDOWN` event): a reset unless the FIN came first.
-    package mutating func peerDidDisconnect() {
+    package func peerDidDisconnect() {
         progress() // words already in the queue come before the disconnect
-        peerDisconnected = true
-        if !finReceived {
+        peerDisconnectedFlag.store(true, ordering: .releasing)
+        if !finReceivedFlag.load(ordering: .acquiring) {
             fail(RStreamError(.connectionReset, code: 104, "the peer disconnected without FIN"))
         }
     }
 
-    /// Sends a CONTROL word when one is due: FIN requested; half the receive ring or half the
-    /// credits to return; or the peer would otherwise stall (data needs more than `reserve`
-    /// credits, a CONTROL needs one). A credit consumed by a CONTROL word alone returns only with
-    /// others, so two idle peers never bounce CONTROL words back and forth.
-    private mutating func flushControl() throws(RStreamError) {
-        let wantFin = finRequested && !finSent && staged == nil
-        guard wantFin || unreportedFreed > 0 || unreportedCredits > 0 else { return }
-        // Every word after our FIN repeats it: the only words the peer accepts after a FIN.
-        let fin = wantFin || finSent
+    // MARK: CONTROL words
+
+    /// Asks for a CONTROL word from a shard that does not hold the send lock: sent now if the lock
+    /// is free, else by its holder, which looks at `controlDue` again after releasing it.
+    private func requestControl() {
+        controlDue.store(true, ordering: .sequentiallyConsistent)
+        serveControlRequests()
+    }
+
+    /// Sends requested CONTROL words while the send lock can be had. `flushControl` clears the
+    /// request before it reads what to report, so a request made during a flush is seen by the
+    /// loop after the flush; a holder the try-lock missed runs this loop itself after releasing.
+    /// Bounded: a request that stays (no credits, queue full) is retried when completions come.
+    private func serveControlRequests() {
+        for _ in 0..<4 where controlDue.load(ordering: .sequentiallyConsistent) {
+            let served = sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
+            if served == nil { return }
+        }
+    }
+
+    /// Runs `body` under the send lock, then sends a CONTROL word that became due meanwhile.
+    private func withSendLock<R>(_ body: (inout SendShard) throws(RStreamError) -> R) throws(RStreamError) -> R {
+        let result = try sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) throws(RStreamError) -> R in
+            let result = try body(&s)
+            if controlDue.load(ordering: .sequentiallyConsistent) { flushControl(&s) }
+            return result
+        }
+        serveControlRequests()
+        return result
+    }
+
+    /// Sends a CONTROL word when one is due (under the send lock): FIN requested; half the
+    /// receive ring or half the credits to return; or the peer would otherwise stall (data needs
+    /// more than `reserve` credits, a CONTROL needs one). A credit used by a CONTROL word alone
+    /// returns only with others, so two idle peers never bounce CONTROL words back and forth.
+    private func flushControl(_ s: inout SendShard) {
+        controlDue.store(false, ordering: .sequentiallyConsistent)
+        guard !failedFlag.load(ordering: .acquiring), !peerDisconnectedFlag.load(ordering: .acquiring) else { return }
+        let finSent = finSentFlag.load(ordering: .relaxed)
+        let wantFin = finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged == nil
+        // A peer that never returns credits could let freed bytes outgrow the word's field.
+        let freed = min(consumed.load(ordering: .acquiring) - reportedFreed.load(ordering: .relaxed), NotificationWord.maxFreed)
+        let usedNow = receivesUsed.load(ordering: .acquiring)
+        let dataNow = dataReceivesUsed.load(ordering: .acquiring)
+        let credits = usedNow - reportedCredits.load(ordering: .relaxed)
+        let dataCredits = dataNow - reportedDataCredits.load(ordering: .relaxed)
+        guard wantFin || freed > 0 || credits > 0 else { return }
         let rx = localRxCredits
         let due = wantFin
-            || unreportedFreed >= receiveCursor.capacity / 2
-            || unreportedCredits >= (rx + 1) / 2
-            || (unreportedDataCredits > 0 && rx - unreportedCredits <= Self.reserve)
-            || rx - unreportedCredits <= 1
-        guard due, txCredits >= 1, targetCredits >= 1, !peerDisconnected, failure == nil else { return }
-        let word = NotificationWord.control(freed: unreportedFreed, credits: unreportedCredits, fin: fin).encoded
-        guard try transport.send(word: word) else { return }
-        txCredits -= 1
-        targetCredits -= 1
-        unreportedFreed = 0
-        unreportedCredits = 0
-        unreportedDataCredits = 0
-        if wantFin { finSent = true }
+            || freed >= receiveCapacity / 2
+            || credits >= (rx + 1) / 2
+            || (dataCredits > 0 && rx - credits <= Self.reserve)
+            || rx - credits <= 1
+        guard due, txAvailable >= 1, peerReceivesAvailable >= 1 else { return }
+        // Every word after our FIN repeats it: the only words the peer accepts after a FIN.
+        let word = NotificationWord.control(freed: freed, credits: credits, fin: wantFin || finSent).encoded
+        // Counted before the post: its completion, and the peer's use of what it returns, may be
+        // read by another thread at once.
+        let before = (reportedFreed.load(ordering: .relaxed), reportedCredits.load(ordering: .relaxed),
+                      reportedDataCredits.load(ordering: .relaxed))
+        txTaken.add(1, ordering: .releasing)
+        peerReceivesTaken.add(1, ordering: .releasing)
+        reportedFreed.add(freed, ordering: .releasing)
+        reportedCredits.store(usedNow, ordering: .releasing)
+        reportedDataCredits.store(dataNow, ordering: .releasing)
+        func undo() {
+            txTaken.subtract(1, ordering: .releasing)
+            peerReceivesTaken.subtract(1, ordering: .releasing)
+            reportedFreed.store(before.0, ordering: .releasing)
+            reportedCredits.store(before.1, ordering: .releasing)
+            reportedDataCredits.store(before.2, ordering: .releasing)
+        }
+        let posted: Bool
+        do throws(RStreamError) { posted = try transport.send(word: word) } catch {
+            undo()
+            return fail(error)
+        }
+        guard posted else {
+            undo()
+            controlDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
+            return
+        }
+        if wantFin { finSentFlag.store(true, ordering: .releasing) }
     }
 
     // MARK: Sending
 
-    /// Bytes one write may carry now: 0 when credits, the FIFO, a staged write or either ring stops it.
-    private var writableSpan: Int {
-        guard staged == nil, !finRequested, failure == nil, !writes.isFull,
-              txCredits - costs.txPerDataWrite >= Self.reserve,
-              costs.peerReceivesPerDataWrite == 0 || targetCredits - costs.peerReceivesPerDataWrite >= Self.reserve
+    private var txAvailable: Int {
+        costs.txQueueSize - (txTaken.load(ordering: .relaxed) - txReturned.load(ordering: .acquiring))
+    }
+
+    private var peerReceivesAvailable: Int {
+        peer.rxCredits - (peerReceivesTaken.load(ordering: .relaxed) - peerReceivesReturned.load(ordering: .acquiring))
+    }
+
+    private var sendRingUsed: Int { sendCommitted.load(ordering: .relaxed) - sendFreed.load(ordering: .acquiring) }
+    private var remoteSpace: Int { peer.ringSize - (remoteWritten.load(ordering: .relaxed) - remoteFreed.load(ordering: .acquiring)) }
+
+    private var dataCreditsAllowAWrite: Bool {
+        txAvailable - costs.txPerDataWrite >= Self.reserve
+            && (costs.peerReceivesPerDataWrite == 0 || peerReceivesAvailable - costs.peerReceivesPerDataWrite >= Self.reserve)
+    }
+
+    /// Bytes one write may carry now (send lock held): 0 when credits, the ledger, a staged write
+    /// or either ring stops it.
+    private func writableSpan(_ s: borrowing SendShard) -> Int {
+        guard s.staged == nil, !finRequestedFlag.load(ordering: .relaxed), !failedFlag.load(ordering: .acquiring),
+              !ledger.isFull, dataCreditsAllowAWrite
         else { return 0 }
-        return min(sendCursor.contiguousFree, remoteSpace, peer.ringSize - remoteOffset)
+        let localFree = min(sendCapacity - sendRingUsed, sendCapacity - s.writeOffset)
+        return min(localFree, remoteSpace, peer.ringSize - s.remoteOffset)
     }
 
     private func checkSendable() throws(RStreamError) {
-        if finRequested { throw RStreamError(.closed, code: 108, "send after shutdown") }
+        if finRequestedFlag.load(ordering: .acquiring) { throw RStreamError(.closed, code: 108, "send after shutdown") }
         if let failure { throw failure }
     }
 
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
-    private mutating func commit(_ n: Int) throws(RStreamError) {
-        assert(n > 0 && n <= writableSpan)
-        staged = (sendCursor.writeOffset, n, remoteOffset, writes.push(length: n))
-        sendCursor.produce(n)
-        remoteSpace -= n
-        remoteOffset += n
-        if remoteOffset == peer.ringSize { remoteOffset = 0 }
-        txCredits -= costs.txPerDataWrite
-        targetCredits -= costs.peerReceivesPerDataWrite
-        try flushStaged()
+    private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
+        assert(n > 0 && n <= writableSpan(s))
+        s.staged = (s.writeOffset, n, s.remoteOffset, ledger.push(length: n))
+        s.writeOffset += n
+        if s.writeOffset == sendCapacity { s.writeOffset = 0 }
+        sendCommitted.add(n, ordering: .releasing)
+        remoteWritten.add(n, ordering: .releasing)
+        s.remoteOffset += n
+        if s.remoteOffset == peer.ringSize { s.remoteOffset = 0 }
+        txTaken.add(costs.txPerDataWrite, ordering: .releasing)
+        peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
+        try flushStaged(&s)
     }
 
-    private mutating func flushStaged() throws(RStreamError) {
-        guard let write = staged else { return }
+    private func flushStaged(_ s: inout SendShard) throws(RStreamError) {
+        guard let write = s.staged else { return }
         let word = NotificationWord.data(length: write.length).encoded
         if try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
                                word: word, writeSlot: write.slot) {
-            staged = nil
+            s.staged = nil
         }
     }
 
     /// Copies as many of `bytes` as fit now into the send ring and writes them; returns how many
-    /// (0: would block). The bytes accepted stay contiguous in the stream.
-    package mutating func send(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+    /// (0: would block). The bytes one call accepts stay contiguous in the stream.
+    package func send(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
         try checkSendable()
-        // Completions are read only when the credits already known do not cover the request: a
-        // poll costs a system call on some cores, and a send-heavy caller need not pay it per call.
-        if writableSpan < bytes.count { progress() }
-        var done = 0
-        do throws(RStreamError) {
-            while done < bytes.count {
-                var span = min(writableSpan, bytes.count - done)
-                if span == 0 {
-                    progress()
-                    span = min(writableSpan, bytes.count - done)
-                    if span == 0 { break }
+        let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
+            // Completions are read only when the credits already known do not cover the request:
+            // a poll costs a system call on some cores.
+            if writableSpan(s) < bytes.count { progress() }
+            var done = 0
+            do throws(RStreamError) {
+                while done < bytes.count {
+                    var span = min(writableSpan(s), bytes.count - done)
+                    if span == 0 {
+                        progress()
+                        span = min(writableSpan(s), bytes.count - done)
+                        if span == 0 { break }
+                    }
+                    let target = transport.sendRing.baseAddress! + s.writeOffset
+                    target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
+                    try commit(span, &s)
+                    done += span
                 }
-                let target = transport.sendRing.baseAddress! + sendCursor.writeOffset
-                target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
-                try commit(span)
-                done += span
+            } catch {
+                fail(error)
             }
-        } catch {
-            fail(error)
+            return done
         }
         if done == 0, let failure { throw failure }
         return done
@@ -255,108 +404,161 @@ package struct StreamEngine<Transport: StreamTransport & ~Copyable>: ~Copyable {
 
     /// Gives `body` the contiguous part of the send ring that one write may carry now (empty when
     /// sending would block); `body` fills a prefix and returns its length, which is then written.
-    package mutating func withWritableBytes(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> Int {
+    package func withWritableBytes(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> Int {
         try checkSendable()
-        if writableSpan == 0 { progress() }
-        let span = writableSpan
-        guard span > 0 else {
-            if let failure { throw failure }
-            return 0
+        let n = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            if writableSpan(s) == 0 { progress() }
+            let span = writableSpan(s)
+            guard span > 0 else { return 0 }
+            let region = UnsafeMutableRawBufferPointer(start: transport.sendRing.baseAddress! + s.writeOffset, count: span)
+            let n = body(region)
+            precondition(n >= 0 && n <= span, "committed \(n) bytes of a \(span)-byte send buffer")
+            if n > 0 {
+                do throws(RStreamError) { try commit(n, &s) } catch { fail(error); throw error }
+            }
+            return n
         }
-        let region = UnsafeMutableRawBufferPointer(start: transport.sendRing.baseAddress! + sendCursor.writeOffset, count: span)
-        let n = body(region)
-        precondition(n >= 0 && n <= span, "committed \(n) bytes of a \(span)-byte send buffer")
-        if n > 0 {
-            do throws(RStreamError) { try commit(n) } catch { fail(error); throw error }
-        }
+        if n == 0, let failure { throw failure }
         return n
     }
 
     /// Bytes a send could take now without blocking.
     package var writableCount: Int {
-        let span = writableSpan
+        sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+    }
+
+    private func writableCount(_ s: borrowing SendShard) -> Int {
+        let span = writableSpan(s)
         guard span > 0 else { return 0 }
-        var writes = (txCredits - Self.reserve) / costs.txPerDataWrite
-        if costs.peerReceivesPerDataWrite > 0 { writes = min(writes, (targetCredits - Self.reserve) / costs.peerReceivesPerDataWrite) }
+        var writes = (txAvailable - Self.reserve) / costs.txPerDataWrite
+        if costs.peerReceivesPerDataWrite > 0 {
+            writes = min(writes, (peerReceivesAvailable - Self.reserve) / costs.peerReceivesPerDataWrite)
+        }
         // Both rings wrap at most once each, so three writes carry everything that is free.
-        return writes >= 3 ? min(sendCursor.free, remoteSpace) : span
+        return writes >= 3 ? min(sendCapacity - sendRingUsed, remoteSpace) : span
+    }
+
+    /// A hint for waiters, from the counters alone (no lock): the stream may take bytes now.
+    package var mayBeWritable: Bool {
+        failedFlag.load(ordering: .acquiring) || finRequestedFlag.load(ordering: .acquiring)
+            || (sendRingUsed < sendCapacity && remoteSpace > 0 && dataCreditsAllowAWrite)
     }
 
     /// Starts the FIN: sent after every byte already accepted, as soon as credits allow.
-    package mutating func shutdown() {
-        guard !finRequested else { return }
-        finRequested = true
-        progress()
+    package func shutdown() {
+        guard !finRequestedFlag.load(ordering: .acquiring) else { return }
+        _ = try? withSendLock { (s: inout SendShard) in
+            finRequestedFlag.store(true, ordering: .releasing)
+            if finSentFlag.load(ordering: .relaxed) { return }
+            progress()
+            flushControl(&s)
+        }
     }
 
     /// True once every write and word this side posted has completed locally.
-    package var isQuiescent: Bool { staged == nil && txCredits == costs.txQueueSize }
-    package var hasSentFin: Bool { finSent }
-    package var hasReceivedFin: Bool { finReceived }
-    package var isShutdown: Bool { finRequested }
+    package var isQuiescent: Bool {
+        sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
+            s.staged == nil && txReturned.load(ordering: .acquiring) == txTaken.load(ordering: .relaxed)
+        }
+    }
+    package var hasSentFin: Bool { finSentFlag.load(ordering: .acquiring) }
+    package var hasReceivedFin: Bool { finReceivedFlag.load(ordering: .acquiring) }
+    package var isShutdown: Bool { finRequestedFlag.load(ordering: .acquiring) }
 
     // MARK: Receiving
-
-    private mutating func consumed(_ n: Int) {
-        receiveCursor.consume(n)
-        unreportedFreed += n
-        do throws(RStreamError) { try flushControl() } catch { fail(error) }
-    }
 
     /// What a receive reports when no bytes are waiting: end of stream, the failure, or would block.
     package func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
         if let failure { throw failure }
-        if finReceived { return .endOfStream }
+        if finReceivedFlag.load(ordering: .acquiring) {
+            // The FIN is handled after the bytes before it; look again in case one landed since.
+            return readableCount > 0 ? .wouldBlock : .endOfStream
+        }
         return .wouldBlock
     }
 
     /// Copies received bytes into `buffer`; at least one byte, or would block, or end of stream
     /// after the peer's FIN and every byte before it. A failure is reported once the bytes that
     /// arrived before it have been read.
-    package mutating func receive(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
+    package func receive(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         precondition(buffer.count > 0, "receive into an empty buffer")
         progress()
-        guard !receiveCursor.isEmpty else { return try outcomeWhenEmpty() }
-        let ring = transport.receiveRing.baseAddress!
-        var done = 0
-        while done < buffer.count && !receiveCursor.isEmpty {
-            let span = min(receiveCursor.contiguousUsed, buffer.count - done)
-            (buffer.baseAddress! + done).copyMemory(from: ring + receiveCursor.readOffset, byteCount: span)
-            receiveCursor.consume(span)
-            done += span
+        let done = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
+            let ring = transport.receiveRing.baseAddress!
+            var used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+            var done = 0
+            while done < buffer.count && used > 0 {
+                let span = min(used, receiveCapacity - r.readOffset, buffer.count - done)
+                (buffer.baseAddress! + done).copyMemory(from: ring + r.readOffset, byteCount: span)
+                r.readOffset += span
+                if r.readOffset == receiveCapacity { r.readOffset = 0 }
+                done += span
+                used -= span
+            }
+            if done > 0 { consumed.add(done, ordering: .releasing) }
+            return done
         }
-        unreportedFreed += done
-        do throws(RStreamError) { try flushControl() } catch { fail(error) }
+        guard done > 0 else { return try outcomeWhenEmpty() }
+        requestControl()
         return .bytes(done)
     }
 
     /// Gives `body` the received bytes that lie contiguous in the ring; `body` returns how many it
     /// consumed. The result tells how many, or would block / end of stream when none were there.
-    package mutating func withReadableBytes(_ body: (UnsafeRawBufferPointer) -> Int) throws(RStreamError) -> ReceiveOutcome {
+    package func withReadableBytes(_ body: (UnsafeRawBufferPointer) -> Int) throws(RStreamError) -> ReceiveOutcome {
         progress()
-        guard !receiveCursor.isEmpty else { return try outcomeWhenEmpty() }
-        let region = UnsafeRawBufferPointer(start: transport.receiveRing.baseAddress! + receiveCursor.readOffset,
-                                            count: receiveCursor.contiguousUsed)
-        let n = body(region)
-        precondition(n >= 0 && n <= region.count, "consumed \(n) bytes of \(region.count)")
-        consumed(n)
+        let n = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
+            let used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+            guard used > 0 else { return -1 }
+            let region = UnsafeRawBufferPointer(start: transport.receiveRing.baseAddress! + r.readOffset,
+                                                count: min(used, receiveCapacity - r.readOffset))
+            let n = body(region)
+            precondition(n >= 0 && n <= region.count, "consumed \(n) bytes of \(region.count)")
+            r.readOffset += n
+            if r.readOffset == receiveCapacity { r.readOffset = 0 }
+            consumed.add(n, ordering: .releasing)
+            return n
+        }
+        guard n >= 0 else { return try outcomeWhenEmpty() }
+        if n > 0 { requestControl() }
         return .bytes(n)
     }
 
+    /// Receives exactly `buffer.count` bytes, or none (would block until that many are there).
+    package func receive(exactly buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
+        progress()
+        let taken = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
+            let used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+            guard used >= buffer.count else { return false }
+            let ring = transport.receiveRing.baseAddress!
+            var done = 0
+            while done < buffer.count {
+                let span = min(receiveCapacity - r.readOffset, buffer.count - done)
+                (buffer.baseAddress! + done).copyMemory(from: ring + r.readOffset, byteCount: span)
+                r.readOffset += span
+                if r.readOffset == receiveCapacity { r.readOffset = 0 }
+                done += span
+            }
+            consumed.add(done, ordering: .releasing)
+            return true
+        }
+        if taken {
+            requestControl()
+            return .bytes(buffer.count)
+        }
+        return readableCount == 0 ? try outcomeWhenEmpty() : .wouldBlock
+    }
+
     /// Bytes a receive could return now without blocking.
-    package var readableCount: Int { receiveCursor.used }
+    package var readableCount: Int { received.load(ordering: .acquiring) - consumed.load(ordering: .acquiring) }
 
     /// True when a receive would not block: bytes, end of stream or a failure to report.
-    package var isReadable: Bool { !receiveCursor.isEmpty || finReceived || failure != nil }
+    package var isReadable: Bool {
+        readableCount > 0 || finReceivedFlag.load(ordering: .acquiring) || failedFlag.load(ordering: .acquiring)
+    }
 
-    @inline(__always)
-    private func checkInvariants() {
-        assert(txCredits >= 0 && txCredits <= costs.txQueueSize, "txCredits \(txCredits)")
-        assert(targetCredits >= 0 && targetCredits <= peer.rxCredits, "targetCredits \(targetCredits)")
-        assert(remoteSpace >= 0 && remoteSpace <= peer.ringSize, "remoteSpace \(remoteSpace)")
-        assert(remoteOffset >= 0 && remoteOffset < peer.ringSize, "remoteOffset \(remoteOffset)")
-        assert(unreportedCredits >= 0 && unreportedCredits <= localRxCredits, "unreportedCredits")
-        assert(unreportedFreed >= 0 && unreportedFreed <= receiveCursor.capacity, "unreportedFreed")
-        assert(sendCursor.used == 0 || writes.inFlight > 0, "send ring holds bytes no write carries")
+    /// Runs `body` under the progress lock (for arming a wait set: completions are only taken there).
+    package func withProgressLock<R>(_ body: () -> R) -> R {
+        progressShard.withCheckedLock(key: progressKey) { _ in body() }
     }
 }

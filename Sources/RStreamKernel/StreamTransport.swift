@@ -31,7 +31,10 @@ package struct TransportCosts: Sendable, Equatable {
 /// The small interface under the rings: the transport owns the registered send and receive rings
 /// (registered when it is made), writes ring bytes with a word, sends a word, and reports
 /// completions. libfabric is one implementation; a same-host shared-memory one can sit beside it.
-package protocol StreamTransport: ~Copyable {
+///
+/// The engine's shards call it from different threads: `write` and `send(word:)` only under the
+/// send lock, `poll` only under the progress lock; `disconnect` from anywhere.
+package protocol StreamTransport: AnyObject {
     var costs: TransportCosts { get }
     /// The local send ring, registered for local access only.
     var sendRing: UnsafeMutableRawBufferPointer { get }
@@ -39,11 +42,11 @@ package protocol StreamTransport: ~Copyable {
     var receiveRing: UnsafeRawBufferPointer { get }
     /// Writes `length` bytes at `sendOffset` of the send ring to the peer's ring at `remoteOffset`,
     /// notifying the peer with `word`. False when the core's queue is full (nothing was posted).
-    mutating func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool
+    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool
     /// Sends `word` alone. False when the core's queue is full.
-    mutating func send(word: UInt32) throws(RStreamError) -> Bool
+    func send(word: UInt32) throws(RStreamError) -> Bool
     /// Reads up to `events.count` completions; returns how many it stored.
-    mutating func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int
+    func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int
     /// Ends the core connection (no more words in either direction).
-    mutating func disconnect()
+    func disconnect()
 }

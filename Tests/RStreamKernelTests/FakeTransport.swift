@@ -26,7 +26,7 @@ final class FakeWire {
     }
 }
 
-struct FakeTransport: ~Copyable, StreamTransport {
+final class FakeTransport: StreamTransport {
     let side: Int
     let wire: FakeWire
     let sendRegion: PageAlignedRegion
@@ -57,7 +57,7 @@ struct FakeTransport: ~Copyable, StreamTransport {
         if wire.holdCompletions { wire.held[side].append(event) } else { wire.pending[side].append(event) }
     }
 
-    mutating func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
         let target = wire.rings[1 - side]
         precondition(sendOffset + length <= sendRegion.count, "write reads beyond the send ring")
         precondition(remoteOffset + length <= target.count, "write lands beyond the peer's ring")
@@ -68,28 +68,28 @@ struct FakeTransport: ~Copyable, StreamTransport {
         return true
     }
 
-    mutating func send(word: UInt32) throws(RStreamError) -> Bool {
+    func send(word: UInt32) throws(RStreamError) -> Bool {
         complete(.transmitted(writeSlot: nil))
         wire.pending[1 - side].append(.notified(word: word, consumedReceive: true))
         return true
     }
 
-    mutating func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+    func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
         let n = min(events.count, wire.pending[side].count)
         for i in 0..<n { events[i] = wire.pending[side][i] }
         wire.pending[side].removeFirst(n)
         return n
     }
 
-    mutating func disconnect() { disconnected = true }
+    func disconnect() { disconnected = true }
 }
 
 typealias FakeEngine = StreamEngine<FakeTransport>
 
 /// A connected pair of engines over one wire.
 final class EnginePair {
-    var a: FakeEngine
-    var b: FakeEngine
+    let a: FakeEngine
+    let b: FakeEngine
     let wire: FakeWire
 
     init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire()) {
@@ -102,15 +102,15 @@ final class EnginePair {
     }
 }
 
-extension StreamEngine where Transport: ~Copyable {
-    mutating func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
+extension StreamEngine {
+    func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
         let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
         defer { copy.deallocate() }
         copy.copyBytes(from: bytes)
         return try send(UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]))
     }
 
-    mutating func receive(into buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
+    func receive(into buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count, alignment: 1)
         defer { raw.deallocate() }
         let outcome = try receive(into: raw)
@@ -118,7 +118,7 @@ extension StreamEngine where Transport: ~Copyable {
         return outcome
     }
 
-    mutating func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
+    func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
         var buffer = [UInt8](repeating: 0, count: max)
         let outcome = try receive(into: &buffer)
         if case .bytes(let n) = outcome { return (Array(buffer[0..<n]), outcome) }

@@ -58,9 +58,9 @@ import Testing
     }
 }
 
-@Suite struct WriteFIFOTests {
+@Suite struct WriteLedgerTests {
     @Test func freesInPostingOrderEvenWhenCompletedOutOfOrder() {
-        var fifo = WriteFIFO(capacity: 4)
+        let fifo = WriteLedger(capacity: 4)
         let a = fifo.push(length: 10), b = fifo.push(length: 20), c = fifo.push(length: 30)
         #expect(fifo.complete(slot: b) == 0)
         #expect(fifo.complete(slot: c) == 0)
@@ -74,12 +74,12 @@ import Testing
 
     @Test func fullAndUnknownSlotsTrap() async {
         await #expect(processExitsWith: .failure) {
-            var fifo = WriteFIFO(capacity: 1)
+            let fifo = WriteLedger(capacity: 1)
             _ = fifo.push(length: 1)
             _ = fifo.push(length: 1)
         }
         await #expect(processExitsWith: .failure) {
-            var fifo = WriteFIFO(capacity: 2)
+            let fifo = WriteLedger(capacity: 2)
             _ = fifo.complete(slot: 0)
         }
     }
