@@ -19,14 +19,15 @@ public struct WaitInterest: OptionSet, Sendable {
 ///
 /// A completion-queue wakeup is not stream readiness (rsockets' poll hung on exactly that): another
 /// thread may take the completion, and clear the queue's signal, before a sleeper wakes. So a
-/// waiter *arms* the set under the stream lock before its last readiness check, and whoever takes
+/// waiter *arms* the set under the progress lock before its last readiness check, and whoever takes
 /// completions while it is armed rings the eventfd. The eventfd is drained only by an arming
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// Invariants: the three descriptors are open until deinit; `armed` is set only under the stream's
-/// lock and cleared by whoever rings; `sleepers` is raised under the stream's lock, before it is
-/// released, by a thread about to sleep, and lowered by that thread when it wakes.
+/// Invariants: the three descriptors are open until deinit; `armed` is set only under the lock
+/// where completions are taken (the engine's progress lock; a listener's accept lock) and cleared
+/// by whoever rings; `sleepers` is raised under that lock, before it is released, by a thread
+/// about to sleep, and lowered by that thread when it wakes.
 package final class WaitSet: @unchecked Sendable {
     package let descriptor: Int32
     private let wakeFD: Int32
@@ -56,7 +57,7 @@ package final class WaitSet: @unchecked Sendable {
         close(descriptor)
     }
 
-    /// Called under the stream lock before the last readiness check: clears an old wake-up and
+    /// Called under the progress lock before the last readiness check: clears an old wake-up and
     /// asks the next taker of completions to ring.
     package func arm() {
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
@@ -66,7 +67,7 @@ package final class WaitSet: @unchecked Sendable {
         armed.store(true, ordering: .sequentiallyConsistent)
     }
 
-    /// Called under the stream lock by a thread that will call `sleep` once the lock is released.
+    /// Called under the progress lock by a thread that will call `sleep` once it is released.
     package func willSleep() {
         sleepers.add(1, ordering: .sequentiallyConsistent)
     }
@@ -93,7 +94,7 @@ package final class WaitSet: @unchecked Sendable {
     }
 
     /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced
-    /// itself with `willSleep` under the stream lock.
+    /// itself with `willSleep` under the progress lock.
     package func sleep(timeoutMilliseconds: Int32) {
         var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         _ = poll(&pfd, 1, timeoutMilliseconds)
