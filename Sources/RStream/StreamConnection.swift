@@ -53,6 +53,9 @@ public final class StreamConnection: Sendable {
         (try? withEngine { $0.transport.ringPageNodes }) ?? ([], [])
     }
 
+    /// The node of every page of the engine's hot state, from `move_pages` (for tests).
+    package var hotStatePageNodes: [Int] { (try? withEngine { $0.hotStatePageNodes }) ?? [] }
+
     /// A descriptor that `poll()` and `epoll` report readable when the stream may have become
     /// readable or writable, or has a connection event (nil where the core has no wait
     /// descriptors). It is a hint: the pattern is arm, poll, then peek —

@@ -138,7 +138,7 @@ package final class PassiveListener: @unchecked Sendable {
             reject(request, reason: error.context)
             throw RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)")
         }
-        var transport = try openEndpoint(for: request, shape: shape)
+        let transport = try openEndpoint(for: request, shape: shape)
         let info = FabricInfo(adopting: request.info) // the request's info lives until here
         _ = info
         transport.connect(to: peer)
@@ -213,7 +213,7 @@ package enum ActiveConnector {
         deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> FabricStreamEngine {
         let place = place(host, port)
-        var offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+        let offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
         switch offered.event {
         case .connected(let data):
             let peer: ConnectionBlock

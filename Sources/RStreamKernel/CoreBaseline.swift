@@ -30,7 +30,7 @@ package struct CoreBaseline: ~Copyable {
 
     /// Connects as the active side.
     package static func connect(host: String, port: UInt16, provider: String?) throws(RStreamError) -> CoreBaseline {
-        var offered = try ActiveConnector.offer(host: host, port: port, shape: shape,
+        let offered = try ActiveConnector.offer(host: host, port: port, shape: shape,
                                                 requirements: CoreRequirements(provider: provider, iwarp: false),
                                                 deadline: .now + .seconds(10))
         guard case .connected(let data) = offered.event else {

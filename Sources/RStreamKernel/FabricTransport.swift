@@ -82,6 +82,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     package var fidKey: UInt { EventQueue.key(fidOf(endpoint)) }
+    package var hotStateNode: Int? { shape.numaNode }
 
     /// Opens and enables an endpoint for `info` (fi_getinfo's answer, or a connection request's),
     /// and registers its rings. The caller posts the receives and makes the connection.

@@ -51,23 +51,35 @@ import Synchronization
 
 /// The data writes in flight, in the order they were posted, so that send-ring bytes are freed in
 /// ring order even if a core completes writes out of order. Single producer, single consumer: the
-/// send shard pushes, the progress shard completes.
+/// send shard pushes, the progress shard completes. It lives where its owner puts it (the engine
+/// keeps it in its NUMA-placed hot state); `lengths` is storage it is lent, or owns when
+/// `ownsStorage`.
 ///
 /// Invariant: retired <= posted <= retired + capacity; a slot between them holds the write's length,
 /// negated once its completion has arrived. `posted` is written only by the pusher, `retired` only
 /// by the completer.
-package final class WriteLedger: @unchecked Sendable {
+package struct WriteLedger: ~Copyable {
     private let lengths: UnsafeMutableBufferPointer<Int32>
+    private let ownsStorage: Bool
     private let posted = Atomic<Int>(0)
     private let retired = Atomic<Int>(0)
+
+    /// A ledger over `storage` (zeroed), which must outlive it.
+    package init(storage: UnsafeMutableBufferPointer<Int32>) {
+        precondition(storage.count > 0)
+        storage.initialize(repeating: 0)
+        lengths = storage
+        ownsStorage = false
+    }
 
     package init(capacity: Int) {
         precondition(capacity > 0)
         lengths = .allocate(capacity: capacity)
         lengths.initialize(repeating: 0)
+        ownsStorage = true
     }
 
-    deinit { lengths.deallocate() }
+    deinit { if ownsStorage { lengths.deallocate() } }
 
     package var inFlight: Int { posted.load(ordering: .acquiring) - retired.load(ordering: .acquiring) }
     package var isFull: Bool { inFlight >= lengths.count }

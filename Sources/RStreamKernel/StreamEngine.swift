@@ -36,32 +36,6 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private let sendCapacity: Int
     private let receiveCapacity: Int
 
-    // Crossing counters, each with one writer.
-    private let sendCommitted = Atomic<Int>(0)        // send: bytes placed in the send ring
-    private let sendFreed = Atomic<Int>(0)            // progress: bytes whose writes completed
-    private let txTaken = Atomic<Int>(0)              // send: transmit slots used
-    private let txReturned = Atomic<Int>(0)           // progress: local completions
-    private let peerReceivesTaken = Atomic<Int>(0)    // send: peer receives our words used
-    private let peerReceivesReturned = Atomic<Int>(0) // progress: credits in the peer's CONTROL words
-    private let remoteWritten = Atomic<Int>(0)        // send: bytes written to the peer's ring
-    private let remoteFreed = Atomic<Int>(0)          // progress: freed in the peer's CONTROL words
-    private let received = Atomic<Int>(0)             // progress: bytes DATA words placed
-    private let consumed = Atomic<Int>(0)             // receive: bytes handed to the caller
-    private let receivesUsed = Atomic<Int>(0)         // progress: our receives the peer used
-    private let dataReceivesUsed = Atomic<Int>(0)     // progress: of those, by data
-    private let reportedFreed = Atomic<Int>(0)        // send: `consumed` as of the last CONTROL
-    private let reportedCredits = Atomic<Int>(0)      // send: `receivesUsed` as of the last CONTROL
-    private let reportedDataCredits = Atomic<Int>(0)  // send: `dataReceivesUsed` as of the last CONTROL
-    private let finRequestedFlag = Atomic<Bool>(false) // send
-    private let finSentFlag = Atomic<Bool>(false)     // send
-    private let finReceivedFlag = Atomic<Bool>(false) // progress
-    private let peerDisconnectedFlag = Atomic<Bool>(false)
-    private let controlDue = Atomic<Bool>(false)      // anyone: a CONTROL word may be due
-    private let failedFlag = Atomic<Bool>(false)
-    private let failureBox = Mutex<RStreamError?>(nil)
-
-    private let ledger: WriteLedger
-
     private struct SendShard {
         var writeOffset = 0
         var remoteOffset = 0
@@ -71,13 +45,51 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private struct ReceiveShard {
         var readOffset = 0
     }
-    private struct ProgressShard {
+    // Its buffer lies in the engine's hot region and is touched only under the progress lock.
+    private struct ProgressShard: @unchecked Sendable {
         var writeOffset = 0
         let events: UnsafeMutableBufferPointer<TransportEvent>
     }
-    private let sendShard = Mutex(SendShard())
-    private let receiveShard = Mutex(ReceiveShard())
-    private let progressShard: Mutex<ProgressShard>
+
+    /// The endpoint's hot state: every counter, lock and buffer the data path touches, initialised
+    /// in place in one page-aligned region on the rings' NUMA node (`Atomic` and `Mutex` need only
+    /// a stable address). The crossing counters each have one writer, named beside them.
+    private struct HotState: ~Copyable {
+        let sendCommitted = Atomic<Int>(0)        // send: bytes placed in the send ring
+        let sendFreed = Atomic<Int>(0)            // progress: bytes whose writes completed
+        let txTaken = Atomic<Int>(0)              // send: transmit slots used
+        let txReturned = Atomic<Int>(0)           // progress: local completions
+        let peerReceivesTaken = Atomic<Int>(0)    // send: peer receives our words used
+        let peerReceivesReturned = Atomic<Int>(0) // progress: credits in the peer's CONTROL words
+        let remoteWritten = Atomic<Int>(0)        // send: bytes written to the peer's ring
+        let remoteFreed = Atomic<Int>(0)          // progress: freed in the peer's CONTROL words
+        let received = Atomic<Int>(0)             // progress: bytes DATA words placed
+        let consumed = Atomic<Int>(0)             // receive: bytes handed to the caller
+        let receivesUsed = Atomic<Int>(0)         // progress: our receives the peer used
+        let dataReceivesUsed = Atomic<Int>(0)     // progress: of those, by data
+        let reportedFreed = Atomic<Int>(0)        // send: `consumed` as of the last CONTROL
+        let reportedCredits = Atomic<Int>(0)      // send: `receivesUsed` as of the last CONTROL
+        let reportedDataCredits = Atomic<Int>(0)  // send: `dataReceivesUsed` as of the last CONTROL
+        let finRequestedFlag = Atomic<Bool>(false) // send
+        let finSentFlag = Atomic<Bool>(false)     // send
+        let finReceivedFlag = Atomic<Bool>(false) // progress
+        let peerDisconnectedFlag = Atomic<Bool>(false)
+        let controlDue = Atomic<Bool>(false)      // anyone: a CONTROL word may be due
+        let failedFlag = Atomic<Bool>(false)
+        let failureBox = Mutex<RStreamError?>(nil)
+        let ledger: WriteLedger
+        let sendShard = Mutex(SendShard())
+        let receiveShard = Mutex(ReceiveShard())
+        let progressShard: Mutex<ProgressShard>
+
+        init(ledgerStorage: UnsafeMutableBufferPointer<Int32>, events: UnsafeMutableBufferPointer<TransportEvent>) {
+            ledger = WriteLedger(storage: ledgerStorage)
+            progressShard = Mutex(ProgressShard(events: events))
+        }
+    }
+
+    private let hotRegion: PageAlignedRegion
+    private let hot: UnsafeMutablePointer<HotState>
 
     /// Transmit slots and peer receives that data may not take: they are kept for CONTROL words,
     /// so that data can never starve a credit update.
@@ -92,13 +104,29 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         localRxCredits = costs.postedReceives
         sendCapacity = transport.sendRing.count
         receiveCapacity = transport.receiveRing.count
-        ledger = WriteLedger(capacity: costs.txQueueSize)
-        let events = UnsafeMutableBufferPointer<TransportEvent>.allocate(capacity: Self.eventBatch)
+        // One region: the hot state, then the event buffer, then the ledger's slots.
+        func aligned(_ offset: Int, _ alignment: Int) -> Int { (offset + alignment - 1) / alignment * alignment }
+        let eventsOffset = aligned(MemoryLayout<HotState>.size, MemoryLayout<TransportEvent>.alignment)
+        let ledgerOffset = aligned(eventsOffset + Self.eventBatch * MemoryLayout<TransportEvent>.stride, MemoryLayout<Int32>.alignment)
+        let region = PageAlignedRegion(byteCount: ledgerOffset + costs.txQueueSize * MemoryLayout<Int32>.stride,
+                                       node: transport.hotStateNode)
+        let base = region.base
+        let events = UnsafeMutableBufferPointer(start: (base + eventsOffset).bindMemory(to: TransportEvent.self, capacity: Self.eventBatch),
+                                                count: Self.eventBatch)
         events.initialize(repeating: .transmitted(writeSlot: nil))
-        progressShard = Mutex(ProgressShard(events: events))
+        let slots = UnsafeMutableBufferPointer(start: (base + ledgerOffset).bindMemory(to: Int32.self, capacity: costs.txQueueSize),
+                                               count: costs.txQueueSize)
+        hot = base.bindMemory(to: HotState.self, capacity: 1)
+        hot.initialize(to: HotState(ledgerStorage: slots, events: events))
+        hotRegion = region
     }
 
-    deinit { progressShard.withLock { $0.events.deallocate() } }
+    deinit { hot.deinitialize(count: 1) } // the region, events and slots go with `hotRegion`
+
+    /// The node of each page of the hot state (`move_pages`).
+    package var hotStatePageNodes: [Int] {
+        NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(hotRegion.buffer))
+    }
 
     private var key: UnsafeRawPointer { lockKey(self) }
     // TSan keys: one address per lock (the object, and two bytes past it, never dereferenced).
@@ -109,18 +137,18 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     // MARK: Failure
 
     package var failure: RStreamError? {
-        guard failedFlag.load(ordering: .acquiring) else { return nil }
-        return failureBox.withCheckedLock(key: key + 3) { $0 }
+        guard hot.pointee.failedFlag.load(ordering: .acquiring) else { return nil }
+        return hot.pointee.failureBox.withCheckedLock(key: key + 3) { $0 }
     }
 
     private func fail(_ error: RStreamError) {
-        let first = failureBox.withCheckedLock(key: key + 3) { (box: inout RStreamError?) -> Bool in
+        let first = hot.pointee.failureBox.withCheckedLock(key: key + 3) { (box: inout RStreamError?) -> Bool in
             guard box == nil else { return false }
             box = error
             return true
         }
         guard first else { return }
-        failedFlag.store(true, ordering: .releasing)
+        hot.pointee.failedFlag.store(true, ordering: .releasing)
         if error.kind == .protocolViolation { transport.disconnect() }
     }
 
@@ -129,15 +157,15 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Reads the completions waiting and acts on them; asks for a CONTROL word if one may be due.
     /// Errors do not escape: they become `failure`, reported after the bytes that came before.
     package func progress() {
-        guard !failedFlag.load(ordering: .acquiring) else { return }
-        let notified = progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Bool in
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return }
+        let notified = hot.pointee.progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Bool in
             var notified = false
             do throws(RStreamError) {
                 for _ in 0..<8 {
                     let n = try transport.poll(into: p.events)
                     for i in 0..<n {
                         if handle(p.events[i], &p) { notified = true }
-                        if failedFlag.load(ordering: .relaxed) { return notified }
+                        if hot.pointee.failedFlag.load(ordering: .relaxed) { return notified }
                     }
                     if n < p.events.count { break }
                 }
@@ -154,14 +182,14 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private func handle(_ event: TransportEvent, _ p: inout ProgressShard) -> Bool {
         switch event {
         case .transmitted(let slot):
-            let returned = txReturned.add(1, ordering: .releasing).newValue
-            precondition(returned <= txTaken.load(ordering: .acquiring), "more transmit completions than operations posted")
-            if let slot { sendFreed.add(ledger.complete(slot: slot), ordering: .releasing) }
+            let returned = hot.pointee.txReturned.add(1, ordering: .releasing).newValue
+            precondition(returned <= hot.pointee.txTaken.load(ordering: .acquiring), "more transmit completions than operations posted")
+            if let slot { hot.pointee.sendFreed.add(hot.pointee.ledger.complete(slot: slot), ordering: .releasing) }
             return false
         case .notified(let word, let usedReceive):
             if usedReceive {
-                let used = receivesUsed.add(1, ordering: .releasing).newValue
-                guard used - reportedCredits.load(ordering: .acquiring) <= localRxCredits else {
+                let used = hot.pointee.receivesUsed.add(1, ordering: .releasing).newValue
+                guard used - hot.pointee.reportedCredits.load(ordering: .acquiring) <= localRxCredits else {
                     fail(.protocolViolation("peer used more than the \(localRxCredits) receives it was credited"))
                     return false
                 }
@@ -175,42 +203,42 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                 let decoded = try NotificationWord.decode(word)
                 // After FIN the peer may still return credits and ring space for what we send
                 // (half-close), but only in CONTROL words that repeat the FIN bit.
-                if finReceivedFlag.load(ordering: .relaxed) {
+                if hot.pointee.finReceivedFlag.load(ordering: .relaxed) {
                     guard case .control(_, _, true) = decoded else {
                         throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
                     }
                 }
                 switch decoded {
                 case .data(let n):
-                    let free = receiveCapacity - (received.load(ordering: .relaxed) - consumed.load(ordering: .acquiring))
+                    let free = receiveCapacity - (hot.pointee.received.load(ordering: .relaxed) - hot.pointee.consumed.load(ordering: .acquiring))
                     let contiguousFree = min(free, receiveCapacity - p.writeOffset)
                     guard n <= contiguousFree else {
                         throw .protocolViolation("DATA of \(n) bytes at offset \(p.writeOffset) beyond the \(contiguousFree) free bytes of the receive ring")
                     }
                     p.writeOffset += n
                     if p.writeOffset == receiveCapacity { p.writeOffset = 0 }
-                    received.add(n, ordering: .releasing)
-                    if usedReceive { dataReceivesUsed.add(1, ordering: .releasing) }
+                    hot.pointee.received.add(n, ordering: .releasing)
+                    if usedReceive { hot.pointee.dataReceivesUsed.add(1, ordering: .releasing) }
                 case .control(let freed, let credits, let fin):
-                    let inUse = peerReceivesTaken.load(ordering: .acquiring) - peerReceivesReturned.load(ordering: .relaxed)
+                    let inUse = hot.pointee.peerReceivesTaken.load(ordering: .acquiring) - hot.pointee.peerReceivesReturned.load(ordering: .relaxed)
                     guard credits <= inUse else {
                         throw .protocolViolation("CONTROL returns \(credits) credits; \(inUse) of \(peer.rxCredits) are in use")
                     }
-                    let bytesInUse = remoteWritten.load(ordering: .acquiring) - remoteFreed.load(ordering: .relaxed)
+                    let bytesInUse = hot.pointee.remoteWritten.load(ordering: .acquiring) - hot.pointee.remoteFreed.load(ordering: .relaxed)
                     guard freed <= bytesInUse else {
                         throw .protocolViolation("CONTROL frees \(freed) bytes; \(bytesInUse) of \(peer.ringSize) are in use")
                     }
-                    peerReceivesReturned.add(credits, ordering: .releasing)
-                    remoteFreed.add(freed, ordering: .releasing)
-                    if fin { finReceivedFlag.store(true, ordering: .releasing) }
+                    hot.pointee.peerReceivesReturned.add(credits, ordering: .releasing)
+                    hot.pointee.remoteFreed.add(freed, ordering: .releasing)
+                    if fin { hot.pointee.finReceivedFlag.store(true, ordering: .releasing) }
                 }
             } catch {
                 fail(error)
             }
             return true
         case .failed(let code, let transmit):
-            let finished = finReceivedFlag.load(ordering: .acquiring)
-                || finSentFlag.load(ordering: .acquiring) && peerDisconnectedFlag.load(ordering: .acquiring)
+            let finished = hot.pointee.finReceivedFlag.load(ordering: .acquiring)
+                || hot.pointee.finSentFlag.load(ordering: .acquiring) && hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring)
             if !transmit && finished { return false } // receives flushed at close
             var error = RStreamError.fabric(Int(code), transmit ? "a write to the peer failed" : "the connection failed")
             if error.kind == .fabric { error.kind = .connectionReset }
@@ -222,8 +250,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// The core connection went away (an `FI_SHUTDOWN` event): a reset unless the FIN came first.
     package func peerDidDisconnect() {
         progress() // words already in the queue come before the disconnect
-        peerDisconnectedFlag.store(true, ordering: .releasing)
-        if !finReceivedFlag.load(ordering: .acquiring) {
+        hot.pointee.peerDisconnectedFlag.store(true, ordering: .releasing)
+        if !hot.pointee.finReceivedFlag.load(ordering: .acquiring) {
             fail(RStreamError(.connectionReset, code: 104, "the peer disconnected without FIN"))
         }
     }
@@ -233,7 +261,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Asks for a CONTROL word from a shard that does not hold the send lock: sent now if the lock
     /// is free, else by its holder, which looks at `controlDue` again after releasing it.
     private func requestControl() {
-        controlDue.store(true, ordering: .sequentiallyConsistent)
+        hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent)
         serveControlRequests()
     }
 
@@ -242,17 +270,17 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// loop after the flush; a holder the try-lock missed runs this loop itself after releasing.
     /// Bounded: a request that stays (no credits, queue full) is retried when completions come.
     private func serveControlRequests() {
-        for _ in 0..<4 where controlDue.load(ordering: .sequentiallyConsistent) {
-            let served = sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
+        for _ in 0..<4 where hot.pointee.controlDue.load(ordering: .sequentiallyConsistent) {
+            let served = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
             if served == nil { return }
         }
     }
 
     /// Runs `body` under the send lock, then sends a CONTROL word that became due meanwhile.
     private func withSendLock<R>(_ body: (inout SendShard) throws(RStreamError) -> R) throws(RStreamError) -> R {
-        let result = try sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) throws(RStreamError) -> R in
+        let result = try hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) throws(RStreamError) -> R in
             let result = try body(&s)
-            if controlDue.load(ordering: .sequentiallyConsistent) { flushControl(&s) }
+            if hot.pointee.controlDue.load(ordering: .sequentiallyConsistent) { flushControl(&s) }
             return result
         }
         serveControlRequests()
@@ -264,16 +292,16 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// more than `reserve` credits, a CONTROL needs one). A credit used by a CONTROL word alone
     /// returns only with others, so two idle peers never bounce CONTROL words back and forth.
     private func flushControl(_ s: inout SendShard) {
-        controlDue.store(false, ordering: .sequentiallyConsistent)
-        guard !failedFlag.load(ordering: .acquiring), !peerDisconnectedFlag.load(ordering: .acquiring) else { return }
-        let finSent = finSentFlag.load(ordering: .relaxed)
-        let wantFin = finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged == nil
+        hot.pointee.controlDue.store(false, ordering: .sequentiallyConsistent)
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring), !hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) else { return }
+        let finSent = hot.pointee.finSentFlag.load(ordering: .relaxed)
+        let wantFin = hot.pointee.finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged == nil
         // A peer that never returns credits could let freed bytes outgrow the word's field.
-        let freed = min(consumed.load(ordering: .acquiring) - reportedFreed.load(ordering: .relaxed), NotificationWord.maxFreed)
-        let usedNow = receivesUsed.load(ordering: .acquiring)
-        let dataNow = dataReceivesUsed.load(ordering: .acquiring)
-        let credits = usedNow - reportedCredits.load(ordering: .relaxed)
-        let dataCredits = dataNow - reportedDataCredits.load(ordering: .relaxed)
+        let freed = min(hot.pointee.consumed.load(ordering: .acquiring) - hot.pointee.reportedFreed.load(ordering: .relaxed), NotificationWord.maxFreed)
+        let usedNow = hot.pointee.receivesUsed.load(ordering: .acquiring)
+        let dataNow = hot.pointee.dataReceivesUsed.load(ordering: .acquiring)
+        let credits = usedNow - hot.pointee.reportedCredits.load(ordering: .relaxed)
+        let dataCredits = dataNow - hot.pointee.reportedDataCredits.load(ordering: .relaxed)
         guard wantFin || freed > 0 || credits > 0 else { return }
         let rx = localRxCredits
         let due = wantFin
@@ -286,19 +314,19 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let word = NotificationWord.control(freed: freed, credits: credits, fin: wantFin || finSent).encoded
         // Counted before the post: its completion, and the peer's use of what it returns, may be
         // read by another thread at once.
-        let before = (reportedFreed.load(ordering: .relaxed), reportedCredits.load(ordering: .relaxed),
-                      reportedDataCredits.load(ordering: .relaxed))
-        txTaken.add(1, ordering: .releasing)
-        peerReceivesTaken.add(1, ordering: .releasing)
-        reportedFreed.add(freed, ordering: .releasing)
-        reportedCredits.store(usedNow, ordering: .releasing)
-        reportedDataCredits.store(dataNow, ordering: .releasing)
+        let before = (hot.pointee.reportedFreed.load(ordering: .relaxed), hot.pointee.reportedCredits.load(ordering: .relaxed),
+                      hot.pointee.reportedDataCredits.load(ordering: .relaxed))
+        hot.pointee.txTaken.add(1, ordering: .releasing)
+        hot.pointee.peerReceivesTaken.add(1, ordering: .releasing)
+        hot.pointee.reportedFreed.add(freed, ordering: .releasing)
+        hot.pointee.reportedCredits.store(usedNow, ordering: .releasing)
+        hot.pointee.reportedDataCredits.store(dataNow, ordering: .releasing)
         func undo() {
-            txTaken.subtract(1, ordering: .releasing)
-            peerReceivesTaken.subtract(1, ordering: .releasing)
-            reportedFreed.store(before.0, ordering: .releasing)
-            reportedCredits.store(before.1, ordering: .releasing)
-            reportedDataCredits.store(before.2, ordering: .releasing)
+            hot.pointee.txTaken.subtract(1, ordering: .releasing)
+            hot.pointee.peerReceivesTaken.subtract(1, ordering: .releasing)
+            hot.pointee.reportedFreed.store(before.0, ordering: .releasing)
+            hot.pointee.reportedCredits.store(before.1, ordering: .releasing)
+            hot.pointee.reportedDataCredits.store(before.2, ordering: .releasing)
         }
         let posted: Bool
         do throws(RStreamError) { posted = try transport.send(word: word) } catch {
@@ -307,24 +335,24 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         }
         guard posted else {
             undo()
-            controlDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
+            hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
             return
         }
-        if wantFin { finSentFlag.store(true, ordering: .releasing) }
+        if wantFin { hot.pointee.finSentFlag.store(true, ordering: .releasing) }
     }
 
     // MARK: Sending
 
     private var txAvailable: Int {
-        costs.txQueueSize - (txTaken.load(ordering: .relaxed) - txReturned.load(ordering: .acquiring))
+        costs.txQueueSize - (hot.pointee.txTaken.load(ordering: .relaxed) - hot.pointee.txReturned.load(ordering: .acquiring))
     }
 
     private var peerReceivesAvailable: Int {
-        peer.rxCredits - (peerReceivesTaken.load(ordering: .relaxed) - peerReceivesReturned.load(ordering: .acquiring))
+        peer.rxCredits - (hot.pointee.peerReceivesTaken.load(ordering: .relaxed) - hot.pointee.peerReceivesReturned.load(ordering: .acquiring))
     }
 
-    private var sendRingUsed: Int { sendCommitted.load(ordering: .relaxed) - sendFreed.load(ordering: .acquiring) }
-    private var remoteSpace: Int { peer.ringSize - (remoteWritten.load(ordering: .relaxed) - remoteFreed.load(ordering: .acquiring)) }
+    private var sendRingUsed: Int { hot.pointee.sendCommitted.load(ordering: .relaxed) - hot.pointee.sendFreed.load(ordering: .acquiring) }
+    private var remoteSpace: Int { peer.ringSize - (hot.pointee.remoteWritten.load(ordering: .relaxed) - hot.pointee.remoteFreed.load(ordering: .acquiring)) }
 
     private var dataCreditsAllowAWrite: Bool {
         txAvailable - costs.txPerDataWrite >= Self.reserve
@@ -334,30 +362,30 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Bytes one write may carry now (send lock held): 0 when credits, the ledger, a staged write
     /// or either ring stops it.
     private func writableSpan(_ s: borrowing SendShard) -> Int {
-        guard s.staged == nil, !finRequestedFlag.load(ordering: .relaxed), !failedFlag.load(ordering: .acquiring),
-              !ledger.isFull, dataCreditsAllowAWrite
+        guard s.staged == nil, !hot.pointee.finRequestedFlag.load(ordering: .relaxed), !hot.pointee.failedFlag.load(ordering: .acquiring),
+              !hot.pointee.ledger.isFull, dataCreditsAllowAWrite
         else { return 0 }
         let localFree = min(sendCapacity - sendRingUsed, sendCapacity - s.writeOffset)
         return min(localFree, remoteSpace, peer.ringSize - s.remoteOffset)
     }
 
     private func checkSendable() throws(RStreamError) {
-        if finRequestedFlag.load(ordering: .acquiring) { throw RStreamError(.closed, code: 108, "send after shutdown") }
+        if hot.pointee.finRequestedFlag.load(ordering: .acquiring) { throw RStreamError(.closed, code: 108, "send after shutdown") }
         if let failure { throw failure }
     }
 
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
     private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
         assert(n > 0 && n <= writableSpan(s))
-        s.staged = (s.writeOffset, n, s.remoteOffset, ledger.push(length: n))
+        s.staged = (s.writeOffset, n, s.remoteOffset, hot.pointee.ledger.push(length: n))
         s.writeOffset += n
         if s.writeOffset == sendCapacity { s.writeOffset = 0 }
-        sendCommitted.add(n, ordering: .releasing)
-        remoteWritten.add(n, ordering: .releasing)
+        hot.pointee.sendCommitted.add(n, ordering: .releasing)
+        hot.pointee.remoteWritten.add(n, ordering: .releasing)
         s.remoteOffset += n
         if s.remoteOffset == peer.ringSize { s.remoteOffset = 0 }
-        txTaken.add(costs.txPerDataWrite, ordering: .releasing)
-        peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
+        hot.pointee.txTaken.add(costs.txPerDataWrite, ordering: .releasing)
+        hot.pointee.peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
         try flushStaged(&s)
     }
 
@@ -424,7 +452,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// Bytes a send could take now without blocking.
     package var writableCount: Int {
-        sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+        hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
     }
 
     private func writableCount(_ s: borrowing SendShard) -> Int {
@@ -440,16 +468,16 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// A hint for waiters, from the counters alone (no lock): the stream may take bytes now.
     package var mayBeWritable: Bool {
-        failedFlag.load(ordering: .acquiring) || finRequestedFlag.load(ordering: .acquiring)
+        hot.pointee.failedFlag.load(ordering: .acquiring) || hot.pointee.finRequestedFlag.load(ordering: .acquiring)
             || (sendRingUsed < sendCapacity && remoteSpace > 0 && dataCreditsAllowAWrite)
     }
 
     /// Starts the FIN: sent after every byte already accepted, as soon as credits allow.
     package func shutdown() {
-        guard !finRequestedFlag.load(ordering: .acquiring) else { return }
+        guard !hot.pointee.finRequestedFlag.load(ordering: .acquiring) else { return }
         _ = try? withSendLock { (s: inout SendShard) in
-            finRequestedFlag.store(true, ordering: .releasing)
-            if finSentFlag.load(ordering: .relaxed) { return }
+            hot.pointee.finRequestedFlag.store(true, ordering: .releasing)
+            if hot.pointee.finSentFlag.load(ordering: .relaxed) { return }
             progress()
             flushControl(&s)
         }
@@ -457,20 +485,20 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// True once every write and word this side posted has completed locally.
     package var isQuiescent: Bool {
-        sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
-            s.staged == nil && txReturned.load(ordering: .acquiring) == txTaken.load(ordering: .relaxed)
+        hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
+            s.staged == nil && hot.pointee.txReturned.load(ordering: .acquiring) == hot.pointee.txTaken.load(ordering: .relaxed)
         }
     }
-    package var hasSentFin: Bool { finSentFlag.load(ordering: .acquiring) }
-    package var hasReceivedFin: Bool { finReceivedFlag.load(ordering: .acquiring) }
-    package var isShutdown: Bool { finRequestedFlag.load(ordering: .acquiring) }
+    package var hasSentFin: Bool { hot.pointee.finSentFlag.load(ordering: .acquiring) }
+    package var hasReceivedFin: Bool { hot.pointee.finReceivedFlag.load(ordering: .acquiring) }
+    package var isShutdown: Bool { hot.pointee.finRequestedFlag.load(ordering: .acquiring) }
 
     // MARK: Receiving
 
     /// What a receive reports when no bytes are waiting: end of stream, the failure, or would block.
     package func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
         if let failure { throw failure }
-        if finReceivedFlag.load(ordering: .acquiring) {
+        if hot.pointee.finReceivedFlag.load(ordering: .acquiring) {
             // The FIN is handled after the bytes before it; look again in case one landed since.
             return readableCount > 0 ? .wouldBlock : .endOfStream
         }
@@ -483,9 +511,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package func receive(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         precondition(buffer.count > 0, "receive into an empty buffer")
         progress()
-        let done = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
+        let done = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
             let ring = transport.receiveRing.baseAddress!
-            var used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+            var used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
             var done = 0
             while done < buffer.count && used > 0 {
                 let span = min(used, receiveCapacity - r.readOffset, buffer.count - done)
@@ -495,7 +523,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                 done += span
                 used -= span
             }
-            if done > 0 { consumed.add(done, ordering: .releasing) }
+            if done > 0 { hot.pointee.consumed.add(done, ordering: .releasing) }
             return done
         }
         guard done > 0 else { return try outcomeWhenEmpty() }
@@ -507,8 +535,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// consumed. The result tells how many, or would block / end of stream when none were there.
     package func withReadableBytes(_ body: (UnsafeRawBufferPointer) -> Int) throws(RStreamError) -> ReceiveOutcome {
         progress()
-        let n = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
-            let used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+        let n = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
+            let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
             guard used > 0 else { return -1 }
             let region = UnsafeRawBufferPointer(start: transport.receiveRing.baseAddress! + r.readOffset,
                                                 count: min(used, receiveCapacity - r.readOffset))
@@ -516,7 +544,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             precondition(n >= 0 && n <= region.count, "consumed \(n) bytes of \(region.count)")
             r.readOffset += n
             if r.readOffset == receiveCapacity { r.readOffset = 0 }
-            consumed.add(n, ordering: .releasing)
+            hot.pointee.consumed.add(n, ordering: .releasing)
             return n
         }
         guard n >= 0 else { return try outcomeWhenEmpty() }
@@ -527,8 +555,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Receives exactly `buffer.count` bytes, or none (would block until that many are there).
     package func receive(exactly buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         progress()
-        let taken = receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
-            let used = received.load(ordering: .acquiring) - consumed.load(ordering: .relaxed)
+        let taken = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
+            let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
             guard used >= buffer.count else { return false }
             let ring = transport.receiveRing.baseAddress!
             var done = 0
@@ -539,7 +567,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                 if r.readOffset == receiveCapacity { r.readOffset = 0 }
                 done += span
             }
-            consumed.add(done, ordering: .releasing)
+            hot.pointee.consumed.add(done, ordering: .releasing)
             return true
         }
         if taken {
@@ -550,15 +578,15 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     }
 
     /// Bytes a receive could return now without blocking.
-    package var readableCount: Int { received.load(ordering: .acquiring) - consumed.load(ordering: .acquiring) }
+    package var readableCount: Int { hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .acquiring) }
 
     /// True when a receive would not block: bytes, end of stream or a failure to report.
     package var isReadable: Bool {
-        readableCount > 0 || finReceivedFlag.load(ordering: .acquiring) || failedFlag.load(ordering: .acquiring)
+        readableCount > 0 || hot.pointee.finReceivedFlag.load(ordering: .acquiring) || hot.pointee.failedFlag.load(ordering: .acquiring)
     }
 
     /// Runs `body` under the progress lock (for arming a wait set: completions are only taken there).
     package func withProgressLock<R>(_ body: () -> R) -> R {
-        progressShard.withCheckedLock(key: progressKey) { _ in body() }
+        hot.pointee.progressShard.withCheckedLock(key: progressKey) { _ in body() }
     }
 }

@@ -36,6 +36,8 @@ package struct TransportCosts: Sendable, Equatable {
 /// send lock, `poll` only under the progress lock; `disconnect` from anywhere.
 package protocol StreamTransport: AnyObject {
     var costs: TransportCosts { get }
+    /// The NUMA node for the engine's hot state (the rings' node), nil for the default policy.
+    var hotStateNode: Int? { get }
     /// The local send ring, registered for local access only.
     var sendRing: UnsafeMutableRawBufferPointer { get }
     /// The local receive ring, registered for remote write by the peer.

@@ -33,6 +33,7 @@ final class FakeTransport: StreamTransport {
     let receiveRegion: PageAlignedRegion
     let costs: TransportCosts
     var disconnected = false
+    var hotStateNode: Int? { nil }
 
     init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
         self.side = side

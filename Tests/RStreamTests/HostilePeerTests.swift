@@ -105,7 +105,7 @@ import Testing
             }
             return "no error within 20 s after \(got.count) bytes"
         }
-        var raw = try ActiveConnector.offer(host: "127.0.0.1", port: listener.port, shape: Self.shape,
+        let raw = try ActiveConnector.offer(host: "127.0.0.1", port: listener.port, shape: Self.shape,
                                             requirements: Self.requirements, deadline: .now + .seconds(10))
         guard case .connected(let data) = raw.event else {
             Issue.record("expected to connect, got \(raw.event)")

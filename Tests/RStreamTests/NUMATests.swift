@@ -14,6 +14,8 @@ import Testing
                 let pages = stream.ringPageNodes
                 #expect(!pages.send.isEmpty && !pages.receive.isEmpty)
                 #expect(pages.send.allSatisfy { $0 == node } && pages.receive.allSatisfy { $0 == node }, "\(pages)")
+                let hot = stream.hotStatePageNodes // counters, locks, event buffer, write ledger
+                #expect(!hot.isEmpty && hot.allSatisfy { $0 == node }, "\(hot)")
             }
             client.close()
             server.close()
