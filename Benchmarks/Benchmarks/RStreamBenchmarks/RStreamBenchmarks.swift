@@ -37,10 +37,14 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .throughput, .mallocCountTotal, .instructions],
         maxDuration: .seconds(3),
         maxIterations: 1_000_000,
-        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 0])]
+        // Per sample of 1,000 operations; the harness itself allocates 16-18 per sample (the pure
+        // ring copy shows the same), so one allocation per operation would add 1,000 and fail.
+        thresholds: [.mallocCountTotal: .init(absolute: [.p90: 4])]
     )
 
-    Benchmark("Word codec: encode + decode", configuration: .init(scalingFactor: .kilo)) { benchmark in
+    // Names without spaces: benchmark 1.38 writes threshold files with sanitised names but looks
+    // them up unsanitised, so a name with spaces never finds its committed threshold.
+    Benchmark("WordCodec.encodeDecode", configuration: .init(scalingFactor: .kilo)) { benchmark in
         for i in benchmark.scaledIterations {
             let word = NotificationWord.data(length: (i & 0xFFFF) + 1).encoded
             blackHole(try NotificationWord.decode(word))
@@ -50,7 +54,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     for size in [64, 65536] {
-        Benchmark("Ring copy: \(size) B through a 1 MiB ring", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        Benchmark("RingCopy.\(size)B", configuration: .init(scalingFactor: .kilo)) { benchmark in
             let capacity = (1 << 20) - 1
             let ring = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 4096)
             defer { ring.deallocate() }
@@ -83,7 +87,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     for size in [64, 65536] {
-        Benchmark("Send + receive \(size) B, loopback pair (tcp core)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        Benchmark("SendReceive.\(size)B", configuration: .init(scalingFactor: .kilo)) { benchmark in
             let pair = try LoopbackPair(ring: size == 64 ? 32 * 1024 : 512 * 1024)
             let message = [UInt8](repeating: 1, count: size)
             var buffer = [UInt8](repeating: 0, count: size)
