@@ -70,8 +70,8 @@ package final class EventQueue: @unchecked Sendable {
 
     /// `fi_trywait` on this queue: 0 when a caller may sleep on its descriptor.
     package func tryWait() -> Int {
-        var fids: [UnsafeMutablePointer<fid>?] = [fidOf(handle)]
-        return Int(fi_trywait(domain.fabric, &fids, 1))
+        var fid: UnsafeMutablePointer<fid>? = fidOf(handle)
+        return Int(fi_trywait(domain.fabric, &fid, 1))
     }
 
     /// True when a connection request is queued.
@@ -91,9 +91,12 @@ package final class EventQueue: @unchecked Sendable {
 
     /// Reads every event now waiting and routes it.
     private func drain(_ d: inout Demux) throws(RStreamError) {
-        let capacity = Self.entryCapacity
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
-        defer { buffer.deallocate() }
+        try withUnsafeTemporaryAllocation(byteCount: Self.entryCapacity, alignment: 16) { (raw) throws(RStreamError) in
+            try drain(&d, into: raw.baseAddress!, capacity: raw.count)
+        }
+    }
+
+    private func drain(_ d: inout Demux, into buffer: UnsafeMutableRawPointer, capacity: Int) throws(RStreamError) {
         while true {
             var event: UInt32 = 0
             let n = fabricCall(.eqRead) { fi_eq_read(handle, &event, buffer, capacity, 0) }

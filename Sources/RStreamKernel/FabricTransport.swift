@@ -340,8 +340,11 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
 
     /// `fi_trywait` on the completion and event queues: 0 when a caller may sleep on `waitSet`.
     package func tryWait() -> Int {
-        var fids: [UnsafeMutablePointer<fid>?] = [fidOf(cq), fidOf(eventQueue.handle)]
-        return Int(fi_trywait(domain.fabric, &fids, 2))
+        withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<fid>?.self, capacity: 2) { fids in
+            fids[0] = fidOf(cq)
+            fids[1] = fidOf(eventQueue.handle)
+            return Int(fi_trywait(domain.fabric, fids.baseAddress, 2))
+        }
     }
 
     @inline(__always)

@@ -261,8 +261,44 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Asks for a CONTROL word from a shard that does not hold the send lock: sent now if the lock
     /// is free, else by its holder, which looks at `controlDue` again after releasing it.
     private func requestControl() {
+        // Most calls free too little to owe a CONTROL word; they pay a few loads, not a lock.
+        guard controlMayBeDue else { return }
         hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent)
         serveControlRequests()
+    }
+
+    /// What the next CONTROL word would carry: bytes freed and receives used since the last one.
+    private var unreported: (freed: Int, credits: Int, dataCredits: Int, usedNow: Int, dataNow: Int) {
+        let h = hot
+        let usedNow = h.pointee.receivesUsed.load(ordering: .acquiring)
+        let dataNow = h.pointee.dataReceivesUsed.load(ordering: .acquiring)
+        // A peer that never returns credits could let freed bytes outgrow the word's field.
+        let freed = min(h.pointee.consumed.load(ordering: .acquiring) - h.pointee.reportedFreed.load(ordering: .acquiring),
+                        NotificationWord.maxFreed)
+        return (freed, usedNow - h.pointee.reportedCredits.load(ordering: .acquiring),
+                dataNow - h.pointee.reportedDataCredits.load(ordering: .acquiring), usedNow, dataNow)
+    }
+
+    /// The rule for sending a CONTROL word: FIN wanted; half the receive ring or half the credits
+    /// to return; or the peer would otherwise stall (data needs more than `reserve` credits, a
+    /// CONTROL needs one). A credit used by a CONTROL word alone returns only with others, so two
+    /// idle peers never bounce CONTROL words back and forth.
+    private func isDue(wantFin: Bool, freed: Int, credits: Int, dataCredits: Int) -> Bool {
+        guard wantFin || freed > 0 || credits > 0 else { return false }
+        let rx = localRxCredits
+        return wantFin
+            || freed >= receiveCapacity / 2
+            || credits >= (rx + 1) / 2
+            || (dataCredits > 0 && rx - credits <= Self.reserve)
+            || rx - credits <= 1
+    }
+
+    /// A lock-free look at whether a CONTROL word may be due (it may read a flush half done, which
+    /// only makes it answer yes more often).
+    private var controlMayBeDue: Bool {
+        let wantFin = hot.pointee.finRequestedFlag.load(ordering: .acquiring) && !hot.pointee.finSentFlag.load(ordering: .acquiring)
+        let u = unreported
+        return isDue(wantFin: wantFin, freed: u.freed, credits: u.credits, dataCredits: u.dataCredits)
     }
 
     /// Sends requested CONTROL words while the send lock can be had. `flushControl` clears the
@@ -271,8 +307,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Bounded: a request that stays (no credits, queue full) is retried when completions come.
     private func serveControlRequests() {
         for _ in 0..<4 where hot.pointee.controlDue.load(ordering: .sequentiallyConsistent) {
-            let served = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
-            if served == nil { return }
+            let served: Void? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
+            if served == nil { return } // its holder serves the request after releasing
         }
     }
 
@@ -287,29 +323,20 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         return result
     }
 
-    /// Sends a CONTROL word when one is due (under the send lock): FIN requested; half the
-    /// receive ring or half the credits to return; or the peer would otherwise stall (data needs
-    /// more than `reserve` credits, a CONTROL needs one). A credit used by a CONTROL word alone
-    /// returns only with others, so two idle peers never bounce CONTROL words back and forth.
+    /// Sends a CONTROL word when one `isDue` (under the send lock).
     private func flushControl(_ s: inout SendShard) {
         hot.pointee.controlDue.store(false, ordering: .sequentiallyConsistent)
         guard !hot.pointee.failedFlag.load(ordering: .acquiring), !hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) else { return }
         let finSent = hot.pointee.finSentFlag.load(ordering: .relaxed)
         let wantFin = hot.pointee.finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged == nil
-        // A peer that never returns credits could let freed bytes outgrow the word's field.
-        let freed = min(hot.pointee.consumed.load(ordering: .acquiring) - hot.pointee.reportedFreed.load(ordering: .relaxed), NotificationWord.maxFreed)
-        let usedNow = hot.pointee.receivesUsed.load(ordering: .acquiring)
-        let dataNow = hot.pointee.dataReceivesUsed.load(ordering: .acquiring)
-        let credits = usedNow - hot.pointee.reportedCredits.load(ordering: .relaxed)
-        let dataCredits = dataNow - hot.pointee.reportedDataCredits.load(ordering: .relaxed)
-        guard wantFin || freed > 0 || credits > 0 else { return }
-        let rx = localRxCredits
-        let due = wantFin
-            || freed >= receiveCapacity / 2
-            || credits >= (rx + 1) / 2
-            || (dataCredits > 0 && rx - credits <= Self.reserve)
-            || rx - credits <= 1
-        guard due, txAvailable >= 1, peerReceivesAvailable >= 1 else { return }
+        let (freed, credits, dataCredits, usedNow, dataNow) = unreported
+        let due = isDue(wantFin: wantFin, freed: freed, credits: credits, dataCredits: dataCredits)
+        guard due else { return }
+        guard txAvailable >= 1, peerReceivesAvailable >= 1 else {
+            // Owed but not sendable yet: the request stands for when completions or credits come.
+            hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent)
+            return
+        }
         // Every word after our FIN repeats it: the only words the peer accepts after a FIN.
         let word = NotificationWord.control(freed: freed, credits: credits, fin: wantFin || finSent).encoded
         // Counted before the post: its completion, and the peer's use of what it returns, may be

@@ -28,10 +28,7 @@ struct Perf: ParsableCommand {
     @Option(name: .customLong("server-cpu"), help: "Pin the spawned server to this CPU.") var serverCPU: Int?
     @Option(name: .customLong("numa-node"), help: "Pin both processes to this NUMA node's CPUs.") var numaNode: Int?
 
-    static let transports = ["rstream", "rstream-tuned", "rstream-busypoll", "core-writedata", "tcp-blocking", "tcp-busypoll"]
-
     func validate() throws {
-        guard server || client != nil || port == 0 || true else { return }
         if recvRing >= 1 << 20 || sendRing >= 1 << 20 {
             // 512 KiB is the default; the protocol's limit is 2^20 - 1.
             throw ValidationError("--send-ring and --recv-ring must be at most 1048575 (protocol v3)")
@@ -103,7 +100,6 @@ struct Perf: ParsableCommand {
     // MARK: Server
 
     func runServer() throws {
-        let maxMessage = 64 << 20
         let streamDefault = try StreamListener(host: host, port: port, options: defaultOptions)
         let streamTuned = try StreamListener(host: host, port: port == 0 ? 0 : port + 1, options: tunedOptions)
         let core = try CoreBaselineListener(host: host, port: port == 0 ? 0 : port + 2, provider: provider)

@@ -174,7 +174,6 @@ import Testing
         var rng = SplitMix(seed: UInt64(mode.ring * 31 + mode.rx))
         let total = 1 << 20
         var sent = [0, 0], received = [0, 0]
-        var buffer = [UInt8](repeating: 0, count: 9000)
         var stalls = 0
         while received[0] < total || received[1] < total {
             var moved = false
@@ -201,7 +200,6 @@ import Testing
             stalls = moved ? 0 : stalls + 1
             try #require(stalls < 100, "no progress: sent \(sent) received \(received)")
         }
-        _ = buffer.count
         pair.a.shutdown()
         pair.b.shutdown()
         #expect(try pair.a.receiveAll().1 == .endOfStream)
