@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "RStream", targets: ["RStream"]),
         .executable(name: "rstream", targets: ["rstream"]),
+        // libfabric loads it from FI_PROVIDER_PATH: the file is librstream-fi.so.
+        .library(name: "rstream-fi", type: .dynamic, targets: ["RStreamProvider"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -25,6 +27,10 @@ let package = Package(
         .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma"]),
         // Layer 2: the safe public API.
         .target(name: "RStream", dependencies: ["RStreamKernel"]),
+        // Layer 2, beside it: the libfabric provider, the face C programs use (fid tables over
+        // the kernel; it holds C callers' pointers by necessity).
+        .target(name: "CProviderSupport"),
+        .target(name: "RStreamProvider", dependencies: ["RStreamKernel", "CProviderSupport", "CLibfabric", "CFabricShim"]),
         // Layer 3: the command.
         .executableTarget(
             name: "rstream",

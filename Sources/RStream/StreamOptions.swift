@@ -25,9 +25,9 @@ public struct StreamOptions: Sendable, Equatable {
     /// calling thread's node.
     public var numaNode: Int?
 
-    public static let ringSizeRange = 4096...((1 << 20) - 1)
-    public static let txQueueSizeRange = 8...65536
-    public static let rxCreditRange = 3...511
+    public static let ringSizeRange = EndpointShape.ringSizes
+    public static let txQueueSizeRange = EndpointShape.txQueueSizes
+    public static let rxCreditRange = EndpointShape.rxCreditCounts
     public static let busyPollWindowRange: ClosedRange<Duration> = .zero ... .seconds(1)
 
     public init() {}

@@ -31,6 +31,8 @@ package final class PassiveListener: @unchecked Sendable {
     package let requirements: CoreRequirements
     package let host: String
     package let port: UInt16
+    /// The bound address as a `sockaddr` of the core's format (the real port when asked for 0).
+    package let boundAddress: [UInt8]
     /// What a thread waiting for a connection request sleeps on; nil without wait descriptors.
     package let waitSet: WaitSet?
 
@@ -52,6 +54,7 @@ package final class PassiveListener: @unchecked Sendable {
             let bound = withUnsafeBytes(of: &storage) { numericAddress($0.baseAddress!, length: length) }
             self.host = bound?.host ?? host
             self.port = bound?.port ?? port
+            boundAddress = withUnsafeBytes(of: &storage) { Array($0.prefix(length)) }
         } catch {
             _ = fi_close(fidOf(pep!))
             throw error
@@ -103,22 +106,55 @@ package final class PassiveListener: @unchecked Sendable {
 
     /// Refuses a request, telling the peer why (truncated to what connection data can carry).
     package func reject(_ request: ConnectionRequest, reason: String) {
-        let bytes = Array(reason.utf8.prefix(200))
-        _ = bytes.withUnsafeBytes { raw in
+        reject(request, data: Array(reason.utf8.prefix(200)))
+    }
+
+    /// Refuses a request with `data` as the rejection's connection data.
+    package func reject(_ request: ConnectionRequest, data: [UInt8]) {
+        _ = data.withUnsafeBytes { raw in
             fabricCall(.reject) { fi_reject(pep, request.info.pointee.handle, raw.baseAddress, raw.count) }
         }
         fi_freeinfo(request.info)
     }
 
-    private func openEndpoint(for request: ConnectionRequest, shape: EndpointShape) throws(RStreamError) -> FabricTransport {
+    /// The next queued request whose block passes every check, without waiting; a request whose
+    /// block fails is rejected with the reason, which `refused` receives, and the next one is read.
+    package func takeCheckedRequest(
+        expectIwarp: Bool, refused: (RStreamError) -> Void = { _ in }
+    ) throws(RStreamError) -> (request: ConnectionRequest, peer: ConnectionBlock)? {
+        while let request = try eventQueue.takeRequest() {
+            do throws(RStreamError) {
+                return (request, try ConnectionBlock.decode(request.peerData, expectIwarp: expectIwarp))
+            } catch {
+                reject(request, reason: error.context)
+                refused(RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)"))
+            }
+        }
+        return nil
+    }
+
+    /// Opens an endpoint for a checked request and answers it with this side's block followed by
+    /// `userData`; the connection is made once `FI_CONNECTED` arrives for the transport's key.
+    /// A request that cannot be served is rejected with the reason. The request's `info` is
+    /// released here either way.
+    package func beginAccept(
+        _ request: ConnectionRequest, peer: ConnectionBlock, shape: EndpointShape, userData: [UInt8] = []
+    ) throws(RStreamError) -> FabricTransport {
+        let transport: FabricTransport
         do throws(RStreamError) {
-            let transport = try FabricTransport(info: request.info, domain: domain, eventQueue: eventQueue, shape: shape)
+            transport = try FabricTransport(info: request.info, domain: domain, eventQueue: eventQueue, shape: shape)
             try transport.postInitialReceives()
-            return transport
         } catch {
             reject(request, reason: "the listener could not open an endpoint: \(error.context)")
             throw error
         }
+        fi_freeinfo(request.info)
+        transport.connect(to: peer)
+        let answer = transport.localBlock.encoded + userData
+        let endpoint = transport.endpoint
+        let rc = answer.withUnsafeBytes { raw in fabricCall(.accept) { fi_accept(endpoint, raw.baseAddress, raw.count) } }
+        if rc < 0 { throw .fabric(rc, "fi_accept") }
+        return transport
     }
 
     /// Waits for the next connection request and makes it a stream. A request whose block fails a
@@ -138,14 +174,7 @@ package final class PassiveListener: @unchecked Sendable {
             reject(request, reason: error.context)
             throw RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)")
         }
-        let transport = try openEndpoint(for: request, shape: shape)
-        let info = FabricInfo(adopting: request.info) // the request's info lives until here
-        _ = info
-        transport.connect(to: peer)
-        let block = transport.localBlock.encoded
-        let endpoint = transport.endpoint
-        let rcAccept = block.withUnsafeBytes { raw in fabricCall(.accept) { fi_accept(endpoint, raw.baseAddress, raw.count) } }
-        if rcAccept < 0 { throw .fabric(rcAccept, "fi_accept") }
+        let transport = try beginAccept(request, peer: peer, shape: shape)
         let key = transport.fidKey
         let event = try EventQueue.wait(until: deadline, "the accepted connection to complete") { () throws(RStreamError) in
             try eventQueue.takeEvent(for: key)
@@ -176,6 +205,28 @@ package enum ActiveConnector {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
+    /// Opens an endpoint toward `host:port` and offers `block` (this side's own block when nil)
+    /// followed by `userData` as connection data; the answer arrives as an event for the
+    /// transport's key.
+    package static func begin(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        block: [UInt8]? = nil, userData: [UInt8] = []
+    ) throws(RStreamError) -> FabricTransport {
+        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
+        let domain = try Domain.shared(for: info.head)
+        let eventQueue = try EventQueue(domain: domain, size: 16)
+        let transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
+        try transport.postInitialReceives()
+        let offered = (block ?? transport.localBlock.encoded) + userData
+        let endpoint = transport.endpoint
+        let destination = info.head.pointee.dest_addr
+        let rc = offered.withUnsafeBytes { raw in
+            fabricCall(.connect) { fi_connect(endpoint, destination, raw.baseAddress, raw.count) }
+        }
+        if rc < 0 { throw .fabric(rc, "fi_connect to \(place(host, port))") }
+        return transport
+    }
+
     /// Opens an endpoint toward `host:port`, offers `block` (this side's own block when nil) as
     /// connection data, and waits for the answer. Tests use it to play a hostile peer.
     package static func offer(
@@ -183,22 +234,11 @@ package enum ActiveConnector {
         block: [UInt8]? = nil, deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> OfferedConnection {
         let place = place(host, port)
-        let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
-        let domain = try Domain.shared(for: info.head)
-        let eventQueue = try EventQueue(domain: domain, size: 16)
-        let transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
-        try transport.postInitialReceives()
-        let offered = block ?? transport.localBlock.encoded
-        let endpoint = transport.endpoint
-        let destination = info.head.pointee.dest_addr
-        let rcConnect = offered.withUnsafeBytes { raw in
-            fabricCall(.connect) { fi_connect(endpoint, destination, raw.baseAddress, raw.count) }
-        }
-        if rcConnect < 0 { throw .fabric(rcConnect, "fi_connect to \(place)") }
+        let transport = try begin(host: host, port: port, shape: shape, requirements: requirements, block: block)
         let key = transport.fidKey
         do throws(RStreamError) {
             let event = try EventQueue.wait(until: deadline, "the connection to \(place)") { () throws(RStreamError) in
-                try eventQueue.takeEvent(for: key)
+                try transport.eventQueue.takeEvent(for: key)
             }
             return OfferedConnection(transport: transport, event: event)
         } catch {
@@ -206,25 +246,23 @@ package enum ActiveConnector {
         }
     }
 
-    /// Connects to `host:port`. Nothing listening, a refusal with a reason, an unreachable host and
-    /// the deadline passing are distinct errors; a peer whose block fails a check is shut down.
-    package static func connect(
-        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
-        deadline: ContinuousClock.Instant?
-    ) throws(RStreamError) -> FabricStreamEngine {
-        let place = place(host, port)
-        let offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
-        switch offered.event {
+    /// Makes a stream of an offered connection from its answer: the peer's block is checked (a bad
+    /// one shuts the connection down), and what the peer sent after it is returned beside the
+    /// engine. A refusal, a refusal with a reason and a disconnect are distinct errors.
+    package static func complete(
+        _ transport: FabricTransport, answer: ConnectionEvent, place: String
+    ) throws(RStreamError) -> (engine: FabricStreamEngine, peerData: ArraySlice<UInt8>) {
+        switch answer {
         case .connected(let data):
             let peer: ConnectionBlock
             do throws(RStreamError) {
-                peer = try ConnectionBlock.decode(data, expectIwarp: shape.iwarp)
+                peer = try ConnectionBlock.decode(data, expectIwarp: transport.shape.iwarp)
             } catch {
-                offered.transport.disconnect()
+                transport.disconnect()
                 throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
             }
-            offered.transport.connect(to: peer)
-            return FabricStreamEngine(transport: offered.transport, peer: peer)
+            transport.connect(to: peer)
+            return (FabricStreamEngine(transport: transport, peer: peer), data.dropFirst(ConnectionBlock.size))
         case .shutdown:
             throw RStreamError(.connectionReset, code: 104, "\(place) closed the connection while it was being made")
         case .failed(let code, let data):
@@ -236,5 +274,41 @@ package enum ActiveConnector {
             }
             throw RStreamError.fabric(Int(code), "connecting to \(place)")
         }
+    }
+
+    /// Connects to `host:port`. Nothing listening, a refusal with a reason, an unreachable host and
+    /// the deadline passing are distinct errors; a peer whose block fails a check is shut down.
+    package static func connect(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        deadline: ContinuousClock.Instant?
+    ) throws(RStreamError) -> FabricStreamEngine {
+        let offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+        return try complete(offered.transport, answer: offered.event, place: place(host, port)).engine
+    }
+}
+
+/// What a core lets connection set-up carry, read from the core itself.
+package enum CoreLimits {
+    private static let cache = Mutex<[String: Int]>([:])
+    private final class CacheOwner: Sendable {}
+    private static let cacheOwner = CacheOwner()
+
+    /// Bytes of connection data the core carries (`FI_OPT_CM_DATA_SIZE` of one of its passive
+    /// endpoints, opened once per core and process and closed again).
+    package static func connectionData(_ requirements: CoreRequirements) throws(RStreamError) -> Int {
+        let info = try FabricInfo.query(requirements, node: nil, service: nil, source: false)
+        let key = "\(info.attributes.provider)|\(requirements.iwarp)"
+        if let known = cache.withCheckedLock(key: lockKey(cacheOwner), { $0[key] }) { return known }
+        let domain = try Domain.shared(for: info.head)
+        var pep: UnsafeMutablePointer<fid_pep>?
+        try fabricCheck(.passiveEndpoint, "fi_passive_ep") { fi_passive_ep(domain.fabric, info.head, &pep, nil) }
+        defer { _ = fi_close(fidOf(pep!)) }
+        var size = 0
+        var length = MemoryLayout<Int>.size
+        try fabricCheck(.getopt, "fi_getopt(FI_OPT_CM_DATA_SIZE)") {
+            fi_getopt(fidOf(pep!), Int32(FI_OPT_ENDPOINT), Int32(FI_OPT_CM_DATA_SIZE), &size, &length)
+        }
+        cache.withCheckedLock(key: lockKey(cacheOwner)) { $0[key] = size }
+        return size
     }
 }

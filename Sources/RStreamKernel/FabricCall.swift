@@ -7,7 +7,7 @@ import Glibc
 /// of them fail with a chosen code (the way swift-system's IORing tests inject errors).
 package enum FabricCallSite: Int, Sendable, CaseIterable {
     case getinfo, fabric, domain, eqOpen, cqOpen, endpoint, passiveEndpoint, bind, enable, listen,
-         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname
+         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname, getopt
 }
 
 package enum FaultInjection {

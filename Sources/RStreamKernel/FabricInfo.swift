@@ -66,7 +66,7 @@ package struct FabricInfo: ~Copyable {
             for progress in [FI_PROGRESS_MANUAL, FI_PROGRESS_UNSPEC] {
                 do throws(RStreamError) {
                     return try queryOne(provider: provider, progress: progress, requirements, node: node,
-                                        service: service, source: source)
+                                        service: service, flags: source ? UInt64(FI_SOURCE) : 0)
                 } catch {
                     lastError = error
                     if error.kind == .unreachable { throw error }
@@ -76,10 +76,28 @@ package struct FabricInfo: ~Copyable {
         throw lastError
     }
 
+    /// Every fi_info one core offers for a stream endpoint, manual progress preferred; `flags` and
+    /// `customize` carry what a caller of the provider asked for (addresses, FI_NUMERICHOST).
+    package static func queryCore(
+        _ provider: String, iwarp: Bool, node: String?, service: String?, flags: UInt64,
+        customize: (UnsafeMutablePointer<fi_info>) -> Void
+    ) throws(RStreamError) -> FabricInfo {
+        let requirements = CoreRequirements(provider: provider, iwarp: iwarp)
+        do throws(RStreamError) {
+            return try queryOne(provider: provider, progress: FI_PROGRESS_MANUAL, requirements, node: node,
+                                service: service, flags: flags, customize: customize)
+        } catch {
+            return try queryOne(provider: provider, progress: FI_PROGRESS_UNSPEC, requirements, node: node,
+                                service: service, flags: flags, customize: customize)
+        }
+    }
+
     private static func queryOne(
         provider: String, progress: fi_progress, _ requirements: CoreRequirements,
-        node: String?, service: String?, source: Bool
+        node: String?, service: String?, flags: UInt64,
+        customize: (UnsafeMutablePointer<fi_info>) -> Void = { _ in }
     ) throws(RStreamError) -> FabricInfo {
+        let source = flags & UInt64(FI_SOURCE) != 0
         guard let hints = fi_allocinfo() else { throw RStreamError(.fabric, code: ENOMEM, "fi_allocinfo failed") }
         defer { fi_freeinfo(hints) }
         hints.pointee.ep_attr.pointee.type = FI_EP_MSG
@@ -91,10 +109,11 @@ package struct FabricInfo: ~Copyable {
         // DATA words (and FIN) must not overtake the writes before them.
         hints.pointee.tx_attr.pointee.msg_order = UInt64(FI_ORDER_SAW | FI_ORDER_SAS | FI_ORDER_WAW)
         hints.pointee.fabric_attr.pointee.prov_name = strdup(provider)
+        customize(hints)
 
         var result: UnsafeMutablePointer<fi_info>?
         let rc = fabricCall(.getinfo) {
-            fi_getinfo(apiVersion, node, service, source ? UInt64(FI_SOURCE) : 0, hints, &result)
+            fi_getinfo(apiVersion, node, service, flags, hints, &result)
         }
         if rc < 0 {
             let code = Int32(-rc)

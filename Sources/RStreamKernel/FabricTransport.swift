@@ -7,6 +7,10 @@ import Glibc
 
 /// How a fabric endpoint is sized and which mode it speaks.
 package struct EndpointShape: Sendable, Equatable {
+    /// The ring sizes the protocol allows, and the transmit-queue sizes the kernel accepts.
+    package static let ringSizes = ConnectionBlock.ringSizes
+    package static let txQueueSizes = 8...65536
+    package static let rxCreditCounts = ConnectionBlock.rxCreditRange
     package var sendRingSize: Int
     package var receiveRingSize: Int
     package var txQueueSize: Int
@@ -391,6 +395,15 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             precondition(slots.count < shape.txQueueSize, "word slot returned twice")
             slots.append(Int32(slot))
         }
+    }
+
+    /// The core endpoint's own address (`fi_getname`) or its peer's (`fi_getpeer`), as a sockaddr.
+    package func address(ofPeer: Bool) -> [UInt8]? {
+        var storage = sockaddr_storage()
+        var length = MemoryLayout<sockaddr_storage>.size
+        let rc = ofPeer ? fi_getpeer(endpoint, &storage, &length) : fi_getname(fidOf(endpoint), &storage, &length)
+        guard rc == 0 else { return nil }
+        return withUnsafeBytes(of: &storage) { Array($0.prefix(length)) }
     }
 
     package func disconnect() {

@@ -579,6 +579,32 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         return .bytes(n)
     }
 
+    /// Copies received bytes into `buffer` without consuming them (`FI_PEEK`): as many as are
+    /// there, up to `buffer.count`; an empty buffer only asks how many. Would block or end of
+    /// stream as `receive` reports them.
+    package func peek(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
+        progress()
+        let available = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
+            let ring = transport.receiveRing.baseAddress!
+            let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
+            var offset = r.readOffset
+            var done = 0
+            while done < min(used, buffer.count) {
+                let span = min(used, buffer.count) - done
+                let run = min(span, receiveCapacity - offset)
+                (buffer.baseAddress! + done).copyMemory(from: ring + offset, byteCount: run)
+                offset = offset + run == receiveCapacity ? 0 : offset + run
+                done += run
+            }
+            return used
+        }
+        guard available > 0 else { return try outcomeWhenEmpty() }
+        return .bytes(buffer.count == 0 ? available : min(available, buffer.count))
+    }
+
+    /// True once the core connection went away (`FI_SHUTDOWN`), whoever read the event.
+    package var peerHasDisconnected: Bool { hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) }
+
     /// Receives exactly `buffer.count` bytes, or none (would block until that many are there).
     package func receive(exactly buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         progress()

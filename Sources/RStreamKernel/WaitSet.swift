@@ -52,6 +52,20 @@ package final class WaitSet: @unchecked Sendable {
         wakeFD = wake
     }
 
+    /// Adds one more descriptor to sleep on (a descriptor already in the set is left as it is).
+    package func watch(_ fd: Int32) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.fd = fd
+        _ = epoll_ctl(descriptor, EPOLL_CTL_ADD, fd, &event)
+    }
+
+    /// Stops sleeping on `fd` (before it is closed).
+    package func unwatch(_ fd: Int32) {
+        var event = epoll_event()
+        _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event)
+    }
+
     deinit {
         close(wakeFD)
         close(descriptor)

@@ -1,0 +1,221 @@
+import CLibfabric
+import CProviderSupport
+import RStreamKernel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `fi_getinfo` answers: one `FI_EP_SOCK_STREAM` entry for every stream-capable entry of
+/// every usable core, filtered by the caller's hints the way the man pages say.
+///
+/// The core behind an entry travels in the fabric name, as `core:core-fabric-name` (for example
+/// `tcp:127.0.0.0/8`), so that `fi_fabric`, `fi_passive_ep` and `fi_endpoint` know which core to
+/// open; the domain name is the core's.
+enum ProviderInfo {
+    static let capabilities = UInt64(FI_MSG | FI_SEND | FI_RECV) | FI_LOCAL_COMM | FI_REMOTE_COMM
+    static let defaultRingSize = 32 * 1024
+    static let defaultQueueSize = 384
+    static let iovLimit = 64
+
+    /// What the provider needs to know of one of its own `fi_info`s (or a caller's copy of one).
+    struct Facts {
+        var core: String
+        var coreFabric: String
+        var iwarp: Bool
+        var source: [UInt8]?
+        var destination: [UInt8]?
+
+        init(_ info: UnsafePointer<fi_info>) {
+            let fabricName = info.pointee.fabric_attr?.pointee.name.map { String(cString: $0) } ?? ""
+            if let colon = fabricName.firstIndex(of: ":") {
+                core = String(fabricName[..<colon])
+                coreFabric = String(fabricName[fabricName.index(after: colon)...])
+            } else {
+                core = fabricName
+                coreFabric = ""
+            }
+            iwarp = info.pointee.ep_attr?.pointee.protocol == UInt32(FI_PROTO_IWARP)
+            source = Self.bytes(info.pointee.src_addr, info.pointee.src_addrlen)
+            destination = Self.bytes(info.pointee.dest_addr, info.pointee.dest_addrlen)
+        }
+
+        static func bytes(_ pointer: UnsafeMutableRawPointer?, _ length: Int) -> [UInt8]? {
+            guard let pointer, length > 0 else { return nil }
+            return Array(UnsafeRawBufferPointer(start: pointer, count: length))
+        }
+
+        var requirements: CoreRequirements { CoreRequirements(provider: core.isEmpty ? nil : core, iwarp: iwarp) }
+    }
+
+    /// A caller's hints, checked: nil when no entry of this provider can meet them.
+    struct Wanted {
+        var iwarp = false
+        var addressFormat = UInt32(FI_FORMAT_UNSPEC)
+        var fabricName: String?
+        var domainName: String?
+        var txSize: Int?
+        var rxSize: Int?
+
+        init?(_ hints: UnsafePointer<fi_info>?) {
+            guard let hints = hints?.pointee else { return }
+            if let ep = hints.ep_attr?.pointee {
+                guard ep.type == FI_EP_UNSPEC || ep.type == FI_EP_SOCK_STREAM else { return nil }
+                switch ep.protocol {
+                case UInt32(FI_PROTO_UNSPEC), UInt32(FI_PROTO_RSTREAM): iwarp = false
+                case UInt32(FI_PROTO_IWARP): iwarp = true
+                default: return nil
+                }
+                guard ep.tx_ctx_cnt <= 1 || ep.tx_ctx_cnt == FI_SHARED_CONTEXT, ep.rx_ctx_cnt <= 1 else { return nil }
+            }
+            guard hints.caps & ~ProviderInfo.capabilities == 0 else { return nil }
+            switch hints.addr_format {
+            case UInt32(FI_FORMAT_UNSPEC), UInt32(FI_SOCKADDR), UInt32(FI_SOCKADDR_IN), UInt32(FI_SOCKADDR_IN6):
+                addressFormat = hints.addr_format
+            default: return nil
+            }
+            if let domain = hints.domain_attr?.pointee {
+                // FI_THREAD_SAFE covers every weaker level a caller may ask for.
+                for progress in [domain.data_progress, domain.control_progress] where progress == FI_PROGRESS_AUTO {
+                    return nil
+                }
+                domainName = domain.name.map { String(cString: $0) }
+            }
+            if let fabric = hints.fabric_attr?.pointee {
+                fabricName = fabric.name.map { String(cString: $0) }
+            }
+            if let tx = hints.tx_attr?.pointee {
+                guard tx.caps & ~ProviderInfo.capabilities == 0, tx.size <= EndpointShape.txQueueSizes.upperBound,
+                      tx.iov_limit <= ProviderInfo.iovLimit else { return nil }
+                if tx.size > 0 { txSize = max(tx.size, EndpointShape.txQueueSizes.lowerBound) }
+            }
+            if let rx = hints.rx_attr?.pointee {
+                guard rx.caps & ~ProviderInfo.capabilities == 0, rx.size <= EndpointShape.rxCreditCounts.upperBound,
+                      rx.iov_limit <= ProviderInfo.iovLimit else { return nil }
+                if rx.size > 0 { rxSize = max(rx.size, EndpointShape.rxCreditCounts.lowerBound) }
+            }
+        }
+
+        func accepts(_ core: UnsafeMutablePointer<fi_info>, fabricName name: String) -> Bool {
+            let format = core.pointee.addr_format
+            guard format == UInt32(FI_SOCKADDR_IN) || format == UInt32(FI_SOCKADDR_IN6) else { return false }
+            switch addressFormat {
+            case UInt32(FI_SOCKADDR_IN), UInt32(FI_SOCKADDR_IN6): if format != addressFormat { return false }
+            default: break
+            }
+            if let fabricName, fabricName != name { return false }
+            if let domainName, domainName != String(cString: core.pointee.domain_attr.pointee.name) { return false }
+            return true
+        }
+    }
+
+    static func getinfo(
+        version: UInt32, node: UnsafePointer<CChar>?, service: UnsafePointer<CChar>?, flags: UInt64,
+        hints: UnsafePointer<fi_info>?, into result: UnsafeMutablePointer<UnsafeMutablePointer<fi_info>?>?
+    ) -> Int32 {
+        guard let result else { return -Int32(FI_EINVAL) }
+        result.pointee = nil
+        guard let wanted = Wanted(hints) else { return -Int32(FI_ENODATA) }
+        let nodeText = node.map { String(cString: $0) }
+        let serviceText = service.map { String(cString: $0) }
+        var head: UnsafeMutablePointer<fi_info>?
+        var tail: UnsafeMutablePointer<fi_info>?
+        for core in FabricInfo.candidateProviders(explicit: nil) {
+            guard let coreInfo = try? FabricInfo.queryCore(core, iwarp: wanted.iwarp, node: nodeText, service: serviceText,
+                                                           flags: flags, customize: { coreHints in
+                copyAddresses(from: hints, to: coreHints, format: wanted.addressFormat)
+            }) else { continue }
+            var cursor: UnsafeMutablePointer<fi_info>? = coreInfo.head
+            while let entry = cursor {
+                cursor = entry.pointee.next
+                let fabricName = "\(core):\(String(cString: entry.pointee.fabric_attr.pointee.name))"
+                guard wanted.accepts(entry, fabricName: fabricName), let info = make(from: entry, fabricName: fabricName, wanted) else { continue }
+                if let tail { tail.pointee.next = info } else { head = info }
+                tail = info
+            }
+        }
+        guard let head else { return -Int32(FI_ENODATA) }
+        result.pointee = head
+        return 0
+    }
+
+    private static func copyAddresses(from hints: UnsafePointer<fi_info>?, to core: UnsafeMutablePointer<fi_info>, format: UInt32) {
+        if format == UInt32(FI_SOCKADDR_IN) || format == UInt32(FI_SOCKADDR_IN6) { core.pointee.addr_format = format }
+        guard let hints = hints?.pointee else { return }
+        if let source = hints.src_addr, hints.src_addrlen > 0 {
+            core.pointee.src_addr = duplicate(source, hints.src_addrlen)
+            core.pointee.src_addrlen = hints.src_addrlen
+        }
+        if let destination = hints.dest_addr, hints.dest_addrlen > 0 {
+            core.pointee.dest_addr = duplicate(destination, hints.dest_addrlen)
+            core.pointee.dest_addrlen = hints.dest_addrlen
+        }
+    }
+
+    /// A malloc'd copy, which `fi_freeinfo` frees.
+    static func duplicate(_ bytes: UnsafeRawPointer, _ count: Int) -> UnsafeMutableRawPointer? {
+        guard let copy = malloc(count) else { return nil }
+        copy.copyMemory(from: bytes, byteCount: count)
+        return copy
+    }
+
+    static func duplicate(_ bytes: [UInt8]?) -> (UnsafeMutableRawPointer?, Int) {
+        guard let bytes, !bytes.isEmpty else { return (nil, 0) }
+        return bytes.withUnsafeBytes { (duplicate($0.baseAddress!, $0.count), $0.count) }
+    }
+
+    /// This provider's entry over one core entry.
+    private static func make(from core: UnsafeMutablePointer<fi_info>, fabricName: String, _ wanted: Wanted) -> UnsafeMutablePointer<fi_info>? {
+        guard let info = fi_allocinfo() else { return nil }
+        let c = core.pointee
+        info.pointee.caps = capabilities
+        info.pointee.mode = 0
+        info.pointee.addr_format = wanted.addressFormat == UInt32(FI_SOCKADDR) ? UInt32(FI_SOCKADDR) : c.addr_format
+        if let source = c.src_addr, c.src_addrlen > 0 {
+            info.pointee.src_addr = duplicate(source, c.src_addrlen)
+            info.pointee.src_addrlen = c.src_addrlen
+        }
+        if let destination = c.dest_addr, c.dest_addrlen > 0 {
+            info.pointee.dest_addr = duplicate(destination, c.dest_addrlen)
+            info.pointee.dest_addrlen = c.dest_addrlen
+        }
+        let tx = info.pointee.tx_attr!
+        tx.pointee.caps = UInt64(FI_MSG | FI_SEND)
+        tx.pointee.msg_order = UInt64(FI_ORDER_SAS)
+        tx.pointee.comp_order = UInt64(FI_ORDER_NONE)
+        tx.pointee.inject_size = EndpointShape.ringSizes.lowerBound
+        tx.pointee.size = wanted.txSize ?? defaultQueueSize
+        tx.pointee.iov_limit = iovLimit
+        tx.pointee.rma_iov_limit = 0
+        let rx = info.pointee.rx_attr!
+        rx.pointee.caps = UInt64(FI_MSG | FI_RECV)
+        rx.pointee.msg_order = UInt64(FI_ORDER_SAS)
+        rx.pointee.comp_order = UInt64(FI_ORDER_NONE)
+        rx.pointee.size = wanted.rxSize ?? defaultQueueSize
+        rx.pointee.iov_limit = iovLimit
+        let ep = info.pointee.ep_attr!
+        ep.pointee.type = FI_EP_SOCK_STREAM
+        ep.pointee.protocol = UInt32(wanted.iwarp ? FI_PROTO_IWARP : FI_PROTO_RSTREAM)
+        ep.pointee.protocol_version = UInt32(ConnectionBlock.version)
+        ep.pointee.max_msg_size = EndpointShape.ringSizes.upperBound
+        ep.pointee.tx_ctx_cnt = 1
+        ep.pointee.rx_ctx_cnt = 1
+        let domain = info.pointee.domain_attr!
+        domain.pointee.name = strdup(c.domain_attr.pointee.name)
+        domain.pointee.threading = FI_THREAD_SAFE
+        domain.pointee.control_progress = FI_PROGRESS_MANUAL
+        domain.pointee.data_progress = FI_PROGRESS_MANUAL
+        domain.pointee.resource_mgmt = FI_RM_ENABLED
+        domain.pointee.av_type = FI_AV_UNSPEC
+        domain.pointee.mr_mode = 0
+        domain.pointee.ep_cnt = c.domain_attr.pointee.ep_cnt
+        domain.pointee.tx_ctx_cnt = c.domain_attr.pointee.ep_cnt
+        domain.pointee.rx_ctx_cnt = c.domain_attr.pointee.ep_cnt
+        domain.pointee.max_ep_tx_ctx = 1
+        domain.pointee.max_ep_rx_ctx = 1
+        domain.pointee.max_err_data = 256
+        let fabric = info.pointee.fabric_attr!
+        fabric.pointee.name = strdup(fabricName)
+        fabric.pointee.prov_version = RStreamProvider.version
+        return info
+    }
+}
