@@ -130,6 +130,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             }
         case .connected:
             guard !s.shutdownReported, let engine = engine.load() else { return }
+            // Some cores (tcp) notice a vanished peer only while their data path is progressed.
+            engine.progress()
             engine.pollConnectionEvents()
             if engine.peerHasDisconnected {
                 s.shutdownReported = true

@@ -107,11 +107,12 @@ struct Info: ParsableCommand {
 
 struct Listen: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve connections one after another, writing what each sends to standard output.")
+        abstract: "Serve connections one after another, writing what each sends to standard output (or echoing it).")
 
     @Option(help: "Address to listen on.") var host = "0.0.0.0"
     @Option(help: "Port to listen on (0: any; the real one is printed).") var port: UInt16
     @Flag(help: "Serve one connection, then exit.") var once = false
+    @Flag(help: "Send what arrives back to the peer instead of writing it to standard output.") var echo = false
     @OptionGroup var flags: StreamFlags
 
     func run() throws {
@@ -128,7 +129,7 @@ struct Listen: ParsableCommand {
             do {
                 let stream = try listener.accept()
                 defer { stream.close() }
-                _ = try drain(stream, to: 1)
+                if echo { try echoBack(stream) } else { _ = try drain(stream, to: 1) }
                 try stream.shutdown()
                 try stream.flush(timeout: .seconds(10))
                 if once { return }
@@ -137,6 +138,16 @@ struct Listen: ParsableCommand {
                 if once { throw ExitCode(1) }
             }
         }
+    }
+}
+
+/// Sends every byte of the stream back until end of stream.
+func echoBack(_ stream: StreamConnection) throws(RStreamError) {
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = try stream.receive(into: &buffer)
+        if n == 0 { return }
+        try stream.sendAll(buffer[0..<n])
     }
 }
 

@@ -1,0 +1,648 @@
+/* The rstream provider exercised from C, through libfabric's standard calls only. Each
+ * subcommand is one side of one test; the Swift test suite (ProviderCTests.swift) compiles this
+ * file against the system's libfabric headers and runs the sides against the built provider
+ * through FI_PROVIDER_PATH. Set RSTREAM_C_IWARP=1 for the iWarp protocol. */
+#include "common.h"
+
+#include <signal.h>
+
+static int iwarp(void)
+{
+	const char *v = getenv("RSTREAM_C_IWARP");
+	return v && *v == '1';
+}
+
+/* ---- greeting: hints of FI_EP_SOCK_STREAM alone, a message both ways, shut down ---- */
+
+static const char client_greeting[] = "Hello from the client!";
+static const char server_greeting[] = "Hello from the server!";
+
+static void expect_end(struct fabric_objects *f, struct fid_ep *ep)
+{
+	char byte;
+	size_t n = receive_some(f, ep, &byte, 1);
+	EXPECT(n == 0, "end of stream, got %zu more bytes", n);
+}
+
+static int greeting_server(void)
+{
+	struct fabric_objects f;
+	int port;
+	char buf[64] = { 0 };
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	struct fid_ep *ep = accept_next(&f, NULL, 0);
+	size_t got = 0;
+	while (got < sizeof client_greeting)
+		got += receive_some(&f, ep, buf + got, sizeof client_greeting - got);
+	EXPECT(!strcmp(buf, client_greeting), "greeting \"%s\"", buf);
+	send_all(&f, ep, server_greeting, sizeof server_greeting);
+	CHECK(fi_shutdown(ep, 0));
+	expect_end(&f, ep);
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	printf("server ok\n");
+	return 0;
+}
+
+static int greeting_client(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	char buf[64] = { 0 };
+	char event_buffer[sizeof(struct fi_eq_cm_entry) + 64];
+	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
+	size_t got = 0;
+	send_all(&f, ep, client_greeting, sizeof client_greeting);
+	while (got < sizeof server_greeting)
+		got += receive_some(&f, ep, buf + got, sizeof server_greeting - got);
+	EXPECT(!strcmp(buf, server_greeting), "greeting \"%s\"", buf);
+	CHECK(fi_shutdown(ep, 0));
+	expect_end(&f, ep);
+	/* The server closes after our FIN: the connection's end arrives as FI_SHUTDOWN. */
+	uint32_t event = next_event(f.eq, (void *)event_buffer, sizeof event_buffer);
+	EXPECT(event == FI_SHUTDOWN, "FI_SHUTDOWN, got event %u", event);
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("client ok\n");
+	return 0;
+}
+
+/* ---- bulk: both ways at once, checked byte by byte and by checksum ---- */
+
+struct direction {
+	uint64_t seed, total, done, hash;
+};
+
+static ssize_t send_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, int vector)
+{
+	size_t len = d->total - d->done < cap ? (size_t)(d->total - d->done) : cap;
+	for (size_t i = 0; i < len; i++)
+		buf[i] = pattern(d->seed, d->done + i);
+	if (!vector)
+		return fi_send(ep, buf, len, NULL, 0, NULL);
+	size_t a = len < 1000 ? len : 1000, b = len - a < 7001 ? len - a : 7001;
+	struct iovec iov[3] = { { buf, a }, { buf + a, b }, { buf + a + b, len - a - b } };
+	return fi_sendv(ep, iov, NULL, 3, 0, NULL);
+}
+
+static ssize_t receive_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, int vector)
+{
+	ssize_t n;
+	if (!vector) {
+		n = fi_recv(ep, buf, cap, NULL, 0, NULL);
+	} else {
+		struct iovec iov[4] = { { buf, 777 }, { buf + 777, 5000 }, { buf + 5777, 3333 },
+					{ buf + 9110, cap - 9110 } };
+		struct fi_msg msg = { .msg_iov = iov, .iov_count = 4 };
+		n = fi_recvmsg(ep, &msg, 0);
+	}
+	if (n <= 0)
+		return n;
+	for (ssize_t i = 0; i < n; i++)
+		EXPECT(buf[i] == pattern(d->seed, d->done + (uint64_t)i), "byte %llu", (unsigned long long)(d->done + i));
+	d->hash = fnv1a(d->hash, buf, (size_t)n);
+	return n;
+}
+
+static void bulk(struct fabric_objects *f, struct fid_ep *ep, uint64_t bytes, uint64_t my_seed, uint64_t peer_seed,
+		 int vector)
+{
+	static uint8_t out[1 << 16], in[1 << 16];
+	struct direction tx = { my_seed, bytes, 0, FNV_START }, rx = { peer_seed, bytes, 0, FNV_START };
+	while (tx.done < tx.total || rx.done < rx.total) {
+		int moved = 0;
+		if (tx.done < tx.total) {
+			ssize_t n = send_chunk(ep, &tx, out, sizeof out, vector);
+			if (n != -FI_EAGAIN) {
+				CHECK(n);
+				tx.hash = fnv1a(tx.hash, out, (size_t)n);
+				tx.done += (uint64_t)n;
+				moved = 1;
+			}
+		}
+		if (rx.done < rx.total) {
+			ssize_t n = receive_chunk(ep, &rx, in, sizeof in, vector);
+			if (n != -FI_EAGAIN) {
+				CHECK(n);
+				EXPECT(n > 0, "bytes, got end of stream after %llu", (unsigned long long)rx.done);
+				rx.done += (uint64_t)n;
+				moved = 1;
+			}
+		}
+		if (!moved)
+			wait_endpoint(f, ep);
+	}
+	CHECK(fi_shutdown(ep, 0));
+	expect_end(f, ep);
+	printf("sent %llu bytes checksum %016llx, received %llu bytes checksum %016llx\n",
+	       (unsigned long long)tx.done, (unsigned long long)tx.hash, (unsigned long long)rx.done,
+	       (unsigned long long)rx.hash);
+}
+
+static int bulk_server(const char *mode, uint64_t mib)
+{
+	struct fabric_objects f;
+	int port;
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	struct fid_ep *ep = accept_next(&f, NULL, 0);
+	bulk(&f, ep, mib << 20, 2, 1, !strcmp(mode, "vector"));
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	return 0;
+}
+
+static int bulk_client(const char *host, const char *port, const char *mode, uint64_t mib)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
+	bulk(&f, ep, mib << 20, 1, 2, !strcmp(mode, "vector"));
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	return 0;
+}
+
+/* ---- peek: poll() on the FI_GETWAIT descriptor, then FI_PEEK, as fi_rstream(7) describes ---- */
+
+static const char *peek_messages[] = { "first", "second message", "third and last" };
+
+static int peek_server(void)
+{
+	struct fabric_objects f;
+	int port;
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	struct fid_ep *ep = accept_next(&f, NULL, 0);
+	for (int i = 0; i < 3; i++) {
+		usleep(50000); /* the client is asleep in poll() by now */
+		send_all(&f, ep, peek_messages[i], strlen(peek_messages[i]));
+		char ack;
+		EXPECT(receive_some(&f, ep, &ack, 1) == 1 && ack == '0' + i, "ack %d", i);
+	}
+	CHECK(fi_shutdown(ep, 0));
+	expect_end(&f, ep);
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	return 0;
+}
+
+static int peek_client(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
+	struct fid *fids[1] = { &ep->fid };
+	struct fi_msg empty = { .iov_count = 0 };
+	int fd, wakeups = 0;
+	CHECK(fi_control(&ep->fid, FI_GETWAIT, &fd));
+	/* Room to send on an idle stream: sendmsg(FI_PEEK) says how much. */
+	ssize_t room = fi_sendmsg(ep, &empty, FI_PEEK);
+	EXPECT(room > 0, "room to send, got %zd", room);
+	for (int i = 0; i < 3; i++) {
+		size_t want = strlen(peek_messages[i]);
+		ssize_t ready;
+		EXPECT(fi_recvmsg(ep, &empty, FI_PEEK) == -FI_EAGAIN || i > 0, "nothing readable before the first message");
+		while ((ready = fi_recvmsg(ep, &empty, FI_PEEK)) == -FI_EAGAIN || (ready > 0 && (size_t)ready < want)) {
+			if (fi_trywait(f.fabric, fids, 1) == FI_SUCCESS) {
+				struct pollfd p = { .fd = fd, .events = POLLIN };
+				int rc = poll(&p, 1, 5000);
+				EXPECT(rc == 1, "poll woke for message %d (rc %d)", i, rc);
+				wakeups++;
+			}
+		}
+		CHECK(ready);
+		EXPECT((size_t)ready == want, "%zu readable bytes, saw %zd", want, ready);
+		/* Peeking copies without consuming: the same bytes twice, then fi_recv takes them. */
+		char peeked[64] = { 0 }, again[64] = { 0 }, taken[64] = { 0 };
+		struct iovec iov = { peeked, sizeof peeked };
+		struct fi_msg msg = { .msg_iov = &iov, .iov_count = 1 };
+		EXPECT(fi_recvmsg(ep, &msg, FI_PEEK) == (ssize_t)want, "peek %d", i);
+		iov.iov_base = again;
+		EXPECT(fi_recvmsg(ep, &msg, FI_PEEK) == (ssize_t)want, "second peek %d", i);
+		EXPECT(fi_recv(ep, taken, sizeof taken, NULL, 0, NULL) == (ssize_t)want, "recv %d", i);
+		EXPECT(!strcmp(peeked, peek_messages[i]) && !strcmp(again, peeked) && !strcmp(taken, peeked),
+		       "message %d: \"%s\" \"%s\" \"%s\"", i, peeked, again, taken);
+		EXPECT(fi_recvmsg(ep, &empty, FI_PEEK) == -FI_EAGAIN, "nothing left after message %d", i);
+		char ack = (char)('0' + i);
+		send_all(&f, ep, &ack, 1);
+	}
+	EXPECT(wakeups >= 1, "slept in poll() at least once, woke %d times", wakeups);
+	/* At the end of the stream FI_PEEK reports 0, as fi_recv does. */
+	for (;;) {
+		ssize_t n = fi_recvmsg(ep, &empty, FI_PEEK);
+		if (n == -FI_EAGAIN) {
+			wait_endpoint(&f, ep);
+			continue;
+		}
+		EXPECT(n == 0, "end of stream through FI_PEEK, got %zd", n);
+		break;
+	}
+	CHECK(fi_shutdown(ep, 0));
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("peek ok, %d wake-ups\n", wakeups);
+	return 0;
+}
+
+/* ---- options: every fi_setopt value at and beyond its limits; calls that do not apply ---- */
+
+static void expect_option(struct fid_ep *ep, int name, size_t value, int expected)
+{
+	int rc = fi_setopt(&ep->fid, FI_OPT_ENDPOINT, name, &value, sizeof value);
+	EXPECT(rc == expected, "setopt %d = %zu: %d, wanted %d", name, value, rc, expected);
+	if (rc == 0) {
+		size_t got = 0, len = sizeof got;
+		CHECK(fi_getopt(&ep->fid, FI_OPT_ENDPOINT, name, &got, &len));
+		EXPECT(got == value && len == sizeof got, "getopt %d = %zu, wanted %zu", name, got, value);
+	}
+}
+
+static void expect_no_data(struct fi_info *hints, const char *what)
+{
+	struct fi_info *info = NULL;
+	hints->fabric_attr->prov_name = strdup("rstream");
+	int rc = fi_getinfo(FI_VERSION(1, 17), "127.0.0.1", "9", 0, hints, &info);
+	EXPECT(rc == -FI_ENODATA, "%s: -FI_ENODATA, got %d", what, rc);
+	fi_freeinfo(hints);
+}
+
+static int options(void)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep;
+	open_fabric(&f, find_stream("127.0.0.1", "9", 0, iwarp()));
+	CHECK(fi_endpoint(f.domain, f.info, &ep, NULL));
+
+	struct { int name; size_t fallback, low, high; } limits[] = {
+		{ FI_OPT_SEND_BUF_SIZE, 32768, 4096, 1048575 },
+		{ FI_OPT_RECV_BUF_SIZE, 32768, 4096, 1048575 },
+		{ FI_OPT_TX_SIZE, 384, 8, 65536 },
+		{ FI_OPT_RX_SIZE, 384, 3, 511 },
+	};
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+		size_t got = 0, len = sizeof got;
+		CHECK(fi_getopt(&ep->fid, FI_OPT_ENDPOINT, limits[i].name, &got, &len));
+		EXPECT(got == limits[i].fallback, "default of option %d is %zu, got %zu", limits[i].name,
+		       limits[i].fallback, got);
+		expect_option(ep, limits[i].name, limits[i].low, 0);
+		expect_option(ep, limits[i].name, limits[i].high, 0);
+		expect_option(ep, limits[i].name, limits[i].low - 1, -FI_EINVAL);
+		expect_option(ep, limits[i].name, limits[i].high + 1, -FI_EINVAL);
+		expect_option(ep, limits[i].name, 0, -FI_EINVAL);
+		expect_option(ep, limits[i].name, (size_t)-1, -FI_EINVAL);
+		int small = 4096;
+		EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, limits[i].name, &small, sizeof small) == -FI_EINVAL,
+		       "a value of the wrong length is refused");
+		expect_option(ep, limits[i].name, limits[i].fallback, 0);
+	}
+	size_t cm = 0, len = sizeof cm;
+	CHECK(fi_getopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_CM_DATA_SIZE, &cm, &len));
+	EXPECT(cm > 0 && cm < 65536, "connection data size %zu", cm);
+	expect_option(ep, FI_OPT_CM_DATA_SIZE, cm, 0);
+	expect_option(ep, FI_OPT_CM_DATA_SIZE, cm + 1, -FI_EINVAL);
+	expect_option(ep, FI_OPT_CM_DATA_SIZE, 16, 0);
+	size_t v = 4096;
+	EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_MIN_MULTI_RECV, &v, sizeof v) == -FI_ENOPROTOOPT,
+	       "an option the provider does not have");
+	EXPECT(fi_setopt(&ep->fid, 7, FI_OPT_SEND_BUF_SIZE, &v, sizeof v) == -FI_ENOPROTOOPT, "another level");
+
+	/* Calls that do not apply to a socket endpoint, and calls before a connection. */
+	char b[8] = { 0 };
+	EXPECT(fi_write(ep, b, 8, NULL, 0, 0, 0, NULL) == -FI_ENOSYS, "fi_write");
+	EXPECT(fi_read(ep, b, 8, NULL, 0, 0, 0, NULL) == -FI_ENOSYS, "fi_read");
+	EXPECT(fi_tsend(ep, b, 8, NULL, 0, 1, NULL) == -FI_ENOSYS, "fi_tsend");
+	EXPECT(fi_trecv(ep, b, 8, NULL, 0, 1, 0, NULL) == -FI_ENOSYS, "fi_trecv");
+	EXPECT(fi_atomic(ep, b, 1, NULL, 0, 0, 0, FI_UINT64, FI_SUM, NULL) == -FI_ENOSYS, "fi_atomic");
+	EXPECT(fi_senddata(ep, b, 8, NULL, 1, 0, NULL) == -FI_ENOSYS, "fi_senddata");
+	EXPECT(fi_cancel(&ep->fid, NULL) == -FI_ENOSYS, "fi_cancel");
+	EXPECT(fi_send(ep, b, 8, NULL, 0, NULL) == -FI_ENOTCONN, "fi_send before connecting");
+	EXPECT(fi_recv(ep, b, 8, NULL, 0, NULL) == -FI_ENOTCONN, "fi_recv before connecting");
+	EXPECT(fi_shutdown(ep, 0) == -FI_ENOTCONN, "fi_shutdown before connecting");
+	EXPECT(fi_accept(ep, NULL, 0) == -FI_EOPBADSTATE, "fi_accept on an endpoint no request opened");
+	EXPECT(fi_enable(ep) == -FI_ENOEQ, "fi_enable without an event queue");
+	struct fid_cq *cq;
+	struct fi_cq_attr cq_attr = { .size = 8 };
+	EXPECT(fi_cq_open(f.domain, &cq_attr, &cq, NULL) == -FI_ENOSYS, "fi_cq_open");
+	struct fid_av *av;
+	struct fi_av_attr av_attr = { .type = FI_AV_MAP };
+	EXPECT(fi_av_open(f.domain, &av_attr, &av, NULL) == -FI_ENOSYS, "fi_av_open");
+	struct fid_mr *mr;
+	EXPECT(fi_mr_reg(f.domain, b, 8, FI_SEND, 0, 0, 0, &mr, NULL) == -FI_ENOSYS, "fi_mr_reg");
+
+	/* Enabled: the sizes are fixed. */
+	CHECK(fi_ep_bind(ep, &f.eq->fid, 0));
+	CHECK(fi_enable(ep));
+	v = 8192;
+	EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_SEND_BUF_SIZE, &v, sizeof v) == -FI_EOPBADSTATE,
+	       "setopt after fi_enable");
+	EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_RX_SIZE, &v, sizeof v) == -FI_EINVAL,
+	       "a bad value is still a bad value");
+	char param[300] = { 0 };
+	EXPECT(fi_connect(ep, NULL, param, 17) == -FI_EINVAL, "connection data beyond the size set (16)");
+	CHECK(fi_close(&ep->fid));
+
+	/* Hints this provider cannot meet. */
+	struct fi_info *h = fi_allocinfo();
+	h->caps = FI_RMA;
+	expect_no_data(h, "FI_RMA");
+	h = fi_allocinfo();
+	h->ep_attr->type = FI_EP_MSG;
+	expect_no_data(h, "FI_EP_MSG");
+	h = fi_allocinfo();
+	h->ep_attr->protocol = FI_PROTO_IB_RDM;
+	expect_no_data(h, "FI_PROTO_IB_RDM");
+	h = fi_allocinfo();
+	h->domain_attr->data_progress = FI_PROGRESS_AUTO;
+	expect_no_data(h, "FI_PROGRESS_AUTO");
+	h = fi_allocinfo();
+	h->addr_format = FI_ADDR_STR;
+	expect_no_data(h, "FI_ADDR_STR");
+	h = fi_allocinfo();
+	h->fabric_attr->name = strdup("no-such-core:10.0.0.0/8");
+	expect_no_data(h, "an unknown fabric");
+
+	close_fabric(&f);
+	printf("options ok\n");
+	return 0;
+}
+
+/* ---- refusals: nothing listening, and a listener that rejects with a reason ---- */
+
+static struct fi_eq_err_entry expect_refusal(struct fabric_objects *f, struct fid_ep *ep, char *data, size_t cap)
+{
+	char buffer[sizeof(struct fi_eq_cm_entry) + 64];
+	uint32_t event;
+	ssize_t n = fi_eq_sread(f->eq, &event, buffer, sizeof buffer, 20000, 0);
+	EXPECT(n == -FI_EAVAIL, "an error entry, got %zd", n);
+	struct fi_eq_err_entry err = { .err_data = data, .err_data_size = cap };
+	EXPECT(fi_eq_readerr(f->eq, &err, 0) == sizeof err, "readerr");
+	EXPECT(err.fid == &ep->fid && err.err == FI_ECONNREFUSED, "refused, got %d", err.err);
+	EXPECT(fi_eq_read(f->eq, &event, buffer, sizeof buffer, 0) == -FI_EAGAIN, "nothing more queued");
+	return err;
+}
+
+static int refused(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep;
+	open_fabric(&f, find_stream(host, port, 0, iwarp()));
+	CHECK(fi_endpoint(f.domain, f.info, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &f.eq->fid, 0));
+	CHECK(fi_connect(ep, NULL, NULL, 0));
+	expect_refusal(&f, ep, NULL, 0);
+	char b[4];
+	EXPECT(fi_send(ep, b, 4, NULL, 0, NULL) == -FI_ENOTCONN, "send on a refused endpoint");
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("refused ok\n");
+	return 0;
+}
+
+static const char reason[] = "not today";
+
+static int reject_server(void)
+{
+	struct fabric_objects f;
+	int port;
+	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
+	struct fi_eq_cm_entry *entry = (void *)buffer;
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	uint32_t event = next_event(f.eq, entry, sizeof buffer);
+	EXPECT(event == FI_CONNREQ, "request");
+	EXPECT(!memcmp(entry->data, "knock knock", 11), "the client's connection data");
+	CHECK(fi_reject(pep, entry->info->handle, reason, sizeof reason));
+	fi_freeinfo(entry->info);
+	/* The same client then connects again and is accepted, with data both ways. */
+	struct fid_ep *ep = accept_next(&f, "welcome", 8);
+	expect_end(&f, ep);
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	return 0;
+}
+
+static int reject_client(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep;
+	char data[64] = { 0 };
+	open_fabric(&f, find_stream(host, port, 0, iwarp()));
+	CHECK(fi_endpoint(f.domain, f.info, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &f.eq->fid, 0));
+	CHECK(fi_connect(ep, NULL, "knock knock", 11));
+	struct fi_eq_err_entry err = expect_refusal(&f, ep, data, sizeof data);
+	EXPECT(err.err_data_size == sizeof reason && !strcmp(data, reason), "the reason, got %zu bytes \"%s\"",
+	       err.err_data_size, data);
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	char reply[64] = { 0 };
+	size_t reply_len = 0;
+	ep = connect_to(&f, host, port, iwarp(), "knock knock", 11, reply, &reply_len);
+	EXPECT(reply_len == 8 && !strcmp(reply, "welcome"), "the accept's data, got %zu bytes", reply_len);
+	CHECK(fi_shutdown(ep, 0));
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("reject ok\n");
+	return 0;
+}
+
+/* ---- echo: one event queue, many connections, one thread ---- */
+
+struct connection {
+	struct fid_ep *ep;
+	int connected, finished;
+	uint8_t buf[1 << 16];
+	size_t pending, offset;
+};
+
+static void wait_all(struct fabric_objects *f, struct connection *c, int count)
+{
+	struct fid *fids[1 + 64];
+	struct pollfd pfds[1 + 64];
+	int n = 0;
+	fids[n] = &f->eq->fid;
+	CHECK(fi_control(&f->eq->fid, FI_GETWAIT, &pfds[n].fd));
+	n++;
+	for (int i = 0; i < count; i++) {
+		if (!c[i].connected || c[i].finished)
+			continue;
+		fids[n] = &c[i].ep->fid;
+		CHECK(fi_control(&c[i].ep->fid, FI_GETWAIT, &pfds[n].fd));
+		n++;
+	}
+	for (int i = 0; i < n; i++)
+		pfds[i].events = POLLIN;
+	if (fi_trywait(f->fabric, fids, n) == FI_SUCCESS)
+		poll(pfds, (nfds_t)n, 100);
+}
+
+static int echo_server(int expected)
+{
+	struct fabric_objects f;
+	int port, accepted = 0, finished = 0;
+	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
+	struct fi_eq_cm_entry *entry = (void *)buffer;
+	struct connection *c = calloc((size_t)expected, sizeof *c);
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	while (finished < expected) {
+		int moved = 0;
+		uint32_t event;
+		ssize_t n = fi_eq_read(f.eq, &event, entry, sizeof buffer, 0);
+		if (n > 0) {
+			moved = 1;
+			if (event == FI_CONNREQ) {
+				EXPECT(accepted < expected, "no more than %d requests", expected);
+				struct connection *k = &c[accepted++];
+				CHECK(fi_endpoint(f.domain, entry->info, &k->ep, k));
+				CHECK(fi_ep_bind(k->ep, &f.eq->fid, 0));
+				CHECK(fi_accept(k->ep, NULL, 0));
+				fi_freeinfo(entry->info);
+			} else if (event == FI_CONNECTED) {
+				((struct connection *)entry->fid->context)->connected = 1;
+			} /* FI_SHUTDOWN: the peer's end arrives through fi_recv too */
+		} else if (n != -FI_EAGAIN) {
+			CHECK(n);
+		}
+		for (int i = 0; i < accepted; i++) {
+			struct connection *k = &c[i];
+			if (!k->connected || k->finished)
+				continue;
+			if (k->pending) {
+				ssize_t s = fi_send(k->ep, k->buf + k->offset, k->pending, NULL, 0, NULL);
+				if (s == -FI_EAGAIN)
+					continue;
+				CHECK(s);
+				k->offset += (size_t)s;
+				k->pending -= (size_t)s;
+				moved = 1;
+				continue;
+			}
+			ssize_t r = fi_recv(k->ep, k->buf, sizeof k->buf, NULL, 0, NULL);
+			if (r == -FI_EAGAIN)
+				continue;
+			CHECK(r);
+			moved = 1;
+			if (r == 0) {
+				CHECK(fi_shutdown(k->ep, 0));
+				CHECK(fi_close(&k->ep->fid));
+				k->finished = 1;
+				finished++;
+			} else {
+				k->offset = 0;
+				k->pending = (size_t)r;
+			}
+		}
+		if (!moved)
+			wait_all(&f, c, accepted);
+	}
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	free(c);
+	printf("echoed %d connections\n", expected);
+	return 0;
+}
+
+/* count connections on one event queue, each sending bytes and checking their echo */
+static int echo_clients(const char *host, const char *port, int count, uint64_t bytes)
+{
+	struct fabric_objects f;
+	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
+	struct fi_eq_cm_entry *entry = (void *)buffer;
+	struct connection *c = calloc((size_t)count, sizeof *c);
+	struct direction *tx = calloc((size_t)count, sizeof *tx), *rx = calloc((size_t)count, sizeof *rx);
+	int connected = 0, finished = 0;
+	open_fabric(&f, find_stream(host, port, 0, iwarp()));
+	for (int i = 0; i < count; i++) {
+		CHECK(fi_endpoint(f.domain, f.info, &c[i].ep, &c[i]));
+		CHECK(fi_ep_bind(c[i].ep, &f.eq->fid, 0));
+		CHECK(fi_connect(c[i].ep, NULL, NULL, 0));
+		tx[i] = (struct direction){ 100 + (uint64_t)i, bytes, 0, FNV_START };
+		rx[i] = tx[i];
+	}
+	while (connected < count) {
+		uint32_t event = next_event(f.eq, entry, sizeof buffer);
+		EXPECT(event == FI_CONNECTED, "connected, got event %u", event);
+		struct connection *k = entry->fid->context;
+		EXPECT(!k->connected, "one FI_CONNECTED per endpoint");
+		k->connected = 1;
+		connected++;
+	}
+	static uint8_t out[1 << 16];
+	while (finished < count) {
+		int moved = 0;
+		for (int i = 0; i < count; i++) {
+			if (c[i].finished)
+				continue;
+			if (tx[i].done < tx[i].total) {
+				ssize_t n = send_chunk(c[i].ep, &tx[i], out, sizeof out, i & 1);
+				if (n != -FI_EAGAIN) {
+					CHECK(n);
+					tx[i].done += (uint64_t)n;
+					moved = 1;
+					if (tx[i].done == tx[i].total)
+						CHECK(fi_shutdown(c[i].ep, 0));
+				}
+			}
+			ssize_t r = receive_chunk(c[i].ep, &rx[i], c[i].buf, sizeof c[i].buf, i & 1);
+			if (r == -FI_EAGAIN)
+				continue;
+			CHECK(r);
+			moved = 1;
+			if (r == 0) {
+				EXPECT(rx[i].done == bytes, "connection %d: %llu bytes echoed of %llu", i,
+				       (unsigned long long)rx[i].done, (unsigned long long)bytes);
+				CHECK(fi_close(&c[i].ep->fid));
+				c[i].finished = 1;
+				finished++;
+			} else {
+				rx[i].done += (uint64_t)r;
+			}
+		}
+		if (!moved)
+			wait_all(&f, c, count);
+	}
+	close_fabric(&f);
+	printf("%d connections echoed %llu bytes each\n", count, (unsigned long long)bytes);
+	free(c);
+	free(tx);
+	free(rx);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	alarm(240); /* a hung side fails its test instead of hanging the suite */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc < 2)
+		goto usage;
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "greeting-server"))
+		return greeting_server();
+	if (!strcmp(cmd, "greeting-client") && argc == 4)
+		return greeting_client(argv[2], argv[3]);
+	if (!strcmp(cmd, "bulk-server") && argc == 4)
+		return bulk_server(argv[2], strtoull(argv[3], NULL, 10));
+	if (!strcmp(cmd, "bulk-client") && argc == 6)
+		return bulk_client(argv[2], argv[3], argv[4], strtoull(argv[5], NULL, 10));
+	if (!strcmp(cmd, "peek-server"))
+		return peek_server();
+	if (!strcmp(cmd, "peek-client") && argc == 4)
+		return peek_client(argv[2], argv[3]);
+	if (!strcmp(cmd, "options"))
+		return options();
+	if (!strcmp(cmd, "refused") && argc == 4)
+		return refused(argv[2], argv[3]);
+	if (!strcmp(cmd, "reject-server"))
+		return reject_server();
+	if (!strcmp(cmd, "reject-client") && argc == 4)
+		return reject_client(argv[2], argv[3]);
+	if (!strcmp(cmd, "echo-server") && argc == 3)
+		return echo_server(atoi(argv[2]));
+	if (!strcmp(cmd, "echo-clients") && argc == 6)
+		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
+usage:
+	fprintf(stderr, "usage: provider_test greeting-server | greeting-client HOST PORT | bulk-server MODE MIB |\n"
+			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
+			"  refused HOST PORT | reject-server | reject-client HOST PORT | echo-server COUNT |\n"
+			"  echo-clients HOST PORT COUNT BYTES\n");
+	return 2;
+}
