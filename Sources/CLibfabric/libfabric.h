@@ -12,4 +12,5 @@
 /* Wait descriptors: what FI_GETWAIT returns is waited on with these. */
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <poll.h>

@@ -31,6 +31,9 @@ public struct WaitInterest: OptionSet, Sendable {
 package final class WaitSet: @unchecked Sendable {
     package let descriptor: Int32
     private let wakeFD: Int32
+    /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
+    /// wakes every tick and looks. -1 when there is none.
+    private let tickFD = Atomic<Int32>(-1)
     private let armed = Atomic<Bool>(false)
     private let sleepers = Atomic<Int>(0)
 
@@ -66,7 +69,25 @@ package final class WaitSet: @unchecked Sendable {
         _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event)
     }
 
+    /// Adds a timer that makes the set readable every `milliseconds` (the stand-in descriptor of
+    /// a core without wait descriptors); `arm` restarts the wait for the next tick. A set has at
+    /// most one ticker; adding another does nothing.
+    package func addTicker(milliseconds: Int) {
+        guard tickFD.load(ordering: .acquiring) < 0 else { return }
+        let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
+        guard fd >= 0 else { return }
+        let period = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
+        var spec = itimerspec(it_interval: period, it_value: period)
+        _ = timerfd_settime(fd, 0, &spec, nil)
+        guard tickFD.compareExchange(expected: -1, desired: fd, ordering: .acquiringAndReleasing).exchanged else {
+            close(fd)
+            return
+        }
+        watch(fd)
+    }
+
     deinit {
+        if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 { close(fd) }
         close(wakeFD)
         close(descriptor)
     }
@@ -77,6 +98,10 @@ package final class WaitSet: @unchecked Sendable {
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
+        }
+        if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 {
+            var ticks: UInt64 = 0
+            _ = read(fd, &ticks, 8)
         }
         armed.store(true, ordering: .sequentiallyConsistent)
     }

@@ -35,6 +35,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         var phase = Phase.idle
         var eventQueue: ProviderEventQueue?
         var shutdownReported = false
+        /// What FI_GETWAIT hands out where the core signals nothing: a wait set that ticks.
+        var tickingWaitSet: WaitSet?
     }
     private let state: Mutex<State>
 
@@ -158,17 +160,46 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         }
     }
 
+    /// The transport of a connection being made or made.
+    private var transport: FabricTransport? {
+        if let engine = engine.load() { return engine.transport }
+        return state.withCheckedLock(key: lockKey(self)) { s in
+            switch s.phase {
+            case .connecting(let t, _), .accepting(let t, _): return t
+            default: return nil
+            }
+        }
+    }
+
+    /// What FI_GETWAIT hands out: the transport's wait set, or, where the core offers no wait
+    /// descriptor (sockets), a set that ticks every millisecond, so that `poll()` never sleeps
+    /// through a change nobody signals.
+    private func waitSet() -> WaitSet? {
+        guard let transport else { return nil }
+        if let waitSet = transport.waitSet { return waitSet }
+        return state.withCheckedLock(key: lockKey(self)) { s in
+            if s.tickingWaitSet == nil {
+                s.tickingWaitSet = WaitSet(waitDescriptors: [])
+                s.tickingWaitSet?.addTicker(milliseconds: 1)
+            }
+            return s.tickingWaitSet
+        }
+    }
+
+    /// `fi_trywait`: 0 when the caller may sleep on the descriptor, -FI_EAGAIN when bytes (or
+    /// the end of the stream, or an error) are readable now or a connection event is due.
     func tryWait() -> Int32 {
         guard let engine = connectedEngine() else {
-            let transport = state.withCheckedLock(key: lockKey(self)) { s -> FabricTransport? in
-                switch s.phase {
-                case .connecting(let t, _), .accepting(let t, _): return t
-                default: return nil
-                }
-            }
             return transport == nil ? -Int32(FI_EOPBADSTATE) : -Int32(FI_EAGAIN)
         }
-        return engine.prepareToWait(for: .readable) ? 0 : -Int32(FI_EAGAIN)
+        if engine.transport.waitSet != nil {
+            return engine.prepareToWait(for: .readable) ? 0 : -Int32(FI_EAGAIN)
+        }
+        engine.progress()
+        engine.pollConnectionEvents()
+        guard let ticking = waitSet(), !engine.isReadable else { return -Int32(FI_EAGAIN) }
+        ticking.arm()
+        return 0
     }
 
     // MARK: Set-up calls
@@ -291,13 +322,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             return enable()
         case Int32(FI_GETWAIT):
             guard let argument else { return -Int32(FI_EINVAL) }
-            let waitSet: WaitSet? = connectedEngine()?.transport.waitSet ?? state.withCheckedLock(key: lockKey(self)) { s in
-                switch s.phase {
-                case .connecting(let t, _), .accepting(let t, _): return t.waitSet
-                default: return nil
-                }
-            }
-            guard let waitSet else { return -Int32(FI_EOPBADSTATE) }
+            guard let waitSet = waitSet() else { return -Int32(FI_EOPBADSTATE) }
             argument.storeBytes(of: waitSet.descriptor, as: Int32.self)
             return 0
         default:
@@ -326,13 +351,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     }
 
     private func transportAddress(ofPeer: Bool) -> [UInt8]? {
-        if let engine = engine.load() { return engine.transport.address(ofPeer: ofPeer) }
-        return state.withCheckedLock(key: lockKey(self)) { s in
-            switch s.phase {
-            case .connecting(let t, _), .accepting(let t, _): return t.address(ofPeer: ofPeer)
-            default: return nil
-            }
-        }
+        transport?.address(ofPeer: ofPeer)
     }
 
     // MARK: Options

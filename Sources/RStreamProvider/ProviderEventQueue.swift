@@ -86,9 +86,10 @@ final class ProviderEventQueue: @unchecked Sendable {
         state.withCheckedLock(key: lockKey(self)) { _ = $0.sources.removeValue(forKey: ObjectIdentifier(source)) }
     }
 
-    /// Sleeps on `descriptor` (a kernel queue's) too.
+    /// Sleeps on `descriptor` (a kernel queue's) too; a queue without one (a core that signals
+    /// nothing) makes the descriptor tick every 10 ms instead.
     func watch(_ descriptor: Int32?) {
-        if let descriptor { waitSet?.watch(descriptor) }
+        if let descriptor { waitSet?.watch(descriptor) } else { waitSet?.addTicker(milliseconds: 10) }
     }
 
     func post(_ event: QueuedEvent) {

@@ -126,6 +126,10 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
 
     func tryWait() -> Int32 {
         guard let listener = state.withCheckedLock(key: lockKey(self), { $0.listener }) else { return -Int32(FI_EOPBADSTATE) }
+        if listener.waitSet == nil {
+            // A core without wait descriptors: the event queue's descriptor ticks instead.
+            return listener.eventQueue.hasRequest ? -Int32(FI_EAGAIN) : 0
+        }
         return listener.prepareToWait() ? 0 : -Int32(FI_EAGAIN)
     }
 

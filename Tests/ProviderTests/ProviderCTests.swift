@@ -1,0 +1,221 @@
+import Foundation
+import Testing
+
+/// The directory the package's products are built into (the `rstream` command and
+/// `librstream-fi.so` sit beside the test bundle).
+let productsDirectory: URL = {
+    let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for candidate in [here, here.deletingLastPathComponent(), Bundle.main.bundleURL.deletingLastPathComponent()]
+    where FileManager.default.isExecutableFile(atPath: candidate.appendingPathComponent("rstream").path) {
+        return candidate
+    }
+    return here
+}()
+
+/// The C test program, compiled once per run against the system's libfabric headers.
+let cProgram: Result<URL, CProgramError> = {
+    let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("C/provider_test.c")
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("rstream-provider-test-\(getpid())")
+    let flags = (try? run("/usr/bin/pkg-config", ["--cflags", "--libs", "libfabric"]).output) ?? "-lfabric"
+    let arguments = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-o", output.path, source.path]
+        + flags.split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+    guard let compiled = try? run("/usr/bin/cc", arguments), compiled.status == 0 else {
+        return .failure(CProgramError(message: "cc failed: \((try? run("/usr/bin/cc", arguments).errors) ?? "")"))
+    }
+    return .success(output)
+}()
+
+struct CProgramError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// Runs a program to completion (stdin from /dev/null); its status, stdout and stderr.
+@discardableResult
+func run(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String, errors: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    // Read both pipes to the end before waiting, so a chatty program cannot fill one and stall.
+    final class Collected: @unchecked Sendable { var data = Data() }
+    let errors = Collected()
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        errors.data = err.fileHandleForReading.readDataToEndOfFile()
+        done.signal()
+    }.start()
+    let output = out.fileHandleForReading.readDataToEndOfFile()
+    done.wait()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors.data, as: UTF8.self))
+}
+
+/// What a C side needs in its environment: the provider's directory, and the core to use.
+func providerEnvironment(core: String? = "tcp", iwarp: Bool = false) -> [String: String] {
+    var environment = ["FI_PROVIDER_PATH": productsDirectory.path, "SWIFT_BACKTRACE": "enable=no"]
+    if let core { environment["RSTREAM_PROVIDER"] = core }
+    if iwarp { environment["RSTREAM_C_IWARP"] = "1" }
+    return environment
+}
+
+/// A running server side: started, its port read from the "port N" line it prints first.
+final class ServerSide {
+    let process = Process()
+    let output = Pipe(), errors = Pipe()
+    private(set) var port = 0
+
+    init(_ arguments: [String], executable: URL, environment: [String: String], portLine: (String) -> Int?) throws {
+        process.executableURL = executable
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        var text = ""
+        let source = arguments.first == "listen" ? errors : output
+        while port == 0 {
+            let data = source.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            text += String(decoding: data, as: UTF8.self)
+            if let line = text.split(separator: "\n").first, text.contains("\n") { port = portLine(String(line)) ?? -1 }
+        }
+    }
+
+    /// Waits for the server to exit; its status and everything it printed.
+    func finish() -> (status: Int32, output: String, errors: String) {
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+}
+
+@Suite(.serialized) struct ProviderCTests {
+    let program: URL
+    let provider = productsDirectory.appendingPathComponent("librstream-fi.so")
+
+    init() throws {
+        program = try cProgram.get()
+        #expect(FileManager.default.fileExists(atPath: provider.path),
+                "\(provider.path) is missing: build it with `swift build --product rstream-fi` (make provider)")
+    }
+
+    /// Runs a C server and a C client against each other; both must succeed. Returns their output.
+    @discardableResult
+    func pair(_ server: [String], _ client: (Int) -> [String], environment: [String: String] = providerEnvironment()) throws -> (server: String, client: String) {
+        let side = try ServerSide(server, executable: program, environment: environment) { line in
+            line.hasPrefix("port ") ? Int(line.dropFirst(5)) : nil
+        }
+        #expect(side.port > 0, "the server printed its port")
+        let c = try run(program.path, client(side.port), environment: environment)
+        let s = side.finish()
+        #expect(c.status == 0, "client: \(c.errors)")
+        #expect(s.status == 0, "server: \(s.errors)")
+        return (s.output, c.output)
+    }
+
+    @Test func fiInfoListsTheProviderOverEveryCore() throws {
+        let listed = try run("/usr/bin/fi_info", ["-l"], environment: providerEnvironment(core: nil))
+        #expect(listed.output.contains("rstream:"), "\(listed.output)")
+        let streams = try run("/usr/bin/fi_info", ["-t", "FI_EP_SOCK_STREAM"], environment: providerEnvironment(core: nil))
+        #expect(streams.status == 0, "\(streams.errors)")
+        #expect(streams.output.contains("provider: rstream"))
+        #expect(streams.output.contains("fabric: tcp:"), "over tcp: \(streams.output)")
+        #expect(streams.output.contains("fabric: sockets:"), "over sockets: \(streams.output)")
+        #expect(!streams.output.contains("provider: tcp"), "only rstream answers FI_EP_SOCK_STREAM here")
+        let iwarp = try run("/usr/bin/fi_info", ["-p", "rstream", "-v"], environment: providerEnvironment(core: "tcp"))
+        #expect(iwarp.output.contains("FI_PROTO_RSTREAM") && iwarp.output.contains("FI_THREAD_SAFE")
+                && iwarp.output.contains("FI_PROGRESS_MANUAL"), "\(iwarp.output)")
+    }
+
+    @Test(arguments: [("tcp", false), ("tcp", true), ("sockets", false)])
+    func greetingBothWays(core: String, iwarp: Bool) throws {
+        let (server, client) = try pair(["greeting-server"], { ["greeting-client", "127.0.0.1", String($0)] },
+                                        environment: providerEnvironment(core: core, iwarp: iwarp))
+        #expect(server.contains("server ok") && client.contains("client ok"))
+    }
+
+    @Test(arguments: ["plain", "vector"])
+    func twoHundredFiftySixMiBEachWayWithChecksums(mode: String) throws {
+        let (server, client) = try pair(["bulk-server", mode, "256"], { ["bulk-client", "127.0.0.1", String($0), mode, "256"] })
+        // Each side checked every byte; the checksums must also cross over exactly.
+        let s = server.split(separator: " "), c = client.split(separator: " ")
+        #expect(s.count >= 10 && c.count >= 10, "\(server) / \(client)")
+        guard s.count >= 10, c.count >= 10 else { return }
+        #expect(s[1] == "268435456" && s[6] == "268435456" && c[1] == "268435456" && c[6] == "268435456")
+        #expect(s[4].dropLast() == c[9].trimmingCharacters(in: .whitespacesAndNewlines), "server's sent = client's received")
+        #expect(c[4].dropLast() == s[9].trimmingCharacters(in: .whitespacesAndNewlines), "client's sent = server's received")
+    }
+
+    @Test func pollOnTheWaitDescriptorThenPeek() throws {
+        let (_, client) = try pair(["peek-server"], { ["peek-client", "127.0.0.1", String($0)] })
+        #expect(client.contains("peek ok"))
+    }
+
+    @Test func everyOptionAtAndBeyondItsLimitsAndCallsThatDoNotApply() throws {
+        let result = try run(program.path, ["options"], environment: providerEnvironment())
+        #expect(result.status == 0, "\(result.errors)")
+        #expect(result.output.contains("options ok"))
+    }
+
+    @Test func refusedAndRejectedConnectionsAreErrorEntries() throws {
+        let unused = try run(program.path, ["refused", "127.0.0.1", "1"], environment: providerEnvironment())
+        #expect(unused.status == 0 && unused.output.contains("refused ok"), "\(unused.errors)")
+        let (_, client) = try pair(["reject-server"], { ["reject-client", "127.0.0.1", String($0)] })
+        #expect(client.contains("reject ok"))
+    }
+
+    @Test func sixtyFourConnectionsOnOneEventQueue() throws {
+        let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
+        #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))
+    }
+
+    @Test(arguments: [false, true])
+    func cClientAndSwiftServer(iwarp: Bool) throws {
+        let server = try ServerSide(["listen", "--host", "127.0.0.1", "--port", "0", "--once", "--echo", "--provider", "tcp"]
+                                        + (iwarp ? ["--iwarp"] : []),
+                                    executable: productsDirectory.appendingPathComponent("rstream"),
+                                    environment: providerEnvironment()) { line in
+            line.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        }
+        #expect(server.port > 0)
+        let client = try run(program.path, ["echo-clients", "127.0.0.1", String(server.port), "1", "20000000"],
+                             environment: providerEnvironment(iwarp: iwarp))
+        let s = server.finish()
+        #expect(client.status == 0, "C client: \(client.errors)")
+        #expect(s.status == 0, "Swift server: \(s.errors)")
+    }
+
+    @Test func swiftClientAndCServer() throws {
+        let server = try ServerSide(["echo-server", "1"], executable: program, environment: providerEnvironment()) { line in
+            line.hasPrefix("port ") ? Int(line.dropFirst(5)) : nil
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rstream-interop-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let input = dir.appendingPathComponent("in"), output = dir.appendingPathComponent("out")
+        var bytes = [UInt8](repeating: 0, count: 20 << 20)
+        var x: UInt64 = 0x9E3779B97F4A7C15
+        for i in bytes.indices { x ^= x << 13; x ^= x >> 7; x ^= x << 17; bytes[i] = UInt8(truncatingIfNeeded: x) }
+        try Data(bytes).write(to: input)
+        #expect(FileManager.default.createFile(atPath: output.path, contents: nil))
+        let connect = Process()
+        connect.executableURL = productsDirectory.appendingPathComponent("rstream")
+        connect.arguments = ["connect", "127.0.0.1", String(server.port), "--provider", "tcp"]
+        connect.standardInput = try FileHandle(forReadingFrom: input)
+        connect.standardOutput = try FileHandle(forWritingTo: output)
+        try connect.run()
+        connect.waitUntilExit()
+        let s = server.finish()
+        #expect(connect.terminationStatus == 0)
+        #expect(s.status == 0, "C server: \(s.errors)")
+        #expect(try Data(contentsOf: output) == Data(bytes), "the C server echoed every byte")
+    }
+}
