@@ -5,7 +5,7 @@ SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libn
 SWIFT ?= swift
 MIB ?= 256
 
-.PHONY: run pipe test deps build release benchmarks clean
+.PHONY: run pipe test deps build release provider benchmarks clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -23,6 +23,13 @@ build: deps
 release: deps
 	$(SWIFT) build -c release --product rstream
 
+# The libfabric provider: librstream-fi.so, self-contained (Swift runtime linked in), in
+# .build/release. Point FI_PROVIDER_PATH at that directory, or copy the file beside the system's
+# providers (see README).
+provider: deps
+	$(SWIFT) build -c release --product rstream-fi -Xswiftc -static-stdlib
+	@echo "provider: $$($(SWIFT) build -c release --show-bin-path)/librstream-fi.so"
+
 # The main job: RStream against the raw core and kernel TCP, on loopback, in under 30 seconds.
 run: release
 	"$$($(SWIFT) build -c release --show-bin-path)/rstream" perf --quick
@@ -36,6 +43,7 @@ benchmarks: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check
 
 test: deps
+	$(SWIFT) build --build-tests
 	$(SWIFT) test --no-parallel
 	SWIFT=$(SWIFT) scripts/test-tsan.sh
 

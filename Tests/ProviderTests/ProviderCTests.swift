@@ -18,7 +18,7 @@ let cProgram: Result<URL, CProgramError> = {
     let output = FileManager.default.temporaryDirectory.appendingPathComponent("rstream-provider-test-\(getpid())")
     let flags = (try? run("/usr/bin/pkg-config", ["--cflags", "--libs", "libfabric"]).output) ?? "-lfabric"
     let arguments = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-o", output.path, source.path]
-        + flags.split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+        + flags.split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty } + ["-lpthread"]
     guard let compiled = try? run("/usr/bin/cc", arguments), compiled.status == 0 else {
         return .failure(CProgramError(message: "cc failed: \((try? run("/usr/bin/cc", arguments).errors) ?? "")"))
     }
@@ -175,6 +175,11 @@ final class ServerSide {
     @Test func sixtyFourConnectionsOnOneEventQueue() throws {
         let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))
+    }
+
+    @Test func fourSendersAndFourReceiversOnOneEndpoint() throws {
+        let (server, client) = try pair(["echo-server", "1"], { ["threads-client", "127.0.0.1", String($0)] })
+        #expect(server.contains("echoed 1 connections") && client.contains("threads ok"))
     }
 
     @Test(arguments: [false, true])

@@ -4,6 +4,7 @@
  * through FI_PROVIDER_PATH. Set RSTREAM_C_IWARP=1 for the iWarp protocol. */
 #include "common.h"
 
+#include <pthread.h>
 #include <signal.h>
 
 static int iwarp(void)
@@ -608,6 +609,97 @@ static int echo_clients(const char *host, const char *port, int count, uint64_t 
 	return 0;
 }
 
+/* ---- FI_THREAD_SAFE: four threads send and four receive on one endpoint at once ---- */
+
+#define THREADS 4
+#define PER_THREAD (4u << 20)
+
+struct shared_endpoint {
+	struct fabric_objects *f;
+	struct fid_ep *ep;
+	int index;
+	uint64_t counts[THREADS], sums[THREADS];
+};
+
+/* Every byte is a record of its own: the sender's number in the top two bits, a running count
+ * below. However the threads' sends and receives interleave, each byte arrives exactly once. */
+static void *sender(void *arg)
+{
+	struct shared_endpoint *s = arg;
+	uint8_t buf[4096];
+	uint64_t sent = 0;
+	while (sent < PER_THREAD) {
+		size_t len = PER_THREAD - sent < sizeof buf ? PER_THREAD - sent : sizeof buf;
+		for (size_t i = 0; i < len; i++)
+			buf[i] = (uint8_t)(s->index << 6 | ((sent + i) & 63));
+		size_t done = 0;
+		while (done < len) {
+			ssize_t n = fi_send(s->ep, buf + done, len - done, NULL, 0, NULL);
+			if (n == -FI_EAGAIN) {
+				wait_endpoint(s->f, s->ep);
+				continue;
+			}
+			CHECK(n);
+			done += (size_t)n;
+		}
+		sent += len;
+	}
+	return NULL;
+}
+
+static void *receiver(void *arg)
+{
+	struct shared_endpoint *s = arg;
+	uint8_t buf[3000];
+	for (;;) {
+		ssize_t n = fi_recv(s->ep, buf, sizeof buf, NULL, 0, NULL);
+		if (n == -FI_EAGAIN) {
+			wait_endpoint(s->f, s->ep);
+			continue;
+		}
+		CHECK(n);
+		if (n == 0)
+			return NULL;
+		for (ssize_t i = 0; i < n; i++) {
+			s->counts[buf[i] >> 6]++;
+			s->sums[buf[i] >> 6] += buf[i] & 63;
+		}
+	}
+}
+
+static int threads_client(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
+	struct shared_endpoint senders[THREADS], receivers[THREADS];
+	pthread_t threads[2 * THREADS];
+	for (int i = 0; i < THREADS; i++) {
+		senders[i] = (struct shared_endpoint){ .f = &f, .ep = ep, .index = i };
+		receivers[i] = senders[i];
+		pthread_create(&threads[i], NULL, sender, &senders[i]);
+		pthread_create(&threads[THREADS + i], NULL, receiver, &receivers[i]);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(threads[i], NULL);
+	CHECK(fi_shutdown(ep, 0));
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(threads[THREADS + i], NULL);
+	uint64_t expected_sum = (PER_THREAD / 64) * (63 * 64 / 2);
+	for (int t = 0; t < THREADS; t++) {
+		uint64_t count = 0, sum = 0;
+		for (int r = 0; r < THREADS; r++) {
+			count += receivers[r].counts[t];
+			sum += receivers[r].sums[t];
+		}
+		EXPECT(count == PER_THREAD && sum == expected_sum, "sender %d: %llu bytes back (sum %llu), wanted %u (%llu)", t,
+		       (unsigned long long)count, (unsigned long long)sum, PER_THREAD, (unsigned long long)expected_sum);
+	}
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("threads ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	alarm(240); /* a hung side fails its test instead of hanging the suite */
@@ -639,10 +731,12 @@ int main(int argc, char **argv)
 		return echo_server(atoi(argv[2]));
 	if (!strcmp(cmd, "echo-clients") && argc == 6)
 		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
+	if (!strcmp(cmd, "threads-client") && argc == 4)
+		return threads_client(argv[2], argv[3]);
 usage:
 	fprintf(stderr, "usage: provider_test greeting-server | greeting-client HOST PORT | bulk-server MODE MIB |\n"
 			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
 			"  refused HOST PORT | reject-server | reject-client HOST PORT | echo-server COUNT |\n"
-			"  echo-clients HOST PORT COUNT BYTES\n");
+			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT\n");
 	return 2;
 }
