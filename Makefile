@@ -22,13 +22,16 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release --product rstream
+	$(SWIFT) build -c release --product rstream-fi
+	$(SWIFT) build -c release --product rstream-cperf
 
 # The libfabric provider: librstream-fi.so, self-contained (Swift runtime linked in), in
-# .build/release. Point FI_PROVIDER_PATH at that directory, or copy the file beside the system's
-# providers (see README).
+# .build/provider/release (a build directory of its own: its flags differ from `make release`).
+# Point FI_PROVIDER_PATH at that directory, or copy the file beside the system's providers (README).
+PROVIDER_BUILD := $(SWIFT) build -c release --scratch-path .build/provider --product rstream-fi -Xswiftc -static-stdlib
 provider: deps
-	$(SWIFT) build -c release --product rstream-fi -Xswiftc -static-stdlib
-	@echo "provider: $$($(SWIFT) build -c release --show-bin-path)/librstream-fi.so"
+	$(PROVIDER_BUILD)
+	@echo "provider: $$($(PROVIDER_BUILD) --show-bin-path)/librstream-fi.so"
 
 # The main job: RStream against the raw core and kernel TCP, on loopback, in under 30 seconds.
 run: release

@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "rstream", targets: ["rstream"]),
         // libfabric loads it from FI_PROVIDER_PATH: the file is librstream-fi.so.
         .library(name: "rstream-fi", type: .dynamic, targets: ["RStreamProvider"]),
+        .executable(name: "rstream-cperf", targets: ["rstream-cperf"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -31,7 +32,8 @@ let package = Package(
         // the kernel; it holds C callers' pointers by necessity).
         .target(name: "CProviderSupport"),
         .target(name: "RStreamProvider", dependencies: ["RStreamKernel", "CProviderSupport", "CLibfabric", "CFabricShim"]),
-        // Layer 3: the command.
+        // Layer 3: the command, and the C program that measures the provider for `rstream perf`.
+        .executableTarget(name: "rstream-cperf", linkerSettings: [.linkedLibrary("fabric")]),
         .executableTarget(
             name: "rstream",
             dependencies: [

@@ -17,12 +17,14 @@ extension ProviderEndpoint {
         return isConnecting ? -Int(FI_EAGAIN) : -Int(FI_ENOTCONN)
     }
 
+    /// A C caller's length: a size_t beyond Int.max arrives negative and is refused.
     @inline(__always)
-    func send(_ bytes: UnsafeRawBufferPointer) -> Int {
+    func send(_ start: UnsafeRawPointer?, _ count: Int) -> Int {
         guard let engine = connectedEngine() else { return notConnected() }
-        guard bytes.count > 0 else { return 0 }
+        guard count > 0 else { return count == 0 ? 0 : -Int(FI_EINVAL) }
+        guard let start else { return -Int(FI_EINVAL) }
         do throws(RStreamError) {
-            let n = try engine.send(bytes)
+            let n = try engine.send(UnsafeRawBufferPointer(start: start, count: count))
             return n > 0 ? n : -Int(FI_EAGAIN)
         } catch {
             return Int(returnCode(error))
@@ -30,11 +32,12 @@ extension ProviderEndpoint {
     }
 
     @inline(__always)
-    func receive(_ buffer: UnsafeMutableRawBufferPointer) -> Int {
+    func receive(_ start: UnsafeMutableRawPointer?, _ count: Int) -> Int {
         guard let engine = connectedEngine() else { return notConnected() }
-        guard buffer.count > 0 else { return 0 }
+        guard count > 0 else { return count == 0 ? 0 : -Int(FI_EINVAL) }
+        guard let start else { return -Int(FI_EINVAL) }
         do throws(RStreamError) {
-            switch try engine.receive(into: buffer) {
+            switch try engine.receive(into: UnsafeMutableRawBufferPointer(start: start, count: count)) {
             case .bytes(let n): return n
             case .wouldBlock: return -Int(FI_EAGAIN)
             case .endOfStream: return 0
@@ -50,7 +53,7 @@ extension ProviderEndpoint {
         guard count >= 0, count <= ProviderInfo.iovLimit else { return -Int(FI_EINVAL) }
         guard let iov, count > 0 else { return 0 }
         var total = 0
-        for i in 0..<count where iov[i].iov_len > 0 {
+        for i in 0..<count where iov[i].iov_len != 0 {
             let n = each(iov[i])
             if n < 0 { return total > 0 ? total : n }
             total += n
@@ -60,11 +63,11 @@ extension ProviderEndpoint {
     }
 
     func send(vector iov: UnsafePointer<iovec>?, _ count: Int) -> Int {
-        vector(iov, count) { send(UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len)) }
+        vector(iov, count) { send($0.iov_base, $0.iov_len) }
     }
 
     func receive(vector iov: UnsafePointer<iovec>?, _ count: Int) -> Int {
-        vector(iov, count) { receive(UnsafeMutableRawBufferPointer(start: $0.iov_base, count: $0.iov_len)) }
+        vector(iov, count) { receive($0.iov_base, $0.iov_len) }
     }
 
     /// `fi_sendmsg(FI_PEEK)`: after driving progress, how many bytes a send could take now.
@@ -74,15 +77,18 @@ extension ProviderEndpoint {
         let n = engine.writableCount
         if n > 0 { return n }
         if let failure = engine.failure { return Int(returnCode(failure)) }
-        return engine.isShutdown ? -Int(EPIPE) : -Int(FI_EAGAIN)
+        return engine.isShutdown ? -Int(FI_ESHUTDOWN) : -Int(FI_EAGAIN)
     }
 
     /// `fi_recvmsg(FI_PEEK)`: copies readable bytes into the first entry without consuming them
     /// and returns how many (with no entry: how many are readable); 0 at end of stream.
     func peekReceive(_ iov: UnsafePointer<iovec>?, _ count: Int) -> Int {
         guard let engine = connectedEngine() else { return notConnected() }
-        let buffer = iov.flatMap { count > 0 ? UnsafeMutableRawBufferPointer(start: $0[0].iov_base, count: $0[0].iov_len) : nil }
-            ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        guard count >= 0, count <= ProviderInfo.iovLimit, count == 0 || iov != nil else { return -Int(FI_EINVAL) }
+        let start = count > 0 ? iov![0].iov_base : nil
+        let length = count > 0 ? iov![0].iov_len : 0
+        guard length == 0 || (length > 0 && start != nil) else { return -Int(FI_EINVAL) }
+        let buffer = UnsafeMutableRawBufferPointer(start: length > 0 ? start : nil, count: length)
         do throws(RStreamError) {
             switch try engine.peek(into: buffer) {
             case .bytes(let n): return n
@@ -97,7 +103,7 @@ extension ProviderEndpoint {
     nonisolated(unsafe) static let messageOps = table(fi_ops_msg(
         size: MemoryLayout<fi_ops_msg>.size,
         recv: { ep, buffer, length, _, _, _ in
-            owner(ep).receive(UnsafeMutableRawBufferPointer(start: buffer, count: length))
+            owner(ep).receive(buffer, length)
         },
         recvv: { ep, iov, _, count, _, _ in
             owner(ep).receive(vector: iov, count)
@@ -109,7 +115,7 @@ extension ProviderEndpoint {
             return me.receive(vector: message.pointee.msg_iov, message.pointee.iov_count)
         },
         send: { ep, buffer, length, _, _, _ in
-            owner(ep).send(UnsafeRawBufferPointer(start: buffer, count: length))
+            owner(ep).send(buffer, length)
         },
         sendv: { ep, iov, _, count, _, _ in
             owner(ep).send(vector: iov, count)
@@ -122,7 +128,7 @@ extension ProviderEndpoint {
         },
         inject: { ep, buffer, length, _ in
             guard length <= EndpointShape.ringSizes.lowerBound else { return -Int(FI_EMSGSIZE) }
-            return owner(ep).send(UnsafeRawBufferPointer(start: buffer, count: length))
+            return owner(ep).send(buffer, length)
         },
         senddata: rs_no_msg_senddata,
         injectdata: rs_no_msg_injectdata))

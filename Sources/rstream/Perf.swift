@@ -20,6 +20,10 @@ struct Perf: ParsableCommand {
     @Option(help: "Message sizes in bytes, comma-separated.") var sizes = "1,64,4096,65536,1048576"
     @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
+    @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
+    var inProcess = false
+    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
+    var transports = "all"
     @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned.") var sendRing = 512 * 1024
     @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned.") var recvRing = 512 * 1024
     @Option(help: "Core provider.") var provider: String?
@@ -67,6 +71,7 @@ struct Perf: ParsableCommand {
     func run() throws {
         try Pinning.apply(cpu: cpu, numaNode: numaNode)
         if server { return try runServer() }
+        if inProcess { return try runInProcess() }
         let maxMessage = try parsedSizes().max()!
         if let client {
             guard port != 0 else { throw ValidationError("--client needs the server's --port") }
@@ -227,28 +232,22 @@ struct Perf: ParsableCommand {
 
     func runClient(host: String, ports: [UInt16], maxMessage: Int) throws {
         let sizes = try parsedSizes()
+        let wanted = Set(transports.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        func runs(_ name: String) -> Bool { transports == "all" || wanted.contains(name) }
         var results: [Result] = []
-        do {
-            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[0], options: defaultOptions), maxMessage: maxMessage)
-            results += try measure(&channel, transport: "rstream", sizes: sizes)
+        for (name, port, options) in [("rstream", ports[0], defaultOptions), ("rstream-tuned", ports[1], tunedOptions),
+                                      ("rstream-busypoll", ports[5], busyPollOptions)] where runs(name) {
+            var channel = StreamChannel(try StreamConnection.connect(host: host, port: port, options: options), maxMessage: maxMessage)
+            results += try measure(&channel, transport: name, sizes: sizes)
             channel.stream.close()
         }
-        do {
-            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[1], options: tunedOptions), maxMessage: maxMessage)
-            results += try measure(&channel, transport: "rstream-tuned", sizes: sizes)
-            channel.stream.close()
-        }
-        do {
-            var channel = StreamChannel(try StreamConnection.connect(host: host, port: ports[5], options: busyPollOptions), maxMessage: maxMessage)
-            results += try measure(&channel, transport: "rstream-busypoll", sizes: sizes)
-            channel.stream.close()
-        }
-        do {
+        if client == nil && runs("provider-c") { results += try measureThroughProvider(sizes: sizes) }
+        if runs("core-writedata") {
             var channel = CoreChannel(core: try CoreBaseline.connect(host: host, port: ports[2], provider: provider), window: 64)
             results += try measure(&channel, transport: "core-writedata", sizes: sizes)
             try channel.core.drain()
         }
-        for busy in [false, true] {
+        for busy in [false, true] where runs(busy ? "tcp-busypoll" : "tcp-blocking") {
             let fd = try TCPSocket.connect(host: host, port: ports[3])
             var mode: UInt8 = busy ? 1 : 0
             _ = write(fd, &mode, 1)
@@ -260,6 +259,111 @@ struct Perf: ParsableCommand {
         if connections > 0 { scale = try measureScale(host: host, port: ports[4]) }
         report(results, scale: scale)
         if let json { try writeJSON(results, scale: scale, to: json) }
+    }
+
+    /// Both ends of one stream in this thread (no wake-up, no second core: the steadiest figure a
+    /// two-core machine gives), through the Swift API and, in `rstream-cperf loop`, through the
+    /// provider from C; the difference is what the C face costs a round trip.
+    func runInProcess() throws {
+        let sizes = try parsedSizes().filter { $0 <= 32768 }
+        guard !sizes.isEmpty else { throw ValidationError("--in-process takes sizes up to 32768 (one ring)") }
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: defaultOptions)
+        final class Accepted: @unchecked Sendable { var stream: Swift.Result<StreamConnection, RStreamError>? }
+        let accepted = Accepted()
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            accepted.stream = Swift.Result { () throws(RStreamError) in try listener.accept(timeout: .seconds(10)) }
+            done.signal()
+        }
+        var client = StreamChannel(try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: defaultOptions), maxMessage: 32768)
+        done.wait()
+        var server = StreamChannel(try accepted.stream!.get(), maxMessage: 32768)
+        var results: [Result] = []
+        for size in sizes {
+            let (warmup, measured) = iterations(for: size)
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            for i in 0..<(warmup + measured * 2) {
+                let start = ContinuousClock.now
+                try client.send(size)
+                try server.receive(size)
+                try server.send(size)
+                try client.receive(size)
+                if i >= warmup { _ = histogram.record(UInt64((ContinuousClock.now - start) / .nanoseconds(1))) }
+            }
+            results.append(Result(transport: "rstream-inproc", size: size, rtt: histogram))
+        }
+        client.stream.close(linger: .zero)
+        server.stream.close(linger: .zero)
+        results += try measureThroughProvider(sizes: sizes, inProcess: true)
+        report(results, scale: nil)
+        if let json { try writeJSON(results, scale: nil, to: json) }
+    }
+
+    /// The "rstream" row's round trips made through RStream's C face: `rstream-cperf` on both
+    /// sides (C, busy-polling fi_send/fi_recv through librstream-fi.so, default options). Needs
+    /// both files beside this binary; loopback only.
+    func measureThroughProvider(sizes: [Int], inProcess: Bool = false) throws -> [Result] {
+        let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let program = directory.appendingPathComponent("rstream-cperf")
+        guard FileManager.default.isExecutableFile(atPath: program.path),
+              FileManager.default.fileExists(atPath: directory.appendingPathComponent("librstream-fi.so").path) else {
+            FileHandle.standardError.write(Data("  provider-c skipped: build the rstream-cperf and rstream-fi products\n".utf8))
+            return []
+        }
+        var environment = ProcessInfo.processInfo.environment
+        environment["FI_PROVIDER_PATH"] = directory.path
+        if let provider { environment["RSTREAM_PROVIDER"] = provider }
+        func start(_ arguments: [String], cpu: Int?) throws -> (Process, Pipe) {
+            let process = Process()
+            process.executableURL = program
+            process.arguments = arguments + (cpu.map { ["--cpu", String($0)] } ?? [])
+            process.environment = environment
+            let out = Pipe()
+            process.standardOutput = out
+            try process.run()
+            return (process, out)
+        }
+        let plan = sizes.map { size in
+            let (warmup, measured) = iterations(for: size)
+            return "\(size):\(warmup):\(inProcess ? measured * 2 : measured)"
+        }.joined(separator: ",")
+        let (client, clientOut): (Process, Pipe)
+        if inProcess {
+            (client, clientOut) = try start(["loop", plan], cpu: cpu)
+        } else {
+            let (server, serverOut) = try start(["server"], cpu: serverCPU ?? cpu)
+            defer { server.waitUntilExit() }
+            let port = try Self.readPort(serverOut)
+            (client, clientOut) = try start(["client", "127.0.0.1", String(port), plan], cpu: cpu)
+        }
+        let text = String(decoding: clientOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        client.waitUntilExit()
+        guard client.terminationStatus == 0 else { throw PerfError(description: "rstream-cperf failed") }
+        let name = inProcess ? "provider-c-inproc" : "provider-c"
+        var results: [Result] = []
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("size "), let size = Int(line.dropFirst(5)) {
+                results.append(Result(transport: name, size: size,
+                                      rtt: Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)))
+            } else if let sample = UInt64(line), !results.isEmpty {
+                _ = results[results.count - 1].rtt!.record(sample)
+            }
+        }
+        FileHandle.standardError.write(Data("  \(name) done\n".utf8))
+        return results
+    }
+
+    private static func readPort(_ serverOut: Pipe) throws -> Int {
+        var line = ""
+        while !line.contains("\n") {
+            let data = serverOut.fileHandleForReading.availableData
+            if data.isEmpty { throw PerfError(description: "rstream-cperf server did not start") }
+            line += String(decoding: data, as: UTF8.self)
+        }
+        guard line.hasPrefix("port "), let port = Int(line.dropFirst(5).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw PerfError(description: "rstream-cperf server said \(line)")
+        }
+        return port
     }
 
     struct ScaleResult {
@@ -314,7 +418,8 @@ struct Perf: ParsableCommand {
             let h = r.rtt!
             let cells = [h.min, h.valueAtPercentile(50), h.valueAtPercentile(99), h.valueAtPercentile(99.9), h.max].map { fmt(Self.microseconds($0)) }
             print(r.transport.padding(toLength: 18, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
-                  + cells.map { pad($0, 10) }.joined() + pad(fmt(r.bandwidthMBps!), 10) + pad(fmt(r.messagesPerSecond!, 0), 10))
+                  + cells.map { pad($0, 10) }.joined() + pad(r.bandwidthMBps.map { fmt($0) } ?? "-", 10)
+                  + pad(r.messagesPerSecond.map { fmt($0, 0) } ?? "-", 10))
         }
         print("\nratios (p50 RTT; bandwidth)")
         func find(_ t: String, _ size: Int) -> Result? { results.first { $0.transport == t && $0.size == size } }
@@ -324,6 +429,12 @@ struct Perf: ParsableCommand {
             let p50 = { (r: Result) in Double(r.rtt!.valueAtPercentile(50)) }
             print(pad("\(size)", 8) + " B: rstream/core RTT \(fmt(p50(rs) / p50(core), 2))x (busy-poll \(fmt(p50(busy) / p50(core), 2))x), rstream/tcp-blocking RTT \(fmt(p50(rs) / p50(tcp), 2))x, "
                   + "bandwidth rstream/core \(fmt(rs.bandwidthMBps! / core.bandwidthMBps!, 2))x, rstream-tuned/core \(fmt(tuned.bandwidthMBps! / core.bandwidthMBps!, 2))x")
+        }
+        for size in Set(results.map(\.size)).sorted() {
+            guard let swift = find("rstream", size) ?? find("rstream-inproc", size),
+                  let c = find("provider-c", size) ?? find("provider-c-inproc", size) else { continue }
+            let difference = Self.microseconds(c.rtt!.valueAtPercentile(50)) - Self.microseconds(swift.rtt!.valueAtPercentile(50))
+            print(pad("\(size)", 8) + " B: the C face (provider-c - rstream, p50 RTT, both ends through it) \(fmt(difference, 2)) µs")
         }
         if let scale {
             print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
@@ -341,8 +452,7 @@ struct Perf: ParsableCommand {
                            "p99": Self.microseconds(h.valueAtPercentile(99)), "p999": Self.microseconds(h.valueAtPercentile(99.9)),
                            "max": Self.microseconds(h.max)],
                 "one_way_us_p50": Self.microseconds(h.valueAtPercentile(50)) / 2,
-                "bandwidth_MBps": r.bandwidthMBps!, "messages_per_s": r.messagesPerSecond!,
-            ])
+            ].merging(r.bandwidthMBps.map { ["bandwidth_MBps": $0, "messages_per_s": r.messagesPerSecond ?? 0] } ?? [:]) { $1 })
         }
         var document: [String: Any] = ["results": rows]
         if let scale {

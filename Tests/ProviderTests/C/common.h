@@ -14,6 +14,7 @@
 #include <rdma/fi_atomic.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>

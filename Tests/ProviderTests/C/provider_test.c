@@ -57,8 +57,19 @@ static int greeting_client(const char *host, const char *port)
 	while (got < sizeof server_greeting)
 		got += receive_some(&f, ep, buf + got, sizeof server_greeting - got);
 	EXPECT(!strcmp(buf, server_greeting), "greeting \"%s\"", buf);
+	/* Bad arguments are errors, not crashes. */
+	EXPECT(fi_send(ep, NULL, 5, NULL, 0, NULL) == -FI_EINVAL, "send from a null buffer");
+	EXPECT(fi_recv(ep, NULL, 5, NULL, 0, NULL) == -FI_EINVAL, "receive into a null buffer");
+	EXPECT(fi_send(ep, buf, (size_t)-1, NULL, 0, NULL) == -FI_EINVAL, "a length beyond SSIZE_MAX");
+	struct iovec bad = { NULL, 3 };
+	EXPECT(fi_sendv(ep, &bad, NULL, 1, 0, NULL) == -FI_EINVAL, "sendv of a null entry");
+	EXPECT(fi_sendv(ep, &bad, NULL, 100000, 0, NULL) == -FI_EINVAL, "sendv beyond iov_limit");
+	EXPECT(fi_inject(ep, buf, 5000, 0) == -FI_EMSGSIZE, "inject beyond inject_size");
 	CHECK(fi_shutdown(ep, 0));
+	EXPECT(fi_send(ep, buf, 1, NULL, 0, NULL) == -FI_ESHUTDOWN, "send after shutdown: %zd",
+	       fi_send(ep, buf, 1, NULL, 0, NULL));
 	expect_end(&f, ep);
+	EXPECT(fi_recv(ep, buf, 1, NULL, 0, NULL) == 0, "end of stream again");
 	/* The server closes after our FIN: the connection's end arrives as FI_SHUTDOWN. */
 	uint32_t event = next_event(f.eq, (void *)event_buffer, sizeof event_buffer);
 	EXPECT(event == FI_SHUTDOWN, "FI_SHUTDOWN, got event %u", event);
@@ -407,7 +418,13 @@ static int reject_server(void)
 	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
 	struct fi_eq_cm_entry *entry = (void *)buffer;
 	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
-	uint32_t event = next_event(f.eq, entry, sizeof buffer);
+	uint32_t event;
+	ssize_t small;
+	/* A buffer too small for the request and its data is refused; the event stays queued. */
+	while ((small = fi_eq_read(f.eq, &event, buffer, sizeof(struct fi_eq_cm_entry) + 2, 0)) == -FI_EAGAIN)
+		usleep(1000);
+	EXPECT(small == -FI_ETOOSMALL, "-FI_ETOOSMALL, got %zd", small);
+	event = next_event(f.eq, entry, sizeof buffer);
 	EXPECT(event == FI_CONNREQ, "request");
 	EXPECT(!memcmp(entry->data, "knock knock", 11), "the client's connection data");
 	CHECK(fi_reject(pep, entry->info->handle, reason, sizeof reason));
