@@ -198,6 +198,31 @@ final class ServerSide {
         #expect(s.status == 0, "Swift server: \(s.errors)")
     }
 
+    @Test func theReadmeCExampleGreetsASwiftListener() throws {
+        let readme = try String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("README.md"), encoding: .utf8)
+        let block = try #require(readme.components(separatedBy: "```c\n").dropFirst().first?.components(separatedBy: "```").first)
+        #expect(block.split(separator: "\n").count <= 30, "a short example")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rstream-readme-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let source = dir.appendingPathComponent("hello.c"), binary = dir.appendingPathComponent("hello")
+        try block.write(to: source, atomically: true, encoding: .utf8)
+        let flags = try run("/usr/bin/pkg-config", ["--cflags", "--libs", "libfabric"]).output
+            .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+        let compiled = try run("/usr/bin/cc", ["-Wall", "-Werror", "-o", binary.path, source.path] + flags)
+        #expect(compiled.status == 0, "\(compiled.errors)")
+        let server = try ServerSide(["listen", "--host", "127.0.0.1", "--port", "0", "--once", "--provider", "tcp"],
+                                    executable: productsDirectory.appendingPathComponent("rstream"),
+                                    environment: providerEnvironment()) { line in
+            line.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        }
+        let hello = try run(binary.path, ["127.0.0.1", String(server.port)], environment: providerEnvironment())
+        let s = server.finish()
+        #expect(hello.status == 0, "\(hello.errors)")
+        #expect(s.status == 0 && s.output == "hello from C\n", "the listener printed \(s.output)")
+    }
+
     @Test func swiftClientAndCServer() throws {
         let server = try ServerSide(["echo-server", "1"], executable: program, environment: providerEnvironment()) { line in
             line.hasPrefix("port ") ? Int(line.dropFirst(5)) : nil
