@@ -130,8 +130,13 @@ struct Listen: ParsableCommand {
                 let stream = try listener.accept()
                 defer { stream.close() }
                 if echo { try echoBack(stream) } else { _ = try drain(stream, to: 1) }
-                try stream.shutdown()
-                try stream.flush(timeout: .seconds(10))
+                do {
+                    try stream.shutdown()
+                    try stream.flush(timeout: .seconds(10))
+                } catch where !echo && error.kind == .connectionReset {
+                    // The peer sent FIN and left without waiting for ours (a C client that
+                    // closes at once): every byte arrived and none was owed to it.
+                }
                 if once { return }
             } catch {
                 printError("connection failed: \(error)")

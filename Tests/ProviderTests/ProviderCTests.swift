@@ -220,7 +220,7 @@ final class ServerSide {
         let hello = try run(binary.path, ["127.0.0.1", String(server.port)], environment: providerEnvironment())
         let s = server.finish()
         #expect(hello.status == 0, "\(hello.errors)")
-        #expect(s.status == 0 && s.output == "hello from C\n", "the listener printed \(s.output)")
+        #expect(s.status == 0 && s.output == "hello from C\n", "the listener printed \(s.output), \(s.errors)")
     }
 
     @Test func swiftClientAndCServer() throws {
