@@ -98,38 +98,22 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             return
         case .connecting(let transport, let place):
             guard let answer = try? transport.eventQueue.takeEvent(for: transport.fidKey) else { return }
-            switch answer {
-            case .connected:
-                do throws(RStreamError) {
-                    let (engine, data) = try ActiveConnector.complete(transport, answer: answer, place: place)
-                    _ = self.engine.storeIfNil(engine)
-                    s.phase = .connected
-                    post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: Array(data)), s)
-                } catch {
-                    s.phase = .failed
-                    post(.failure(fid: me, code: error.code == 0 ? EPROTO : error.code, data: []), s)
-                }
-            case .failed(let code, let data):
+            guard case .connected = answer else { return refused(answer, &s) }
+            do throws(RStreamError) {
+                let (engine, data) = try ActiveConnector.complete(transport, answer: answer, place: place)
+                _ = self.engine.storeIfNil(engine)
+                s.phase = .connected
+                post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: Array(data)), s)
+            } catch {
                 s.phase = .failed
-                post(.failure(fid: me, code: code, data: data), s)
-            case .shutdown:
-                s.phase = .failed
-                post(.failure(fid: me, code: Int32(FI_ECONNRESET), data: []), s)
+                post(.failure(fid: me, code: error.code == 0 ? EPROTO : error.code, data: []), s)
             }
         case .accepting(let transport, let peer):
             guard let answer = try? transport.eventQueue.takeEvent(for: transport.fidKey) else { return }
-            switch answer {
-            case .connected:
-                _ = engine.storeIfNil(FabricStreamEngine(transport: transport, peer: peer))
-                s.phase = .connected
-                post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: []), s)
-            case .failed(let code, let data):
-                s.phase = .failed
-                post(.failure(fid: me, code: code, data: data), s)
-            case .shutdown:
-                s.phase = .failed
-                post(.failure(fid: me, code: Int32(FI_ECONNRESET), data: []), s)
-            }
+            guard case .connected = answer else { return refused(answer, &s) }
+            _ = engine.storeIfNil(FabricStreamEngine(transport: transport, peer: peer))
+            s.phase = .connected
+            post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: []), s)
         case .connected:
             guard !s.shutdownReported, let engine = engine.load() else { return }
             // Some cores (tcp) notice a vanished peer only while their data path is progressed.
@@ -139,6 +123,17 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 s.shutdownReported = true
                 post(.connection(event: UInt32(FI_SHUTDOWN), fid: me, info: nil, data: []), s)
             }
+        }
+    }
+
+    /// A connection being made that the core ended: an error entry with the core's code (and
+    /// what a rejecting peer sent), or a reset when it simply went away.
+    private func refused(_ answer: ConnectionEvent, _ s: inout State) {
+        s.phase = .failed
+        if case .failed(let code, let data) = answer {
+            post(.failure(fid: fidOf(handle), code: code, data: data), s)
+        } else {
+            post(.failure(fid: fidOf(handle), code: Int32(FI_ECONNRESET), data: []), s)
         }
     }
 

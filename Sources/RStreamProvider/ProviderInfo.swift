@@ -140,15 +140,14 @@ enum ProviderInfo {
 
     private static func copyAddresses(from hints: UnsafePointer<fi_info>?, to core: UnsafeMutablePointer<fi_info>, format: UInt32) {
         if format == UInt32(FI_SOCKADDR_IN) || format == UInt32(FI_SOCKADDR_IN6) { core.pointee.addr_format = format }
-        guard let hints = hints?.pointee else { return }
-        if let source = hints.src_addr, hints.src_addrlen > 0 {
-            core.pointee.src_addr = duplicate(source, hints.src_addrlen)
-            core.pointee.src_addrlen = hints.src_addrlen
-        }
-        if let destination = hints.dest_addr, hints.dest_addrlen > 0 {
-            core.pointee.dest_addr = duplicate(destination, hints.dest_addrlen)
-            core.pointee.dest_addrlen = hints.dest_addrlen
-        }
+        guard let hints else { return }
+        copyAddresses(of: hints, into: core)
+    }
+
+    /// Copies `from`'s source and destination addresses into `into` (which has none yet).
+    private static func copyAddresses(of from: UnsafePointer<fi_info>, into: UnsafeMutablePointer<fi_info>) {
+        (into.pointee.src_addr, into.pointee.src_addrlen) = duplicate(Facts.bytes(from.pointee.src_addr, from.pointee.src_addrlen))
+        (into.pointee.dest_addr, into.pointee.dest_addrlen) = duplicate(Facts.bytes(from.pointee.dest_addr, from.pointee.dest_addrlen))
     }
 
     /// A malloc'd copy, which `fi_freeinfo` frees.
@@ -170,14 +169,7 @@ enum ProviderInfo {
         info.pointee.caps = capabilities
         info.pointee.mode = 0
         info.pointee.addr_format = wanted.addressFormat == UInt32(FI_SOCKADDR) ? UInt32(FI_SOCKADDR) : c.addr_format
-        if let source = c.src_addr, c.src_addrlen > 0 {
-            info.pointee.src_addr = duplicate(source, c.src_addrlen)
-            info.pointee.src_addrlen = c.src_addrlen
-        }
-        if let destination = c.dest_addr, c.dest_addrlen > 0 {
-            info.pointee.dest_addr = duplicate(destination, c.dest_addrlen)
-            info.pointee.dest_addrlen = c.dest_addrlen
-        }
+        copyAddresses(of: core, into: info)
         let tx = info.pointee.tx_attr!
         tx.pointee.caps = UInt64(FI_MSG | FI_SEND)
         tx.pointee.msg_order = UInt64(FI_ORDER_SAS)

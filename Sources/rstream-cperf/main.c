@@ -119,30 +119,53 @@ static void pin(int argc, char **argv)
 	}
 }
 
+/* A passive endpoint on 127.0.0.1, any port; its port as text in port. */
+static struct fid_pep *listen_local(struct objects *o, char *port, size_t port_size)
+{
+	struct fid_pep *pep;
+	struct sockaddr_in addr;
+	size_t len = sizeof addr;
+	open_objects(o, "127.0.0.1", "0", FI_SOURCE);
+	CHECK(fi_passive_ep(o->fabric, o->info, &pep, NULL));
+	CHECK(fi_pep_bind(pep, &o->eq->fid, 0));
+	CHECK(fi_listen(pep));
+	CHECK(fi_getname(&pep->fid, &addr, &len));
+	snprintf(port, port_size, "%d", ntohs(addr.sin_port));
+	return pep;
+}
+
+/* Takes the next FI_CONNREQ and accepts it; FI_CONNECTED follows on the queue. */
+static struct fid_ep *accept_request(struct objects *o)
+{
+	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
+	struct fi_eq_cm_entry *entry = (void *)buffer;
+	struct fid_ep *ep;
+	if (expect_event(o, entry, sizeof buffer) != FI_CONNREQ)
+		exit(1);
+	CHECK(fi_endpoint(o->domain, entry->info, &ep, NULL));
+	fi_freeinfo(entry->info);
+	CHECK(fi_ep_bind(ep, &o->eq->fid, 0));
+	CHECK(fi_accept(ep, NULL, 0));
+	return ep;
+}
+
+static void expect_connected(struct objects *o, int count)
+{
+	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
+	while (count > 0)
+		if (expect_event(o, (void *)buffer, sizeof buffer) == FI_CONNECTED)
+			count--;
+}
+
 static int server(void)
 {
 	struct objects o;
-	struct fid_pep *pep;
-	struct fid_ep *ep;
-	struct sockaddr_in addr;
-	size_t len = sizeof addr;
-	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
-	struct fi_eq_cm_entry *entry = (void *)buffer;
-	open_objects(&o, "127.0.0.1", "0", FI_SOURCE);
-	CHECK(fi_passive_ep(o.fabric, o.info, &pep, NULL));
-	CHECK(fi_pep_bind(pep, &o.eq->fid, 0));
-	CHECK(fi_listen(pep));
-	CHECK(fi_getname(&pep->fid, &addr, &len));
-	printf("port %d\n", ntohs(addr.sin_port));
+	char port[16];
+	struct fid_pep *pep = listen_local(&o, port, sizeof port);
+	printf("port %s\n", port);
 	fflush(stdout);
-	if (expect_event(&o, entry, sizeof buffer) != FI_CONNREQ)
-		return 1;
-	CHECK(fi_endpoint(o.domain, entry->info, &ep, NULL));
-	fi_freeinfo(entry->info);
-	CHECK(fi_ep_bind(ep, &o.eq->fid, 0));
-	CHECK(fi_accept(ep, NULL, 0));
-	if (expect_event(&o, entry, sizeof buffer) != FI_CONNECTED)
-		return 1;
+	struct fid_ep *ep = accept_request(&o);
+	expect_connected(&o, 1);
 	char *message = malloc(64 << 20);
 	uint32_t header[3];
 	while (receive_exactly(ep, (char *)header, sizeof header)) {
@@ -164,34 +187,32 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-static int client(const char *host, const char *port, char *plan)
+/* The round trips of a plan: near sends, and the message comes back to it (from another process
+ * that echoes, or from far in this thread). Prints "size S" and one round trip (ns) per line. */
+static int measure(struct fid_ep *near, struct fid_ep *far, char *plan, uint32_t max_size)
 {
-	struct objects o;
-	struct fid_ep *ep;
-	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
-	struct fi_eq_cm_entry *entry = (void *)buffer;
-	open_objects(&o, host, port, 0);
-	CHECK(fi_endpoint(o.domain, o.info, &ep, NULL));
-	CHECK(fi_ep_bind(ep, &o.eq->fid, 0));
-	CHECK(fi_connect(ep, NULL, NULL, 0));
-	if (expect_event(&o, entry, sizeof buffer) != FI_CONNECTED)
-		return 1;
-	char *message = malloc(64 << 20);
-	memset(message, 0x5a, 64 << 20);
+	char *message = malloc(max_size);
+	memset(message, 0x5a, max_size);
 	for (char *step = strtok(plan, ","); step; step = strtok(NULL, ",")) {
 		uint32_t size;
 		long warmup, count;
-		if (sscanf(step, "%u:%ld:%ld", &size, &warmup, &count) != 3 || size > (64u << 20) || count < 1) {
-			fprintf(stderr, "rstream-cperf: bad step \"%s\" (SIZE:WARMUP:COUNT)\n", step);
+		if (sscanf(step, "%u:%ld:%ld", &size, &warmup, &count) != 3 || size > max_size || count < 1) {
+			fprintf(stderr, "rstream-cperf: bad step \"%s\" (SIZE:WARMUP:COUNT, SIZE up to %u)\n", step, max_size);
 			return 2;
 		}
 		uint64_t *samples = malloc(sizeof(uint64_t) * (size_t)count);
-		uint32_t header[3] = { 1, size, (uint32_t)(warmup + count) };
-		send_exactly(ep, (const char *)header, sizeof header);
+		if (!far) {
+			uint32_t header[3] = { 1, size, (uint32_t)(warmup + count) };
+			send_exactly(near, (const char *)header, sizeof header);
+		}
 		for (long i = 0; i < warmup + count; i++) {
 			uint64_t start = now_ns();
-			send_exactly(ep, message, size);
-			receive_exactly(ep, message, size);
+			send_exactly(near, message, size);
+			if (far) {
+				receive_exactly(far, message, size);
+				send_exactly(far, message, size);
+			}
+			receive_exactly(near, message, size);
 			if (i >= warmup)
 				samples[i - warmup] = now_ns() - start;
 		}
@@ -200,11 +221,31 @@ static int client(const char *host, const char *port, char *plan)
 			printf("%llu\n", (unsigned long long)samples[i]);
 		free(samples);
 	}
+	free(message);
+	return 0;
+}
+
+static struct fid_ep *connect_endpoint(struct objects *o, struct fi_info *info)
+{
+	struct fid_ep *ep;
+	CHECK(fi_endpoint(o->domain, info, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &o->eq->fid, 0));
+	CHECK(fi_connect(ep, NULL, NULL, 0));
+	return ep;
+}
+
+static int client(const char *host, const char *port, char *plan)
+{
+	struct objects o;
+	open_objects(&o, host, port, 0);
+	struct fid_ep *ep = connect_endpoint(&o, o.info);
+	expect_connected(&o, 1);
+	int rc = measure(ep, NULL, plan, 64u << 20);
 	CHECK(fi_shutdown(ep, 0));
 	char end;
 	receive_exactly(ep, &end, 1);
 	fi_close(&ep->fid);
-	return 0;
+	return rc;
 }
 
 /* Both ends of one connection in this thread: a send, the other end's receive, its send, and
@@ -212,63 +253,21 @@ static int client(const char *host, const char *port, char *plan)
 static int loop(char *plan)
 {
 	struct objects o;
-	struct fid_pep *pep;
-	struct fid_ep *client, *server;
 	struct fi_info *hints = fi_allocinfo(), *target;
-	struct sockaddr_in addr;
-	size_t len = sizeof addr;
-	char port[16], buffer[sizeof(struct fi_eq_cm_entry) + 256];
-	struct fi_eq_cm_entry *entry = (void *)buffer;
-	open_objects(&o, "127.0.0.1", "0", FI_SOURCE);
-	CHECK(fi_passive_ep(o.fabric, o.info, &pep, NULL));
-	CHECK(fi_pep_bind(pep, &o.eq->fid, 0));
-	CHECK(fi_listen(pep));
-	CHECK(fi_getname(&pep->fid, &addr, &len));
-	snprintf(port, sizeof port, "%d", ntohs(addr.sin_port));
+	char port[16];
+	struct fid_pep *pep = listen_local(&o, port, sizeof port);
 	hints->ep_attr->type = FI_EP_SOCK_STREAM;
 	hints->addr_format = FI_SOCKADDR_IN;
 	hints->fabric_attr->prov_name = strdup("rstream");
 	CHECK(fi_getinfo(FI_VERSION(1, 17), "127.0.0.1", port, 0, hints, &target));
-	CHECK(fi_endpoint(o.domain, target, &client, NULL));
-	CHECK(fi_ep_bind(client, &o.eq->fid, 0));
-	CHECK(fi_connect(client, NULL, NULL, 0));
-	if (expect_event(&o, entry, sizeof buffer) != FI_CONNREQ)
-		return 1;
-	CHECK(fi_endpoint(o.domain, entry->info, &server, NULL));
-	fi_freeinfo(entry->info);
-	CHECK(fi_ep_bind(server, &o.eq->fid, 0));
-	CHECK(fi_accept(server, NULL, 0));
-	for (int connected = 0; connected < 2;)
-		if (expect_event(&o, entry, sizeof buffer) == FI_CONNECTED)
-			connected++;
-	char *message = malloc(1 << 20);
-	memset(message, 0x5a, 1 << 20);
-	for (char *step = strtok(plan, ","); step; step = strtok(NULL, ",")) {
-		uint32_t size;
-		long warmup, count;
-		if (sscanf(step, "%u:%ld:%ld", &size, &warmup, &count) != 3 || size > (1u << 15) || count < 1) {
-			fprintf(stderr, "rstream-cperf: bad step \"%s\" (SIZE:WARMUP:COUNT, SIZE up to 32768)\n", step);
-			return 2;
-		}
-		uint64_t *samples = malloc(sizeof(uint64_t) * (size_t)count);
-		for (long i = 0; i < warmup + count; i++) {
-			uint64_t start = now_ns();
-			send_exactly(client, message, size);
-			receive_exactly(server, message, size);
-			send_exactly(server, message, size);
-			receive_exactly(client, message, size);
-			if (i >= warmup)
-				samples[i - warmup] = now_ns() - start;
-		}
-		printf("size %u\n", size);
-		for (long i = 0; i < count; i++)
-			printf("%llu\n", (unsigned long long)samples[i]);
-		free(samples);
-	}
+	struct fid_ep *client = connect_endpoint(&o, target);
+	struct fid_ep *server = accept_request(&o);
+	expect_connected(&o, 2);
+	int rc = measure(client, server, plan, 1u << 15);
 	fi_close(&client->fid);
 	fi_close(&server->fid);
 	fi_close(&pep->fid);
-	return 0;
+	return rc;
 }
 
 int main(int argc, char **argv)
