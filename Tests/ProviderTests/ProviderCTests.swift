@@ -57,8 +57,9 @@ func run(_ path: String, _ arguments: [String], environment: [String: String] = 
 }
 
 /// What a C side needs in its environment: the provider's directory, and the core to use.
-func providerEnvironment(core: String? = "tcp", iwarp: Bool = false) -> [String: String] {
+func providerEnvironment(core: String? = "tcp", iwarp: Bool = false, listen: String? = nil) -> [String: String] {
     var environment = ["FI_PROVIDER_PATH": productsDirectory.path, "SWIFT_BACKTRACE": "enable=no"]
+    if let listen { environment["RSTREAM_C_LISTEN"] = listen }
     if let core { environment["RSTREAM_PROVIDER"] = core }
     if iwarp { environment["RSTREAM_C_IWARP"] = "1" }
     return environment
@@ -135,10 +136,10 @@ final class ServerSide {
                 && iwarp.output.contains("FI_PROGRESS_MANUAL"), "\(iwarp.output)")
     }
 
-    @Test(arguments: [("tcp", false), ("tcp", true), ("sockets", false)])
-    func greetingBothWays(core: String, iwarp: Bool) throws {
+    @Test(arguments: [("tcp", false, nil), ("tcp", true, nil), ("sockets", false, nil), ("tcp", false, "wildcard"), ("tcp", false, "0.0.0.0")])
+    func greetingBothWays(core: String, iwarp: Bool, listen: String?) throws {
         let (server, client) = try pair(["greeting-server"], { ["greeting-client", "127.0.0.1", String($0)] },
-                                        environment: providerEnvironment(core: core, iwarp: iwarp))
+                                        environment: providerEnvironment(core: core, iwarp: iwarp, listen: listen))
         #expect(server.contains("server ok") && client.contains("client ok"))
     }
 

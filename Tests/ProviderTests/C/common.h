@@ -98,18 +98,30 @@ static inline uint32_t next_event(struct fid_eq *eq, struct fi_eq_cm_entry *entr
 	return event;
 }
 
-/* A passive endpoint listening on 127.0.0.1, any port; prints "port N" on stdout. */
+/* A passive endpoint listening on RSTREAM_C_LISTEN (default 127.0.0.1; "wildcard": 0.0.0.0
+ * named with fi_setname), any port, with a backlog of 16; prints "port N" on stdout. */
 static inline struct fid_pep *listen_any(struct fabric_objects *f, int iwarp, int *port_out)
 {
 	struct fid_pep *pep;
 	struct sockaddr_in addr;
 	size_t len = sizeof addr;
-	open_fabric(f, find_stream("127.0.0.1", "0", FI_SOURCE, iwarp));
+	const char *where = getenv("RSTREAM_C_LISTEN");
+	int wildcard = where && !strcmp(where, "wildcard");
+	int backlog = 16;
+	open_fabric(f, find_stream(where && !wildcard ? where : "127.0.0.1", "0", FI_SOURCE, iwarp));
 	CHECK(fi_passive_ep(f->fabric, f->info, &pep, NULL));
 	CHECK(fi_pep_bind(pep, &f->eq->fid, 0));
+	CHECK(fi_control(&pep->fid, FI_BACKLOG, &backlog));
+	if (wildcard) {
+		struct sockaddr_in any = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY) };
+		CHECK(fi_setname(&pep->fid, &any, sizeof any));
+	}
 	CHECK(fi_listen(pep));
 	CHECK(fi_getname(&pep->fid, &addr, &len));
 	*port_out = ntohs(addr.sin_port);
+	EXPECT(*port_out != 0, "a real port after fi_listen");
+	if (wildcard)
+		EXPECT(addr.sin_addr.s_addr == htonl(INADDR_ANY), "listening on the wildcard address");
 	printf("port %d\n", *port_out);
 	fflush(stdout);
 	return pep;

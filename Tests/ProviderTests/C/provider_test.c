@@ -53,6 +53,13 @@ static int greeting_client(const char *host, const char *port)
 	char event_buffer[sizeof(struct fi_eq_cm_entry) + 64];
 	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
 	size_t got = 0;
+	struct sockaddr_in me, peer;
+	size_t me_len = sizeof me, peer_len = sizeof peer, short_len = 4;
+	CHECK(fi_getname(&ep->fid, &me, &me_len));
+	CHECK(fi_getpeer(ep, &peer, &peer_len));
+	EXPECT(peer.sin_family == AF_INET && ntohs(peer.sin_port) == atoi(port), "the peer's address, port %d", ntohs(peer.sin_port));
+	EXPECT(me.sin_family == AF_INET && me.sin_port != 0 && me.sin_port != peer.sin_port, "a local address of our own");
+	EXPECT(fi_getpeer(ep, &peer, &short_len) == -FI_ETOOSMALL && short_len == peer_len, "a short buffer, and the length needed");
 	send_all(&f, ep, client_greeting, sizeof client_greeting);
 	while (got < sizeof server_greeting)
 		got += receive_some(&f, ep, buf + got, sizeof server_greeting - got);
@@ -400,7 +407,21 @@ static int refused(const char *host, const char *port)
 	CHECK(fi_endpoint(f.domain, f.info, &ep, NULL));
 	CHECK(fi_ep_bind(ep, &f.eq->fid, 0));
 	CHECK(fi_connect(ep, NULL, NULL, 0));
-	expect_refusal(&f, ep, NULL, 0);
+	struct fi_eq_err_entry err = expect_refusal(&f, ep, NULL, 0);
+	char text[128];
+	const char *said = fi_eq_strerror(f.eq, err.prov_errno, err.err_data, text, sizeof text);
+	EXPECT(said == text && strlen(text) > 0, "fi_eq_strerror writes a sentence");
+	/* fi_eq_write needs FI_WRITE; a queue opened with it hands back what was written. */
+	uint32_t event = 0;
+	char back[16];
+	EXPECT(fi_eq_write(f.eq, FI_NOTIFY, "x", 1, 0) == -FI_EINVAL, "writing to a queue without FI_WRITE");
+	struct fi_eq_attr writable = { .size = 4, .wait_obj = FI_WAIT_FD, .flags = FI_WRITE };
+	struct fid_eq *eq2;
+	CHECK(fi_eq_open(f.fabric, &writable, &eq2, NULL));
+	EXPECT(fi_eq_write(eq2, FI_NOTIFY, "note", 5, 0) == 5, "fi_eq_write");
+	EXPECT(fi_eq_sread(eq2, &event, back, sizeof back, 1000, 0) == 5 && event == FI_NOTIFY && !strcmp(back, "note"),
+	       "the written event");
+	CHECK(fi_close(&eq2->fid));
 	char b[4];
 	EXPECT(fi_send(ep, b, 4, NULL, 0, NULL) == -FI_ENOTCONN, "send on a refused endpoint");
 	CHECK(fi_close(&ep->fid));
