@@ -37,6 +37,9 @@ final class ProviderConnectionRequest: @unchecked Sendable {
         return taken
     }
 
+    /// True once `fi_accept` or `fi_reject` has taken the request.
+    var isAnswered: Bool { request.withCheckedLock(key: lockKey(self)) { $0 == nil } }
+
     /// Refuses the request if nobody answered it.
     func rejectIfUnanswered(_ data: [UInt8] = []) {
         if let request = claim() { listener.reject(request, data: data) }
@@ -96,6 +99,9 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
     func pollConnection() {
         state.withCheckedLock(key: lockKey(self)) { s in
             guard let listener = s.listener, let queue = s.eventQueue else { return }
+            // Requests answered through an endpoint are forgotten here, so a long-lived listener
+            // holds only the ones still waiting for an answer.
+            s.requests = s.requests.filter { !$0.value.isAnswered }
             while let (request, peer) = try? listener.takeCheckedRequest(expectIwarp: facts.iwarp) {
                 let pending = ProviderConnectionRequest(listener: listener, request: request, peer: peer)
                 s.requests[ObjectIdentifier(pending)] = pending

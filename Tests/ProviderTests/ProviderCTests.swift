@@ -1,4 +1,5 @@
 import Foundation
+import RStreamKernel
 import Testing
 
 /// The directory the package's products are built into (the `rstream` command and
@@ -176,6 +177,35 @@ final class ServerSide {
     @Test func sixtyFourConnectionsOnOneEventQueue() throws {
         let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))
+    }
+
+    /// A hostile peer's bad connection blocks never reach the C server as FI_CONNREQ: each is
+    /// refused with its reason, and the server goes on to serve a good client.
+    @Test func badConnectionBlocksAreRefusedBeforeTheCServerSeesThem() throws {
+        let server = try ServerSide(["echo-server", "1"], executable: program, environment: providerEnvironment()) { line in
+            line.hasPrefix("port ") ? Int(line.dropFirst(5)) : nil
+        }
+        let good = ConnectionBlock(baseAddress: 0, key: 1, ringSize: 4096, rxCredits: 8, iwarp: false).encoded
+        var version = good; version[22] = 2
+        var flags = good; flags[23] = 0x80
+        var ring = good; ring[16...19] = [0, 0, 0, 1]
+        let shape = EndpointShape(sendRingSize: 4096, receiveRingSize: 4096, txQueueSize: 64, rxCredits: 64, iwarp: false)
+        for (name, block, reason) in [("short", Array(good.prefix(10)), "10 bytes"), ("version 2", version, "version 2"),
+                                      ("unknown flags", flags, "unknown flags"), ("ring of 1 byte", ring, "ring size 1")] {
+            let offered = try ActiveConnector.offer(host: "127.0.0.1", port: UInt16(server.port), shape: shape,
+                                                    requirements: CoreRequirements(provider: "tcp", iwarp: false),
+                                                    block: block, deadline: .now + .seconds(10))
+            guard case .failed(let code, let data) = offered.event else {
+                Issue.record("\(name): expected a rejection, got \(offered.event)")
+                continue
+            }
+            #expect(code == ECONNREFUSED, "\(name)")
+            #expect(String(decoding: data, as: UTF8.self).contains(reason), "\(name): \(String(decoding: data, as: UTF8.self))")
+        }
+        let client = try run(program.path, ["echo-clients", "127.0.0.1", String(server.port), "1", "100000"], environment: providerEnvironment())
+        let s = server.finish()
+        #expect(client.status == 0, "\(client.errors)")
+        #expect(s.status == 0 && s.output.contains("echoed 1 connections"), "the server served the good client: \(s.errors)")
     }
 
     @Test func fourSendersAndFourReceiversOnOneEndpoint() throws {
