@@ -45,7 +45,7 @@ let package = Package(
         ),
         .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "CLibfabric", "CFabricShim"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
-        .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel"], exclude: ["C"]),
+        .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
         .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "rstream"]),
     ],
     swiftLanguageModes: [.v6]

@@ -2,7 +2,7 @@
 # Every test again under ThreadSanitizer (volumes scaled down: TSan runs them ~10x slower).
 # Fails on a failing test or on any ThreadSanitizer report. The provider's C programs are left
 # out: they would load a TSan-built librstream-fi.so into a process without the TSan runtime
-# (the provider runs over the same engine, whose tests run here).
+# (InProcessProviderTests drives the provider's own locks here instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
