@@ -13,7 +13,7 @@ public struct StreamOptions: Sendable, Equatable {
     public var rxCredits = 384
     /// iWarp mode: words travel as 4-byte sends instead of remote CQ data.
     public var iwarp = false
-    /// The core provider; nil picks `RSTREAM_PROVIDER`, else the best usable of verbs, tcp, sockets.
+    /// The core provider; nil picks `RSTREAM_PROVIDER`, else the best usable core (verbs, tcp, sockets, then any other the machine has).
     public var provider: String?
     /// How long blocking calls busy-poll before they sleep.
     public var busyPollWindow: Duration = .microseconds(50)

@@ -47,12 +47,37 @@ package struct FabricInfo: ~Copyable {
 
     package static let apiVersion = rs_fi_version(1, 17)
 
-    /// The cores worth trying, best first: `RSTREAM_PROVIDER`, else verbs, then tcp, then sockets.
+    /// The cores worth trying, best first: `RSTREAM_PROVIDER`, else every core on this machine
+    /// that offers a connected endpoint with `FI_MSG | FI_RMA`: verbs, tcp and sockets first, in
+    /// that order, then any other (libfabric 1.17's `net`, for one).
     package static func candidateProviders(explicit: String?) -> [String] {
         if let explicit, !explicit.isEmpty { return [explicit] }
         if let env = getenv("RSTREAM_PROVIDER"), case let name = String(cString: env), !name.isEmpty { return [name] }
-        return ["verbs", "tcp", "sockets"]
+        return installedCores
     }
+
+    private static let preferredCores = ["verbs", "tcp", "sockets"]
+
+    /// Asked of libfabric once per process. Utility providers (`ofi_*`, layered over a core) and
+    /// this project's own provider are not cores.
+    private static let installedCores: [String] = {
+        guard let hints = fi_allocinfo() else { return preferredCores }
+        defer { fi_freeinfo(hints) }
+        hints.pointee.ep_attr.pointee.type = FI_EP_MSG
+        hints.pointee.caps = UInt64(FI_MSG | FI_RMA)
+        var result: UnsafeMutablePointer<fi_info>?
+        guard fi_getinfo(apiVersion, nil, nil, 0, hints, &result) == 0, let result else { return preferredCores }
+        defer { fi_freeinfo(result) }
+        var found: [String] = []
+        var cursor: UnsafeMutablePointer<fi_info>? = result
+        while let entry = cursor {
+            cursor = entry.pointee.next
+            guard let name = entry.pointee.fabric_attr.pointee.prov_name.map({ String(cString: $0) }),
+                  !name.contains(";"), !name.hasPrefix("ofi_"), name != "rstream", !found.contains(name) else { continue }
+            found.append(name)
+        }
+        return preferredCores.filter(found.contains) + found.filter { !preferredCores.contains($0) }.sorted()
+    }()
 
     /// `fi_getinfo` for a connected `FI_EP_MSG` endpoint with `FI_MSG | FI_RMA`, the protocol's
     /// mr_mode hints and send-after-write ordering; `source` marks node/service as the local address.
@@ -184,7 +209,7 @@ package struct FabricInfo: ~Copyable {
     /// provider and domain).
     package static func discover() -> [CoreAttributes] {
         var rows: [CoreAttributes] = []
-        for provider in ["verbs", "tcp", "sockets"] {
+        for provider in candidateProviders(explicit: nil) {
             for iwarp in [false, true] {
                 guard let info = try? query(CoreRequirements(provider: provider, iwarp: iwarp), node: nil, service: nil, source: false) else { continue }
                 var cursor: UnsafeMutablePointer<fi_info>? = info.head

@@ -15,7 +15,7 @@ struct RStreamCommand: ParsableCommand {
 
 /// The stream options both ends take.
 struct StreamFlags: ParsableArguments {
-    @Option(help: "Core provider (default: RSTREAM_PROVIDER, else verbs, tcp, sockets).")
+    @Option(help: "Core provider (default: RSTREAM_PROVIDER, else the best usable: verbs, tcp, sockets, then any other).")
     var provider: String?
     @Option(name: .customLong("send-ring"), help: "Send ring bytes (4096...1048575).")
     var sendRing: Int = 32 * 1024
