@@ -119,7 +119,9 @@ enum ProviderInfo {
         let serviceText = service.map { String(cString: $0) }
         var head: UnsafeMutablePointer<fi_info>?
         var tail: UnsafeMutablePointer<fi_info>?
-        for core in FabricInfo.candidateProviders(explicit: nil) {
+        // A fabric name in the hints names its core: only that one is asked.
+        let named = wanted.fabricName.flatMap { $0.split(separator: ":", maxSplits: 1).first.map(String.init) }
+        for core in FabricInfo.candidateProviders(explicit: nil) where named == nil || named == core {
             guard let coreInfo = try? FabricInfo.queryCore(core, iwarp: wanted.iwarp, node: nodeText, service: serviceText,
                                                            flags: flags, customize: { coreHints in
                 copyAddresses(from: hints, to: coreHints, format: wanted.addressFormat)
