@@ -359,8 +359,31 @@ static int options(void)
 	EXPECT(fi_connect(ep, NULL, param, 17) == -FI_EINVAL, "connection data beyond the size set (16)");
 	CHECK(fi_close(&ep->fid));
 
+	/* Hints it meets, and what it answers. */
+	struct fi_info *h = fi_allocinfo(), *got = NULL;
+	h->ep_attr->type = FI_EP_SOCK_STREAM;
+	h->ep_attr->protocol = FI_PROTO_IWARP;
+	h->caps = FI_MSG | FI_SEND | FI_RECV;
+	h->addr_format = FI_SOCKADDR;
+	h->domain_attr->threading = FI_THREAD_SAFE;
+	h->domain_attr->data_progress = FI_PROGRESS_MANUAL;
+	CHECK(fi_getinfo(FI_VERSION(1, 17), "127.0.0.1", "9", 0, h, &got));
+	EXPECT(!strcmp(got->fabric_attr->prov_name, "rstream") && got->ep_attr->protocol == FI_PROTO_IWARP &&
+	       got->addr_format == FI_SOCKADDR && got->domain_attr->threading == FI_THREAD_SAFE &&
+	       got->domain_attr->data_progress == FI_PROGRESS_MANUAL &&
+	       (got->caps & (FI_MSG | FI_SEND | FI_RECV)) == (FI_MSG | FI_SEND | FI_RECV) && got->dest_addr != NULL,
+	       "the answer honours the hints");
+	fi_freeinfo(got);
+	h->ep_attr->protocol = FI_PROTO_RSTREAM;
+	h->addr_format = FI_SOCKADDR_IN;
+	CHECK(fi_getinfo(FI_VERSION(1, 17), NULL, "7471", FI_SOURCE, h, &got));
+	EXPECT(got->ep_attr->protocol == FI_PROTO_RSTREAM && got->src_addr != NULL &&
+	       ntohs(((struct sockaddr_in *)got->src_addr)->sin_port) == 7471, "a source address for a listener");
+	fi_freeinfo(got);
+	fi_freeinfo(h);
+
 	/* Hints this provider cannot meet. */
-	struct fi_info *h = fi_allocinfo();
+	h = fi_allocinfo();
 	h->caps = FI_RMA;
 	expect_no_data(h, "FI_RMA");
 	h = fi_allocinfo();
