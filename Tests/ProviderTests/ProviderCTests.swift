@@ -152,7 +152,7 @@ final class ServerSide {
         #expect(server.contains("server ok") && client.contains("client ok"))
     }
 
-    @Test(arguments: ["plain", "vector"])
+    @Test(arguments: ["plain", "vector", "msg"])
     func twoHundredFiftySixMiBEachWayWithChecksums(mode: String) throws {
         let (server, client) = try pair(["bulk-server", mode, "256"], { ["bulk-client", "127.0.0.1", String($0), mode, "256"] })
         // Each side checked every byte; the checksums must also cross over exactly.

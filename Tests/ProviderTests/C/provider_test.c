@@ -92,29 +92,40 @@ struct direction {
 	uint64_t seed, total, done, hash;
 };
 
-static ssize_t send_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, int vector)
+/* How a chunk travels: fi_send/fi_recv, fi_sendv/fi_recvv, or fi_sendmsg/fi_recvmsg. */
+enum calls { PLAIN, VECTOR, MESSAGE };
+
+static enum calls calls_named(const char *mode)
+{
+	return !strcmp(mode, "vector") ? VECTOR : !strcmp(mode, "msg") ? MESSAGE : PLAIN;
+}
+
+static ssize_t send_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, enum calls calls)
 {
 	size_t len = d->total - d->done < cap ? (size_t)(d->total - d->done) : cap;
 	for (size_t i = 0; i < len; i++)
 		buf[i] = pattern(d->seed, d->done + i);
-	if (!vector)
+	if (calls == PLAIN)
 		return fi_send(ep, buf, len, NULL, 0, NULL);
 	size_t a = len < 1000 ? len : 1000, b = len - a < 7001 ? len - a : 7001;
 	struct iovec iov[3] = { { buf, a }, { buf + a, b }, { buf + a + b, len - a - b } };
-	return fi_sendv(ep, iov, NULL, 3, 0, NULL);
+	if (calls == VECTOR)
+		return fi_sendv(ep, iov, NULL, 3, 0, NULL);
+	struct fi_msg msg = { .msg_iov = iov, .iov_count = 3 };
+	return fi_sendmsg(ep, &msg, 0);
 }
 
-static ssize_t receive_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, int vector)
+static ssize_t receive_chunk(struct fid_ep *ep, struct direction *d, uint8_t *buf, size_t cap, enum calls calls)
 {
 	ssize_t n;
-	if (!vector) {
+	struct iovec iov[4] = { { buf, 777 }, { buf + 777, 5000 }, { buf + 5777, 3333 }, { buf + 9110, cap - 9110 } };
+	struct fi_msg msg = { .msg_iov = iov, .iov_count = 4 };
+	if (calls == PLAIN)
 		n = fi_recv(ep, buf, cap, NULL, 0, NULL);
-	} else {
-		struct iovec iov[4] = { { buf, 777 }, { buf + 777, 5000 }, { buf + 5777, 3333 },
-					{ buf + 9110, cap - 9110 } };
-		struct fi_msg msg = { .msg_iov = iov, .iov_count = 4 };
+	else if (calls == VECTOR)
+		n = fi_recvv(ep, iov, NULL, 4, 0, NULL);
+	else
 		n = fi_recvmsg(ep, &msg, 0);
-	}
 	if (n <= 0)
 		return n;
 	for (ssize_t i = 0; i < n; i++)
@@ -124,14 +135,14 @@ static ssize_t receive_chunk(struct fid_ep *ep, struct direction *d, uint8_t *bu
 }
 
 static void bulk(struct fabric_objects *f, struct fid_ep *ep, uint64_t bytes, uint64_t my_seed, uint64_t peer_seed,
-		 int vector)
+		 enum calls calls)
 {
 	static uint8_t out[1 << 16], in[1 << 16];
 	struct direction tx = { my_seed, bytes, 0, FNV_START }, rx = { peer_seed, bytes, 0, FNV_START };
 	while (tx.done < tx.total || rx.done < rx.total) {
 		int moved = 0;
 		if (tx.done < tx.total) {
-			ssize_t n = send_chunk(ep, &tx, out, sizeof out, vector);
+			ssize_t n = send_chunk(ep, &tx, out, sizeof out, calls);
 			if (n != -FI_EAGAIN) {
 				CHECK(n);
 				tx.hash = fnv1a(tx.hash, out, (size_t)n);
@@ -140,7 +151,7 @@ static void bulk(struct fabric_objects *f, struct fid_ep *ep, uint64_t bytes, ui
 			}
 		}
 		if (rx.done < rx.total) {
-			ssize_t n = receive_chunk(ep, &rx, in, sizeof in, vector);
+			ssize_t n = receive_chunk(ep, &rx, in, sizeof in, calls);
 			if (n != -FI_EAGAIN) {
 				CHECK(n);
 				EXPECT(n > 0, "bytes, got end of stream after %llu", (unsigned long long)rx.done);
@@ -164,7 +175,7 @@ static int bulk_server(const char *mode, uint64_t mib)
 	int port;
 	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
 	struct fid_ep *ep = accept_next(&f, NULL, 0);
-	bulk(&f, ep, mib << 20, 2, 1, !strcmp(mode, "vector"));
+	bulk(&f, ep, mib << 20, 2, 1, calls_named(mode));
 	CHECK(fi_close(&ep->fid));
 	CHECK(fi_close(&pep->fid));
 	close_fabric(&f);
@@ -175,7 +186,7 @@ static int bulk_client(const char *host, const char *port, const char *mode, uin
 {
 	struct fabric_objects f;
 	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
-	bulk(&f, ep, mib << 20, 1, 2, !strcmp(mode, "vector"));
+	bulk(&f, ep, mib << 20, 1, 2, calls_named(mode));
 	CHECK(fi_close(&ep->fid));
 	close_fabric(&f);
 	return 0;
@@ -635,7 +646,7 @@ static int echo_clients(const char *host, const char *port, int count, uint64_t 
 			if (c[i].finished)
 				continue;
 			if (tx[i].done < tx[i].total) {
-				ssize_t n = send_chunk(c[i].ep, &tx[i], out, sizeof out, i & 1);
+				ssize_t n = send_chunk(c[i].ep, &tx[i], out, sizeof out, (enum calls)(i % 3));
 				if (n != -FI_EAGAIN) {
 					CHECK(n);
 					tx[i].done += (uint64_t)n;
@@ -644,7 +655,7 @@ static int echo_clients(const char *host, const char *port, int count, uint64_t 
 						CHECK(fi_shutdown(c[i].ep, 0));
 				}
 			}
-			ssize_t r = receive_chunk(c[i].ep, &rx[i], c[i].buf, sizeof c[i].buf, i & 1);
+			ssize_t r = receive_chunk(c[i].ep, &rx[i], c[i].buf, sizeof c[i].buf, (enum calls)(i % 3));
 			if (r == -FI_EAGAIN)
 				continue;
 			CHECK(r);
