@@ -238,6 +238,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         guard let destination, let place = destination.withUnsafeBytes({ numericAddress($0.baseAddress!, length: $0.count) }) else {
             return -Int32(FI_EINVAL)
         }
+        // The host is numeric (from the sockaddr), so nothing under the lock waits on a name
+        // service; the core's connect is asynchronous.
         return state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
             guard case .idle = s.phase else { return -Int32(FI_EISCONN) }
             guard s.eventQueue != nil else { return -Int32(FI_ENOEQ) }
