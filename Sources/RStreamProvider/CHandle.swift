@@ -3,14 +3,17 @@ import RStreamKernel
 import CProviderSupport
 
 /// The memory of an object handed to C: the libfabric handle struct (which begins with
-/// `struct fid`) preceded, in the same allocation, by an unmanaged reference to its Swift owner.
+/// `struct fid`) preceded, in the same allocation, by an unmanaged reference to its Swift owner
+/// and a tag that says the reference is live.
 ///
 /// Invariant: `attach` retains the owner once, before the handle is given to C, and `free`
-/// releases it once; between the two the block is valid and its owner alive, so a handle a C
-/// caller holds leads to a live owner until it is closed. Every handle this provider gives out
-/// comes from here.
+/// releases it once; between the two the block is valid, tagged, and its owner alive, so a handle
+/// a C caller holds leads to a live owner until it is closed. Debug builds check the tag on every
+/// lookup (a handle never attached, or already freed, traps). Every handle this provider gives
+/// out comes from here.
 enum CHandle {
     private static let header = 16
+    private static let liveTag: UInt64 = 0x7273_7472_6561_6d21 // "rstream!"
 
     /// A zeroed block for a `Handle`, without an owner yet (an owner's init allocates its handle
     /// before it may pass `self`).
@@ -23,17 +26,22 @@ enum CHandle {
 
     static func attach<Handle>(_ owner: AnyObject, to handle: UnsafeMutablePointer<Handle>) {
         let slot = UnsafeMutableRawPointer(handle) - header
+        assert(slot.load(fromByteOffset: 8, as: UInt64.self) == 0, "a handle is attached once")
         slot.storeBytes(of: UnsafeRawPointer(Unmanaged.passRetained(owner).toOpaque()), as: UnsafeRawPointer.self)
+        slot.storeBytes(of: liveTag, toByteOffset: 8, as: UInt64.self)
     }
 
     @inline(__always)
     static func owner<Owner: AnyObject>(of handle: UnsafeRawPointer, as _: Owner.Type = Owner.self) -> Owner {
-        Unmanaged<Owner>.fromOpaque((handle - header).load(as: UnsafeRawPointer.self)).takeUnretainedValue()
+        assert((handle - header).load(fromByteOffset: 8, as: UInt64.self) == liveTag, "not a live rstream handle")
+        return Unmanaged<Owner>.fromOpaque((handle - header).load(as: UnsafeRawPointer.self)).takeUnretainedValue()
     }
 
     /// Releases the owner and frees the block; the handle is dead from here on.
     static func free(_ handle: UnsafeRawPointer) {
         let raw = UnsafeMutableRawPointer(mutating: handle - header)
+        assert(raw.load(fromByteOffset: 8, as: UInt64.self) == liveTag, "a handle is freed once")
+        raw.storeBytes(of: 0, toByteOffset: 8, as: UInt64.self)
         Unmanaged<AnyObject>.fromOpaque(raw.load(as: UnsafeRawPointer.self)).release()
         raw.deallocate()
     }

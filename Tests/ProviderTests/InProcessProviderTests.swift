@@ -1,7 +1,7 @@
 import CLibfabric
 import Foundation
 import RStreamKernel
-import RStreamProvider
+@testable import RStreamProvider
 import Synchronization
 import Testing
 
@@ -140,4 +140,36 @@ import Testing
             #expect(fi_close(object) == 0)
         }
     }
+}
+
+@Suite struct HandleInvariantTests {
+    final class Owner {}
+
+    @Test func aHandleLeadsToItsOwnerUntilFreed() {
+        let owner = Owner()
+        let handle = CHandle.allocate(fid.self)
+        CHandle.attach(owner, to: handle)
+        #expect(CHandle.owner(of: handle, as: Owner.self) === owner)
+        weak let released = owner
+        CHandle.free(handle)
+        _ = consume owner
+        #expect(released == nil, "free releases the owner")
+    }
+
+    #if DEBUG
+    @Test func aHandleNeverAttachedTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let handle = CHandle.allocate(fid.self)
+            _ = CHandle.owner(of: handle, as: Owner.self)
+        }
+    }
+
+    @Test func aHandleAttachedTwiceTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let handle = CHandle.allocate(fid.self)
+            CHandle.attach(Owner(), to: handle)
+            CHandle.attach(Owner(), to: handle)
+        }
+    }
+    #endif
 }
