@@ -13,6 +13,18 @@ let productsDirectory: URL = {
     return here
 }()
 
+/// A C compiler: the system's `cc`, else the Swift toolchain's own `clang` (a Debian machine set
+/// up only for Swift may have no gcc).
+let cCompiler: String = {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin"
+    for name in ["cc", "clang"] {
+        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+            return "\(directory)/\(name)"
+        }
+    }
+    return "/usr/bin/cc"
+}()
+
 /// The C test program, compiled once per run against the system's libfabric headers.
 let cProgram: Result<URL, CProgramError> = {
     let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("C/provider_test.c")
@@ -20,8 +32,8 @@ let cProgram: Result<URL, CProgramError> = {
     let flags = (try? run("/usr/bin/pkg-config", ["--cflags", "--libs", "libfabric"]).output) ?? "-lfabric"
     let arguments = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-o", output.path, source.path]
         + flags.split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty } + ["-lpthread"]
-    guard let compiled = try? run("/usr/bin/cc", arguments), compiled.status == 0 else {
-        return .failure(CProgramError(message: "cc failed: \((try? run("/usr/bin/cc", arguments).errors) ?? "")"))
+    guard let compiled = try? run(cCompiler, arguments), compiled.status == 0 else {
+        return .failure(CProgramError(message: "\(cCompiler) failed: \((try? run(cCompiler, arguments).errors) ?? "")"))
     }
     return .success(output)
 }()
@@ -249,7 +261,7 @@ final class ServerSide {
         try block.write(to: source, atomically: true, encoding: .utf8)
         let flags = try run("/usr/bin/pkg-config", ["--cflags", "--libs", "libfabric"]).output
             .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
-        let compiled = try run("/usr/bin/cc", ["-Wall", "-Werror", "-o", binary.path, source.path] + flags)
+        let compiled = try run(cCompiler, ["-Wall", "-Werror", "-o", binary.path, source.path] + flags)
         #expect(compiled.status == 0, "\(compiled.errors)")
         let server = try ServerSide(["listen", "--host", "127.0.0.1", "--port", "0", "--once", "--provider", "tcp"],
                                     executable: productsDirectory.appendingPathComponent("rstream"),
