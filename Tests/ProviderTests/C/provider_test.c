@@ -330,7 +330,17 @@ static int options(void)
 	expect_option(ep, FI_OPT_CM_DATA_SIZE, cm, 0);
 	expect_option(ep, FI_OPT_CM_DATA_SIZE, cm + 1, -FI_EINVAL);
 	expect_option(ep, FI_OPT_CM_DATA_SIZE, 16, 0);
-	size_t v = 4096;
+	size_t v = 4096, small_len = 4;
+	EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_TX_SIZE, NULL, sizeof v) == -FI_EINVAL, "a null value");
+	EXPECT(fi_getopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_TX_SIZE, &v, &small_len) == -FI_EINVAL, "a short buffer");
+	EXPECT(fi_getopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_TX_SIZE, NULL, NULL) == -FI_EINVAL, "no buffer");
+	EXPECT(fi_getname(&ep->fid, &v, NULL) == -FI_EINVAL, "fi_getname without a length");
+	EXPECT(fi_ep_bind(ep, &f.domain->fid, 0) == -FI_ENOSYS, "binding a domain (not an event queue)");
+	EXPECT(fi_control(&ep->fid, FI_GETWAIT, NULL) == -FI_EINVAL, "FI_GETWAIT without a place for the descriptor");
+	EXPECT(fi_control(&ep->fid, FI_GETOPSFLAG, &v) == -FI_ENOSYS, "a command the endpoint does not have");
+	struct sockaddr_in nowhere = { .sin_family = 12345 };
+	EXPECT(fi_connect(ep, &nowhere, NULL, 0) == -FI_EINVAL, "an address of an unknown family");
+	v = 4096;
 	EXPECT(fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_MIN_MULTI_RECV, &v, sizeof v) == -FI_ENOPROTOOPT,
 	       "an option the provider does not have");
 	EXPECT(fi_setopt(&ep->fid, 7, FI_OPT_SEND_BUF_SIZE, &v, sizeof v) == -FI_ENOPROTOOPT, "another level");
