@@ -201,7 +201,8 @@ package struct OfferedConnection: ~Copyable {
 }
 
 package enum ActiveConnector {
-    static func place(_ host: String, _ port: UInt16) -> String {
+    /// `host:port`, with an IPv6 host in brackets.
+    package static func place(_ host: String, _ port: UInt16) -> String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
@@ -296,9 +297,9 @@ package enum CoreLimits {
     /// Bytes of connection data the core carries (`FI_OPT_CM_DATA_SIZE` of one of its passive
     /// endpoints, opened once per core and process and closed again).
     package static func connectionData(_ requirements: CoreRequirements) throws(RStreamError) -> Int {
-        let info = try FabricInfo.query(requirements, node: nil, service: nil, source: false)
-        let key = "\(info.attributes.provider)|\(requirements.iwarp)"
+        let key = "\(requirements.provider ?? "*")|\(requirements.iwarp)" // "*": whichever core query picks
         if let known = cache.withCheckedLock(key: lockKey(cacheOwner), { $0[key] }) { return known }
+        let info = try FabricInfo.query(requirements, node: nil, service: nil, source: false)
         let domain = try Domain.shared(for: info.head)
         var pep: UnsafeMutablePointer<fid_pep>?
         try fabricCheck(.passiveEndpoint, "fi_passive_ep") { fi_passive_ep(domain.fabric, info.head, &pep, nil) }

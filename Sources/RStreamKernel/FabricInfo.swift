@@ -86,32 +86,31 @@ package struct FabricInfo: ~Copyable {
     ) throws(RStreamError) -> FabricInfo {
         var lastError = RStreamError(.noProvider, "no core provider was tried")
         for provider in candidateProviders(explicit: requirements.provider) {
-            // Ask for manual data progress first; a core that only offers automatic progress is
-            // still usable (it progresses itself), so ask again without the preference.
-            for progress in [FI_PROGRESS_MANUAL, FI_PROGRESS_UNSPEC] {
-                do throws(RStreamError) {
-                    return try queryOne(provider: provider, progress: progress, requirements, node: node,
-                                        service: service, flags: source ? UInt64(FI_SOURCE) : 0)
-                } catch {
-                    lastError = error
-                    if error.kind == .unreachable { throw error }
-                }
+            do throws(RStreamError) {
+                return try queryCore(provider, iwarp: requirements.iwarp, node: node, service: service,
+                                     flags: source ? UInt64(FI_SOURCE) : 0)
+            } catch {
+                lastError = error
+                if error.kind == .unreachable { throw error }
             }
         }
         throw lastError
     }
 
-    /// Every fi_info one core offers for a stream endpoint, manual progress preferred; `flags` and
-    /// `customize` carry what a caller of the provider asked for (addresses, FI_NUMERICHOST).
+    /// Every fi_info one core offers for a stream endpoint; `flags` and `customize` carry what a
+    /// caller of the provider asked for (addresses, FI_NUMERICHOST). Manual data progress is
+    /// asked for first; a core that only offers automatic progress is still usable (it
+    /// progresses itself), so it is asked again without the preference.
     package static func queryCore(
         _ provider: String, iwarp: Bool, node: String?, service: String?, flags: UInt64,
-        customize: (UnsafeMutablePointer<fi_info>) -> Void
+        customize: (UnsafeMutablePointer<fi_info>) -> Void = { _ in }
     ) throws(RStreamError) -> FabricInfo {
         let requirements = CoreRequirements(provider: provider, iwarp: iwarp)
         do throws(RStreamError) {
             return try queryOne(provider: provider, progress: FI_PROGRESS_MANUAL, requirements, node: node,
                                 service: service, flags: flags, customize: customize)
         } catch {
+            if error.kind == .unreachable { throw error }
             return try queryOne(provider: provider, progress: FI_PROGRESS_UNSPEC, requirements, node: node,
                                 service: service, flags: flags, customize: customize)
         }
@@ -120,7 +119,7 @@ package struct FabricInfo: ~Copyable {
     private static func queryOne(
         provider: String, progress: fi_progress, _ requirements: CoreRequirements,
         node: String?, service: String?, flags: UInt64,
-        customize: (UnsafeMutablePointer<fi_info>) -> Void = { _ in }
+        customize: (UnsafeMutablePointer<fi_info>) -> Void
     ) throws(RStreamError) -> FabricInfo {
         let source = flags & UInt64(FI_SOURCE) != 0
         guard let hints = fi_allocinfo() else { throw RStreamError(.fabric, code: ENOMEM, "fi_allocinfo failed") }

@@ -532,6 +532,19 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         return .wouldBlock
     }
 
+    /// Copies `count` received bytes (no more than are in the ring) out of the receive ring from
+    /// `offset` into `destination`, wrapping at most once; returns the offset after them.
+    @inline(__always)
+    private func copyOut(_ count: Int, from offset: Int, to destination: UnsafeMutableRawPointer) -> Int {
+        assert(count <= receiveCapacity && offset < receiveCapacity, "copy of \(count) bytes at \(offset)")
+        let ring = transport.receiveRing.baseAddress!
+        let first = min(count, receiveCapacity - offset)
+        destination.copyMemory(from: ring + offset, byteCount: first)
+        if first < count { (destination + first).copyMemory(from: ring, byteCount: count - first) }
+        let end = offset + count
+        return end >= receiveCapacity ? end - receiveCapacity : end
+    }
+
     /// Copies received bytes into `buffer`; at least one byte, or would block, or end of stream
     /// after the peer's FIN and every byte before it. A failure is reported once the bytes that
     /// arrived before it have been read.
@@ -539,18 +552,12 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         precondition(buffer.count > 0, "receive into an empty buffer")
         progress()
         let done = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
-            let ring = transport.receiveRing.baseAddress!
-            var used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
-            var done = 0
-            while done < buffer.count && used > 0 {
-                let span = min(used, receiveCapacity - r.readOffset, buffer.count - done)
-                (buffer.baseAddress! + done).copyMemory(from: ring + r.readOffset, byteCount: span)
-                r.readOffset += span
-                if r.readOffset == receiveCapacity { r.readOffset = 0 }
-                done += span
-                used -= span
+            let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
+            let done = min(used, buffer.count)
+            if done > 0 {
+                r.readOffset = copyOut(done, from: r.readOffset, to: buffer.baseAddress!)
+                hot.pointee.consumed.add(done, ordering: .releasing)
             }
-            if done > 0 { hot.pointee.consumed.add(done, ordering: .releasing) }
             return done
         }
         guard done > 0 else { return try outcomeWhenEmpty() }
@@ -585,17 +592,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package func peek(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         progress()
         let available = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
-            let ring = transport.receiveRing.baseAddress!
             let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
-            var offset = r.readOffset
-            var done = 0
-            while done < min(used, buffer.count) {
-                let span = min(used, buffer.count) - done
-                let run = min(span, receiveCapacity - offset)
-                (buffer.baseAddress! + done).copyMemory(from: ring + offset, byteCount: run)
-                offset = offset + run == receiveCapacity ? 0 : offset + run
-                done += run
-            }
+            let copied = min(used, buffer.count)
+            if copied > 0 { _ = copyOut(copied, from: r.readOffset, to: buffer.baseAddress!) }
             return used
         }
         guard available > 0 else { return try outcomeWhenEmpty() }
@@ -611,16 +610,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let taken = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
             let used = hot.pointee.received.load(ordering: .acquiring) - hot.pointee.consumed.load(ordering: .relaxed)
             guard used >= buffer.count else { return false }
-            let ring = transport.receiveRing.baseAddress!
-            var done = 0
-            while done < buffer.count {
-                let span = min(receiveCapacity - r.readOffset, buffer.count - done)
-                (buffer.baseAddress! + done).copyMemory(from: ring + r.readOffset, byteCount: span)
-                r.readOffset += span
-                if r.readOffset == receiveCapacity { r.readOffset = 0 }
-                done += span
-            }
-            hot.pointee.consumed.add(done, ordering: .releasing)
+            r.readOffset = copyOut(buffer.count, from: r.readOffset, to: buffer.baseAddress!)
+            hot.pointee.consumed.add(buffer.count, ordering: .releasing)
             return true
         }
         if taken {

@@ -248,7 +248,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             do throws(RStreamError) {
                 let transport = try ActiveConnector.begin(host: place.host, port: place.port, shape: s.shape,
                                                           requirements: facts.requirements, userData: Self.bytes(param, length))
-                s.phase = .connecting(transport, place: place.host.contains(":") ? "[\(place.host)]:\(place.port)" : "\(place.host):\(place.port)")
+                s.phase = .connecting(transport, place: ActiveConnector.place(place.host, place.port))
                 s.eventQueue?.watch(transport.eventQueue.waitDescriptor)
                 return 0
             } catch {
