@@ -149,17 +149,11 @@ public final class StreamConnection: Sendable {
     }
 
     /// Accepts all of `bytes` in this one call, or none: for records that several threads send on
-    /// one stream and that must not be split.
+    /// one stream and that must not be split. The room is checked and the bytes taken in one step
+    /// under the stream's send lock, so two senders never interleave. A record larger than the
+    /// send ring or the peer's receive ring can never go whole: `writableBytes` bounds it.
     public func trySendWhole(_ bytes: some Collection<UInt8>) throws(RStreamError) -> SendResult {
-        let n = try withEngine { (engine) throws(RStreamError) -> Int in
-            if engine.writableCount < bytes.count { engine.progress() }
-            guard engine.writableCount >= bytes.count else {
-                if let failure = engine.failure { throw failure }
-                return 0
-            }
-            return try engine.send(contentsOf: bytes)
-        }
-        precondition(n == 0 || n == bytes.count, "a whole send was split")
+        let n = try withEngine { (engine) throws(RStreamError) -> Int in try engine.sendWhole(contentsOf: bytes) }
         return n > 0 || bytes.isEmpty ? .sent(n) : .wouldBlock
     }
 
@@ -198,7 +192,10 @@ public final class StreamConnection: Sendable {
     }
 
     /// Receives exactly `buffer.count` bytes in this one call, or none (would block until that many
-    /// have arrived): for records that several threads receive from one stream.
+    /// have arrived): for records that several threads receive from one stream. At the end of the
+    /// stream it reports `.endOfStream` as soon as that many can no longer come, even while a
+    /// shorter tail is still readable: `readableBytes` tells how long, `tryReceive(into:)` hands
+    /// it out. A failure is thrown the same way, once no whole record can come.
     public func tryReceive(exactly buffer: inout [UInt8]) throws(RStreamError) -> ReceiveResult {
         precondition(!buffer.isEmpty, "receive into an empty buffer")
         let outcome = try withEngine { (engine) throws(RStreamError) -> ReceiveOutcome in
@@ -310,6 +307,7 @@ extension StreamOptions {
         var shape = EndpointShape(sendRingSize: sendRingSize, receiveRingSize: receiveRingSize, txQueueSize: txQueueSize,
                                   rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
         shape.waitDescriptor = waitDescriptor
+        shape.peerTimeout = peerTimeout
         return shape
     }
 

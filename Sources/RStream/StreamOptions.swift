@@ -24,11 +24,17 @@ public struct StreamOptions: Sendable, Equatable {
     /// The NUMA node for the rings; nil: the NIC's node where the core reports it, else the
     /// calling thread's node.
     public var numaNode: Int?
+    /// How long the peer may send nothing before the stream fails with `.timedOut`, after every
+    /// byte that arrived (default 30 s; nil: for ever). Each side sends a heartbeat after a second
+    /// without a word while it is driven, so a live peer is never silent that long; a cut link or
+    /// a peer that stopped calling is. At least `peerTimeoutRange.lowerBound`.
+    public var peerTimeout: Duration? = .seconds(30)
 
     public static let ringSizeRange = EndpointShape.ringSizes
     public static let txQueueSizeRange = EndpointShape.txQueueSizes
     public static let rxCreditRange = EndpointShape.rxCreditCounts
     public static let busyPollWindowRange: ClosedRange<Duration> = .zero ... .seconds(1)
+    public static let peerTimeoutRange: ClosedRange<Duration> = Liveness.shortestPeerTimeout ... .seconds(86_400)
 
     public init() {}
 
@@ -45,6 +51,9 @@ public struct StreamOptions: Sendable, Equatable {
         try check("rx credits", rxCredits, Self.rxCreditRange)
         guard Self.busyPollWindowRange.contains(busyPollWindow) else {
             throw RStreamError(.invalidOption, code: 22, "busy-poll window \(busyPollWindow) is outside 0 seconds...1 second")
+        }
+        if let peerTimeout, !Self.peerTimeoutRange.contains(peerTimeout) {
+            throw RStreamError(.invalidOption, code: 22, "peer timeout \(peerTimeout) is outside \(Self.peerTimeoutRange.lowerBound)...\(Self.peerTimeoutRange.upperBound) (nil: never)")
         }
         if let numaNode { try NUMAPlacement.check(node: numaNode) }
         if let provider, provider.isEmpty || provider.contains(where: { $0 == ";" || $0.isWhitespace }) {

@@ -2,10 +2,11 @@
 /// base_addr u64, rkey u64, ring_size u32, rx_credits u16, version u8, flags u8 (bit 0: iWarp).
 package struct ConnectionBlock: Equatable, Sendable {
     package static let size = 24
-    package static let version: UInt8 = 3
+    package static let version: UInt8 = 4
     package static let iwarpFlag: UInt8 = 1
     package static let ringSizes = 4096...((1 << 20) - 1)
-    package static let rxCreditRange = 3...511
+    /// Protocol v4: at least 4 (3 deadlocks where data consumes receives; NOTES.md).
+    package static let rxCreditRange = 4...511
 
     package var baseAddress: UInt64
     package var key: UInt64

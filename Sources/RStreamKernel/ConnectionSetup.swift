@@ -56,7 +56,7 @@ package final class PassiveListener: @unchecked Sendable {
             self.port = bound?.port ?? port
             boundAddress = withUnsafeBytes(of: &storage) { Array($0.prefix(length)) }
         } catch {
-            _ = fi_close(fidOf(pep!))
+            closeFabricObject(fidOf(pep!), "passive endpoint")
             throw error
         }
         self.info = info
@@ -64,10 +64,10 @@ package final class PassiveListener: @unchecked Sendable {
         self.eventQueue = eventQueue
         self.pep = pep!
         waitSet = eventQueue.waitDescriptor.flatMap { WaitSet(waitDescriptors: [$0]) }
-        if let waitSet { eventQueue.register(waitSet, for: 0) }
+        if let waitSet { eventQueue.registerRequestWaker(waitSet) }
     }
 
-    deinit { _ = fi_close(fidOf(pep)) }
+    deinit { closeFabricObject(fidOf(pep), "passive endpoint") }
 
 
     /// True when the caller may sleep on `waitSet` until a request comes; false when one is
@@ -161,7 +161,7 @@ package final class PassiveListener: @unchecked Sendable {
     /// check is rejected with the reason and reported as a `protocolViolation`; the listener goes on.
     package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> FabricStreamEngine {
         let accepted = try acceptConnection(shape: shape, deadline: deadline)
-        return FabricStreamEngine(transport: accepted.transport, peer: accepted.peer)
+        return try FabricStreamEngine(transport: accepted.transport, peer: accepted.peer, peerTimeout: shape.peerTimeout)
     }
 
     /// `accept` without the stream engine: the connected transport and the peer's checked block.
@@ -175,7 +175,7 @@ package final class PassiveListener: @unchecked Sendable {
             throw RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)")
         }
         let transport = try beginAccept(request, peer: peer, shape: shape)
-        let key = transport.fidKey
+        let key = transport.eventKey
         let event = try EventQueue.wait(until: deadline, "the accepted connection to complete") { () throws(RStreamError) in
             try eventQueue.takeEvent(for: key)
         }
@@ -236,7 +236,7 @@ package enum ActiveConnector {
     ) throws(RStreamError) -> OfferedConnection {
         let place = place(host, port)
         let transport = try begin(host: host, port: port, shape: shape, requirements: requirements, block: block)
-        let key = transport.fidKey
+        let key = transport.eventKey
         do throws(RStreamError) {
             let event = try EventQueue.wait(until: deadline, "the connection to \(place)") { () throws(RStreamError) in
                 try transport.eventQueue.takeEvent(for: key)
@@ -263,7 +263,8 @@ package enum ActiveConnector {
                 throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
             }
             transport.connect(to: peer)
-            return (FabricStreamEngine(transport: transport, peer: peer), data.dropFirst(ConnectionBlock.size))
+            let engine = try FabricStreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout)
+            return (engine, data.dropFirst(ConnectionBlock.size))
         case .shutdown:
             throw RStreamError(.connectionReset, code: 104, "\(place) closed the connection while it was being made")
         case .failed(let code, let data):
@@ -303,7 +304,7 @@ package enum CoreLimits {
         let domain = try Domain.shared(for: info.head)
         var pep: UnsafeMutablePointer<fid_pep>?
         try fabricCheck(.passiveEndpoint, "fi_passive_ep") { fi_passive_ep(domain.fabric, info.head, &pep, nil) }
-        defer { _ = fi_close(fidOf(pep!)) }
+        defer { closeFabricObject(fidOf(pep!), "passive endpoint") }
         var size = 0
         var length = MemoryLayout<Int>.size
         try fabricCheck(.getopt, "fi_getopt(FI_OPT_CM_DATA_SIZE)") {

@@ -62,7 +62,7 @@ package struct CoreBaseline: ~Copyable {
         while left > 0 {
             let n = min(left, Self.regionSize, peerRegion)
             while outstanding >= window { try poll() }
-            while try !transport.write(sendOffset: 0, length: n, remoteOffset: 0, word: 0x8000_0000 | UInt32(n), writeSlot: 0) {
+            while try transport.write(sendOffset: 0, length: n, remoteOffset: 0, word: 0x8000_0000 | UInt32(n), writeSlot: 0) != .complete {
                 try poll()
             }
             outstanding += 1

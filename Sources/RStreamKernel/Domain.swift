@@ -25,7 +25,7 @@ package final class Domain: @unchecked Sendable {
         do throws(RStreamError) {
             try fabricCheck(.domain, "fi_domain(\(attributes.domain))") { fi_domain(fabric, info, &domain, nil) }
         } catch {
-            _ = fi_close(fidOf(fabric!))
+            closeFabricObject(fidOf(fabric!), "fabric")
             throw error
         }
         self.fabric = fabric!
@@ -33,8 +33,8 @@ package final class Domain: @unchecked Sendable {
     }
 
     deinit {
-        _ = fi_close(fidOf(domain))
-        _ = fi_close(fidOf(fabric))
+        closeFabricObject(fidOf(domain), "domain")
+        closeFabricObject(fidOf(fabric), "fabric")
     }
 
     /// A key for a registration when the core lets us choose (no `FI_MR_PROV_KEY`).

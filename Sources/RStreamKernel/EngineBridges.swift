@@ -26,6 +26,18 @@ extension StreamEngine where Transport == FabricTransport {
         return try sendByElement(bytes)
     }
 
+    /// All of `bytes` or none, in one step under the send lock (`sendWhole`).
+    package func sendWhole<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
+        var result: Result<Int, RStreamError>?
+        _ = bytes.withContiguousStorageIfAvailable { buffer in
+            result = Result { () throws(RStreamError) in try sendWhole(UnsafeRawBufferPointer(buffer)) }
+        }
+        if result == nil {
+            result = Array(bytes).withUnsafeBytes { raw in Result { () throws(RStreamError) in try sendWhole(raw) } }
+        }
+        return try result!.get()
+    }
+
     package func receive(exactlyInto buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
         var result: Result<ReceiveOutcome, RStreamError>!
         buffer.withUnsafeMutableBytes { raw in
@@ -77,7 +89,7 @@ extension StreamEngine where Transport == FabricTransport {
     package func pollConnectionEvents() {
         let event: ConnectionEvent?
         do throws(RStreamError) {
-            event = try transport.eventQueue.takeEvent(for: transport.fidKey)
+            event = try transport.eventQueue.takeEvent(for: transport.eventKey)
         } catch {
             return
         }
@@ -100,7 +112,7 @@ extension StreamEngine where Transport == FabricTransport {
             let verdict = withProgressLock { () -> Bool? in
                 // Armed before the last look: whatever happens after it rings the wait set.
                 waitSet.arm()
-                if transport.eventQueue.hasEvent(for: transport.fidKey) { return nil }
+                if transport.eventQueue.hasEvent(for: transport.eventKey) { return nil }
                 if interest.contains(.readable) && isReadable { return false }
                 if interest.contains(.writable) && mayBeWritable { return false }
                 guard transport.tryWait() == 0 else { return nil }

@@ -12,6 +12,16 @@ package enum ConnectionEvent: Sendable, Equatable {
     case failed(code: Int32, data: [UInt8])
 }
 
+/// Names one endpoint to the event queue for as long as it is open; never reused in a process.
+package struct EndpointToken: Hashable, Sendable {
+    package let value: UInt
+    private static let next = Atomic<UInt>(1)
+    package static func make() -> EndpointToken { EndpointToken(value: next.add(1, ordering: .relaxed).oldValue) }
+    private init(value: UInt) { self.value = value }
+    /// The token as the context pointer given to `fi_endpoint`.
+    package var context: UnsafeMutableRawPointer? { UnsafeMutableRawPointer(bitPattern: value) }
+}
+
 /// A connection request read from a listener's queue. Its `info` must be handed to an endpoint
 /// (which then owns it) or to `fi_reject` and freed.
 package struct ConnectionRequest: @unchecked Sendable {
@@ -20,21 +30,32 @@ package struct ConnectionRequest: @unchecked Sendable {
 }
 
 /// Owner of one event queue, which may serve a listener and every endpoint it accepted. Whoever
-/// reads the queue routes each event to the endpoint (by fid) or listener it belongs to, so that
-/// many connections share it without stealing each other's events.
+/// reads the queue routes each event to the endpoint or listener it belongs to, so that many
+/// connections share it without stealing each other's events.
 ///
-/// Invariant: the queue is read only under `demux`'s lock; an undelivered request's `info` is
-/// freed in deinit.
+/// Endpoints are known by a token of our own (`EndpointToken`, also the context given to
+/// `fi_endpoint`), never by their fid's address alone: a closed endpoint's address can be reused
+/// by the next one opened, and a late `forget` of the old one must not delete the new one's events.
+/// The fid address is only the way to find the token while the endpoint is open.
+///
+/// Invariant: the queue is read only under `demux`'s lock; an endpoint is registered before it
+/// can have events (before `fi_connect`/`fi_accept`) and forgotten before it is closed (the core
+/// purges a closed endpoint's queued events, so no later event can name its address); events for
+/// a fid that is not registered are dropped; an undelivered request's `info` is freed in deinit.
 package final class EventQueue: @unchecked Sendable {
     package let handle: UnsafeMutablePointer<fid_eq>
     package let domain: Domain
 
     private struct Demux {
         var requests: [ConnectionRequest] = []
-        var events: [UInt: [ConnectionEvent]] = [:]
-        /// The wait sets to ring when an event is routed to their endpoint (or, at key 0, a request
-        /// to the listener): whoever reads the queue may not be the one waiting for the event.
-        var wakers: [UInt: WaitSet] = [:]
+        /// Open endpoints: fid address → token.
+        var tokens: [UInt: EndpointToken] = [:]
+        var events: [EndpointToken: [ConnectionEvent]] = [:]
+        /// The wait sets to ring when an event is routed to their endpoint: whoever reads the
+        /// queue may not be the one waiting for the event.
+        var wakers: [EndpointToken: WaitSet] = [:]
+        /// Rung when a connection request is queued.
+        var requestWaker: WaitSet?
     }
     private let demux = Mutex(Demux())
 
@@ -63,9 +84,17 @@ package final class EventQueue: @unchecked Sendable {
         }
     }
 
-    /// Rings `waitSet` whenever an event is routed to `key` (0: connection requests).
-    package func register(_ waitSet: WaitSet, for key: UInt) {
-        demux.withCheckedLock(key: lockKey(self)) { $0.wakers[key] = waitSet }
+    /// Starts routing the events of `endpoint` to `token`, ringing `waitSet` (if any) for each.
+    package func register(_ endpoint: UnsafeMutablePointer<fid>, as token: EndpointToken, waitSet: WaitSet?) {
+        demux.withCheckedLock(key: lockKey(self)) { d in
+            d.tokens[Self.address(endpoint)] = token
+            d.wakers[token] = waitSet
+        }
+    }
+
+    /// Rings `waitSet` whenever a connection request is queued.
+    package func registerRequestWaker(_ waitSet: WaitSet) {
+        demux.withCheckedLock(key: lockKey(self)) { $0.requestWaker = waitSet }
     }
 
     /// `fi_trywait` on this queue: 0 when a caller may sleep on its descriptor.
@@ -83,11 +112,11 @@ package final class EventQueue: @unchecked Sendable {
     }
 
     deinit {
-        _ = fi_close(fidOf(handle))
+        closeFabricObject(fidOf(handle), "event queue")
         demux.withCheckedLock(key: lockKey(self)) { d in for r in d.requests { fi_freeinfo(r.info) } }
     }
 
-    package static func key(_ object: UnsafeMutablePointer<fid>) -> UInt { UInt(bitPattern: object) }
+    private static func address(_ object: UnsafeMutablePointer<fid>) -> UInt { UInt(bitPattern: object) }
 
     /// Reads every event now waiting and routes it.
     private func drain(_ d: inout Demux) throws(RStreamError) {
@@ -109,7 +138,7 @@ package final class EventQueue: @unchecked Sendable {
                 if let p = err.err_data, err.err_data_size > 0 {
                     data = Array(UnsafeRawBufferPointer(start: p, count: err.err_data_size))
                 }
-                if let f = err.fid { route(.failed(code: err.err, data: data), to: Self.key(f), &d) }
+                if let f = err.fid { route(.failed(code: err.err, data: data), from: f, &d) }
                 continue
             }
             if n < 0 { throw RStreamError.fabric(n, "fi_eq_read") }
@@ -121,25 +150,27 @@ package final class EventQueue: @unchecked Sendable {
             case UInt32(FI_CONNREQ):
                 if let info {
                     d.requests.append(ConnectionRequest(info: info, peerData: data))
-                    d.wakers[0]?.stateMayHaveChanged()
+                    d.requestWaker?.stateMayHaveChanged()
                 }
             case UInt32(FI_CONNECTED):
-                if let fid { route(.connected(peerData: data), to: Self.key(fid), &d) }
+                if let fid { route(.connected(peerData: data), from: fid, &d) }
             case UInt32(FI_SHUTDOWN):
-                if let fid { route(.shutdown, to: Self.key(fid), &d) }
+                if let fid { route(.shutdown, from: fid, &d) }
             default:
                 if let info { fi_freeinfo(info) }
             }
         }
     }
 
-    private func route(_ event: ConnectionEvent, to key: UInt, _ d: inout Demux) {
-        d.events[key, default: []].append(event)
-        d.wakers[key]?.stateMayHaveChanged()
+    /// Queues `event` for the endpoint `fid` is; dropped when it is no endpoint still open here.
+    private func route(_ event: ConnectionEvent, from fid: UnsafeMutablePointer<fid>, _ d: inout Demux) {
+        guard let token = d.tokens[Self.address(fid)] else { return }
+        d.events[token, default: []].append(event)
+        d.wakers[token]?.stateMayHaveChanged()
     }
 
     /// The next event for the endpoint `key`, if one has arrived.
-    package func takeEvent(for key: UInt) throws(RStreamError) -> ConnectionEvent? {
+    package func takeEvent(for key: EndpointToken) throws(RStreamError) -> ConnectionEvent? {
         try demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> ConnectionEvent? in
             if d.events[key]?.isEmpty ?? true { try drain(&d) }
             guard var list = d.events[key], !list.isEmpty else { return nil }
@@ -150,20 +181,25 @@ package final class EventQueue: @unchecked Sendable {
     }
 
     /// True when an event for `key` is queued (reading the queue first).
-    package func hasEvent(for key: UInt) -> Bool {
+    package func hasEvent(for key: EndpointToken) -> Bool {
         (try? demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> Bool in
             try drain(&d)
             return !(d.events[key]?.isEmpty ?? true)
         }) ?? true
     }
 
-    /// Drops whatever is still queued for a closed endpoint.
-    package func forget(_ key: UInt) {
+    /// Stops routing to an endpoint about to be closed and drops what is queued for it. Called
+    /// before `fi_close`, so that an endpoint opened afterwards at the same address is a stranger.
+    package func forget(_ endpoint: UnsafeMutablePointer<fid>, token: EndpointToken) {
         demux.withCheckedLock(key: lockKey(self)) { d in
-            d.events.removeValue(forKey: key)
-            d.wakers.removeValue(forKey: key)
+            if d.tokens[Self.address(endpoint)] == token { d.tokens.removeValue(forKey: Self.address(endpoint)) }
+            d.events.removeValue(forKey: token)
+            d.wakers.removeValue(forKey: token)
         }
     }
+
+    /// How many endpoints are registered (for tests: a closed endpoint leaves nothing behind).
+    package var registeredEndpoints: Int { demux.withCheckedLock(key: lockKey(self)) { $0.tokens.count } }
 
     package func takeRequest() throws(RStreamError) -> ConnectionRequest? {
         try demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) -> ConnectionRequest? in

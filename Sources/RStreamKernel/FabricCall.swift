@@ -1,31 +1,55 @@
+import CLibfabric
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Every libfabric call the kernel makes goes through `fabricCall`, so that a test can make any one
-/// of them fail with a chosen code (the way swift-system's IORing tests inject errors).
+/// of them fail with a chosen code (the way swift-system's IORing tests inject errors); so does
+/// every allocation of a ring or hot-state region (`allocation`). Debug builds only: in release
+/// builds the check compiles to nothing.
 package enum FabricCallSite: Int, Sendable, CaseIterable {
     case getinfo, fabric, domain, eqOpen, cqOpen, endpoint, passiveEndpoint, bind, enable, listen,
-         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname, getopt
+         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname, getopt,
+         allocation
 }
 
 package enum FaultInjection {
-    // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all the hot path pays.
+    #if DEBUG
+    // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all a debug build pays.
     private static let armed = Atomic<UInt64>(0)
     // Only the thread that armed a fault trips it, so tests running beside it are not disturbed.
     private static let armingThread = Atomic<UInt>(0)
+    #endif
 
-    /// Makes the next call at `site` on this thread return `-code` instead of running.
+    /// Makes the next call at `site` on this thread return `-code` instead of running (debug
+    /// builds; a release build ignores it).
     package static func failNext(_ site: FabricCallSite, code: Int32) {
+        #if DEBUG
         armingThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
+        #endif
     }
 
-    package static func disarm() { armed.store(0, ordering: .sequentiallyConsistent) }
+    package static func disarm() {
+        #if DEBUG
+        armed.store(0, ordering: .sequentiallyConsistent)
+        #endif
+    }
 
+    /// True while a fault is armed and not yet tripped.
+    package static var isArmed: Bool {
+        #if DEBUG
+        return armed.load(ordering: .sequentiallyConsistent) != 0
+        #else
+        return false
+        #endif
+    }
+
+    /// The injected failure (a negative code) for a call at `site` on this thread, once.
     @inline(__always)
-    fileprivate static func injected(at site: FabricCallSite) -> Int? {
+    package static func injected(at site: FabricCallSite) -> Int? {
+        #if DEBUG
         let word = armed.load(ordering: .relaxed)
         guard word != 0, word >> 32 == UInt64(site.rawValue + 1),
               armingThread.load(ordering: .acquiring) == UInt(pthread_self()) else { return nil }
@@ -33,6 +57,9 @@ package enum FaultInjection {
             return nil
         }
         return -Int(UInt32(truncatingIfNeeded: word))
+        #else
+        return nil
+        #endif
     }
 }
 
@@ -50,4 +77,13 @@ package func fabricCheck<R: BinaryInteger>(
 ) throws(RStreamError) {
     let rc = fabricCall(site, call)
     if rc < 0 { throw RStreamError.fabric(rc, context()) }
+}
+
+/// Closes a libfabric object whose owner is going away. Nothing can be done about a failure
+/// then, but it means a leak or a bug (an object closed with dependents still open): debug
+/// builds stop on it, so tests see it.
+@inline(__always)
+package func closeFabricObject(_ object: UnsafeMutablePointer<fid>, _ what: @autoclosure () -> String) {
+    let rc = fi_close(object)
+    assert(rc == 0, "fi_close(\(what())) failed: \(rc)")
 }

@@ -22,6 +22,10 @@ package struct EndpointShape: Sendable, Equatable {
     /// Open the completion queue with a wait descriptor (`FI_WAIT_FD`). Some cores (tcp) then
     /// signal it on every completion, which costs latency; busy-pollers may do without.
     package var waitDescriptor = true
+    /// How long the peer may be silent before the stream fails with `.timedOut` (protocol v4's
+    /// liveness); nil: for ever.
+    package var peerTimeout: Duration? = EndpointShape.defaultPeerTimeout
+    package static let defaultPeerTimeout: Duration = .seconds(30)
     package init(sendRingSize: Int, receiveRingSize: Int, txQueueSize: Int, rxCredits: Int, iwarp: Bool, numaNode: Int? = nil) {
         self.sendRingSize = sendRingSize
         self.receiveRingSize = receiveRingSize
@@ -41,8 +45,8 @@ package struct EndpointShape: Sendable, Equatable {
 /// themselves are freed after that, as the object's fields are destroyed. Exactly `rxCredits`
 /// receives are posted while connected. In iWarp mode a word being sent lives in a word slot taken
 /// from `wordSlots` until its completion returns it. `peer` is set once, before the engine shares
-/// the transport; `completions` is touched only by `poll` (under the progress lock) and
-/// `pendingDataWord` only under the send lock.
+/// the transport; `completions` is touched only by `poll` (under the progress lock), which posts
+/// nothing but receives.
 package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package let domain: Domain
     package let eventQueue: EventQueue
@@ -59,8 +63,6 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     /// Free word slots (iWarp): taken under the send lock, returned under the progress lock.
     private let wordSlots: Mutex<[Int32]>
     private var peer: ConnectionBlock?
-    /// iWarp: a DATA word whose write was posted but whose send found the queue full.
-    private var pendingDataWord: UInt32?
 
     /// What waiters on this endpoint sleep on; nil where the core offers no wait descriptors.
     package let waitSet: WaitSet?
@@ -85,7 +87,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         return (tag, Int(raw & 0xFFFF_FFFF))
     }
 
-    package var fidKey: UInt { EventQueue.key(fidOf(endpoint)) }
+    /// What the event queue knows this endpoint by.
+    package let eventKey: EndpointToken
     package var hotStateNode: Int? { shape.numaNode }
 
     /// Opens and enables an endpoint for `info` (fi_getinfo's answer, or a connection request's),
@@ -93,12 +96,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package init(info: UnsafeMutablePointer<fi_info>, domain: Domain, eventQueue: EventQueue, shape: EndpointShape) throws(RStreamError) {
         let attributes = FabricInfo.attributes(of: info)
         let opsPerWord = shape.iwarp ? 2 : 1
-        let waitDescriptorAsked = shape.waitDescriptor
         // The core's queue limits win over the options; the connection block announces the result.
-        // Where data uses up receives, 3 credits (2 held back) cannot be both live and quiet: at
-        // least 4 are announced (NOTES.md, "rx_credits = 3").
-        let dataConsumesReceives = shape.iwarp || attributes.writeConsumesReceive
-        let rxCredits = min(max(shape.rxCredits, dataConsumesReceives ? 4 : 3), attributes.maxRxSize)
+        let rxCredits = min(shape.rxCredits, attributes.maxRxSize)
         guard ConnectionBlock.rxCreditRange.contains(rxCredits) else {
             throw RStreamError(.invalidOption, "the core's receive queue of \(attributes.maxRxSize) is too small")
         }
@@ -109,9 +108,9 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         } else {
             node = NUMAPlacement.isAvailable ? NUMAPlacement.node(ofNICIn: info) ?? NUMAPlacement.currentNode : nil
         }
-        var shape = EndpointShape(sendRingSize: shape.sendRingSize, receiveRingSize: shape.receiveRingSize,
-                                  txQueueSize: shape.txQueueSize, rxCredits: rxCredits, iwarp: shape.iwarp, numaNode: node)
-        shape.waitDescriptor = waitDescriptorAsked
+        var shape = shape
+        shape.rxCredits = rxCredits
+        shape.numaNode = node
         let txSize = min(shape.txQueueSize, attributes.maxTxSize)
         guard txSize >= 2 + 2 * opsPerWord else {
             throw RStreamError(.invalidOption, "the core's transmit queue of \(attributes.maxTxSize) is too small")
@@ -125,10 +124,11 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             return error
         }
 
+        let token = EndpointToken.make()
         var ep: UnsafeMutablePointer<fid_ep>?
-        let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, nil) }
+        let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, token.context) }
         if rcEp < 0 { throw fail(.fabric(rcEp, "fi_endpoint")) }
-        undo.append { _ = fi_close(fidOf(ep!)) }
+        undo.append { closeFabricObject(fidOf(ep!), "endpoint") }
 
         var cqAttr = fi_cq_attr()
         cqAttr.size = txSize + shape.rxCredits + 16
@@ -141,7 +141,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
         }
         if rcCq < 0 { throw fail(.fabric(rcCq, "fi_cq_open")) }
-        undo.insert({ _ = fi_close(fidOf(cq!)) }, at: 0) // closes after the endpoint
+        undo.insert({ closeFabricObject(fidOf(cq!), "completion queue") }, at: 0) // closes after the endpoint
 
         for (object, flags, what) in [(fidOf(cq!), UInt64(FI_TRANSMIT | FI_RECV), "completion queue"), (fidOf(eventQueue.handle), 0, "event queue")] {
             let rc = fabricCall(.bind) { fi_ep_bind(ep, object, flags) }
@@ -150,9 +150,12 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let rcEnable = fabricCall(.enable) { fi_enable(ep) }
         if rcEnable < 0 { throw fail(.fabric(rcEnable, "fi_enable")) }
 
-        let sendRegion = PageAlignedRegion(byteCount: shape.sendRingSize, node: node)
-        let receiveRegion = PageAlignedRegion(byteCount: shape.receiveRingSize, node: node)
-        let wordRegion = PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize), node: node)
+        let sendRegion: PageAlignedRegion
+        do throws(RStreamError) { sendRegion = try PageAlignedRegion(byteCount: shape.sendRingSize, node: node) } catch { throw fail(error) }
+        let receiveRegion: PageAlignedRegion
+        do throws(RStreamError) { receiveRegion = try PageAlignedRegion(byteCount: shape.receiveRingSize, node: node) } catch { throw fail(error) }
+        let wordRegion: PageAlignedRegion
+        do throws(RStreamError) { wordRegion = try PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize), node: node) } catch { throw fail(error) }
 
         func register(_ region: borrowing PageAlignedRegion, access: UInt64, _ what: String) throws(RStreamError) -> UnsafeMutablePointer<fid_mr> {
             var mr: UnsafeMutablePointer<fid_mr>?
@@ -168,11 +171,11 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let wordMR: UnsafeMutablePointer<fid_mr>
         do throws(RStreamError) {
             sendMR = try register(sendRegion, access: FI_WRITE, "send ring")
-            undo.append { _ = fi_close(fidOf(sendMR)) }
+            undo.append { closeFabricObject(fidOf(sendMR), "send ring registration") }
             receiveMR = try register(receiveRegion, access: FI_REMOTE_WRITE, "receive ring")
-            undo.append { _ = fi_close(fidOf(receiveMR)) }
+            undo.append { closeFabricObject(fidOf(receiveMR), "receive ring registration") }
             wordMR = try register(wordRegion, access: FI_SEND | FI_RECV, "word area")
-            undo.append { _ = fi_close(fidOf(wordMR)) }
+            undo.append { closeFabricObject(fidOf(wordMR), "word area registration") }
         } catch {
             throw fail(error)
         }
@@ -184,7 +187,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         } else {
             waitSet = nil
         }
-        if let waitSet { eventQueue.register(waitSet, for: EventQueue.key(fidOf(ep!))) }
+        eventQueue.register(fidOf(ep!), as: token, waitSet: waitSet)
+        eventKey = token
         self.domain = domain
         self.eventQueue = eventQueue
         self.endpoint = ep!
@@ -218,13 +222,13 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     deinit {
-        _ = fi_close(fidOf(endpoint))
-        _ = fi_close(fidOf(cq))
-        _ = fi_close(fidOf(sendRegistration))
-        _ = fi_close(fidOf(receiveRegistration))
-        _ = fi_close(fidOf(wordRegistration))
+        eventQueue.forget(fidOf(endpoint), token: eventKey) // before the close: the address may be reused
+        closeFabricObject(fidOf(endpoint), "endpoint")
+        closeFabricObject(fidOf(cq), "completion queue")
+        closeFabricObject(fidOf(sendRegistration), "send ring registration")
+        closeFabricObject(fidOf(receiveRegistration), "receive ring registration")
+        closeFabricObject(fidOf(wordRegistration), "word area registration")
         completions.deallocate()
-        eventQueue.forget(EventQueue.key(fidOf(endpoint)))
     }
 
     /// This side's connection block: where the peer may write, under which key.
@@ -259,46 +263,35 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         if rc < 0 { throw .fabric(rc, "fi_recv(slot \(slot))") }
     }
 
-    package func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+    package func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost {
         guard let peer else { preconditionFailure("write before the peer's block was accepted") }
-        if pendingDataWord != nil {
-            guard try flushPendingDataWord() else { return false }
-        }
         let source = sendRegion.base + sendOffset
         let desc = fi_mr_desc(sendRegistration)
         let address = peer.baseAddress &+ UInt64(remoteOffset)
         let context = Self.context(.write, writeSlot)
         let rc: Int
         if shape.iwarp {
-            guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.isEmpty }) else { return false }
+            guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.isEmpty }) else { return .notPosted }
             rc = fabricCall(.write) { fi_write(endpoint, source, length, desc, rs_fi_addr_unspec(), address, peer.key, context) }
         } else {
             rc = fabricCall(.write) {
                 fi_writedata(endpoint, source, length, desc, UInt64(word), rs_fi_addr_unspec(), address, peer.key, context)
             }
         }
-        if rc == -Int(FI_EAGAIN) { return false }
+        if rc == -Int(FI_EAGAIN) { return .notPosted }
         if rc < 0 { throw .fabric(rc, "fi_write(\(length) bytes)") }
-        if shape.iwarp {
-            // The write is placed; its DATA word must follow before anything else.
-            pendingDataWord = word
-            _ = try flushPendingDataWord()
-        }
-        return true
+        // iWarp: the write is placed; its DATA word follows (the engine retries it if it cannot).
+        guard shape.iwarp else { return .complete }
+        return try sendWordPayload(word) ? .complete : .bytesOnly
     }
 
-    private func flushPendingDataWord() throws(RStreamError) -> Bool {
-        guard let word = pendingDataWord else { return true }
-        guard try sendWordPayload(word) else { return false }
-        pendingDataWord = nil
-        return true
+    package func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool {
+        precondition(shape.iwarp, "only iWarp mode posts a DATA word apart from its write")
+        return try sendWordPayload(word)
     }
 
     package func send(word: UInt32) throws(RStreamError) -> Bool {
-        if shape.iwarp {
-            guard try flushPendingDataWord() else { return false }
-            return try sendWordPayload(word)
-        }
+        if shape.iwarp { return try sendWordPayload(word) }
         let rc = fabricCall(.send) { fi_senddata(endpoint, nil, 0, nil, UInt64(word), rs_fi_addr_unspec(), Self.context(.wordSend, 0)) }
         if rc == -Int(FI_EAGAIN) { return false }
         if rc < 0 { throw .fabric(rc, "fi_senddata(word)") }
@@ -320,7 +313,6 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     package func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
-        if pendingDataWord != nil { _ = try flushPendingDataWord() }
         let batch = min(events.count, Self.completionBatch)
         let n = fabricCall(.cqRead) { fi_cq_read(cq, completions, batch) }
         if n == -Int(FI_EAGAIN) { return 0 }

@@ -6,27 +6,37 @@ import Glibc
 /// The one error type of RStream: what went wrong, the libfabric (or errno) code behind it, and a
 /// sentence of context. "Would block" is never an error; it is a result of the calls that can block.
 public struct RStreamError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable {
+    /// What went wrong. A struct of named values rather than an enum, so that new kinds can be
+    /// added without breaking a caller's `switch` (which therefore needs a `default`).
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
         /// An option was out of range or inconsistent; `context` names it and its allowed range.
-        case invalidOption
+        public static let invalidOption = Kind("invalidOption")
         /// No core provider on this machine can carry a stream with the requested attributes.
-        case noProvider
+        public static let noProvider = Kind("noProvider")
         /// Nothing was listening at the address.
-        case connectionRefused
+        public static let connectionRefused = Kind("connectionRefused")
         /// The listener refused the request; `context` carries the reason it sent.
-        case rejected
+        public static let rejected = Kind("rejected")
         /// The host could not be resolved or reached.
-        case unreachable
-        /// The operation did not finish before its deadline.
-        case timedOut
+        public static let unreachable = Kind("unreachable")
+        /// The operation did not finish before its deadline, or the peer was silent for longer
+        /// than the peer timeout (reported after every byte that arrived).
+        public static let timedOut = Kind("timedOut")
         /// The peer vanished without a FIN; reported after every byte that arrived.
-        case connectionReset
-        /// The peer broke protocol v3 (a bad connection block or word); the connection is closed.
-        case protocolViolation
+        public static let connectionReset = Kind("connectionReset")
+        /// The peer broke the protocol (a bad connection block or word); the connection is closed.
+        public static let protocolViolation = Kind("protocolViolation")
         /// The stream was used after shutdown or close.
-        case closed
+        public static let closed = Kind("closed")
+        /// Memory for a ring or the stream's state could not be had (the NUMA node or the process
+        /// is out of memory); nothing was left half made.
+        public static let outOfMemory = Kind("outOfMemory")
         /// A libfabric call failed for another reason.
-        case fabric
+        public static let fabric = Kind("fabric")
     }
 
     public var kind: Kind

@@ -96,13 +96,12 @@ package struct WriteLedger: ~Copyable {
     }
 
     /// Marks the write in `slot` complete (completer only); returns the bytes that may now leave
-    /// the send ring.
-    package func complete(slot: Int) -> Int {
+    /// the send ring, or nil for a slot with no write in flight (a completion the core should not
+    /// have reported: the caller fails the stream, the ledger is unchanged).
+    package func complete(slot: Int) -> Int? {
         let p = posted.load(ordering: .acquiring)
         var r = retired.load(ordering: .relaxed)
-        guard slot >= 0, slot < lengths.count, lengths[slot] > 0 else {
-            preconditionFailure("completion for slot \(slot), which has no write in flight")
-        }
+        guard slot >= 0, slot < lengths.count, lengths[slot] > 0 else { return nil }
         lengths[slot] = -lengths[slot]
         var freed = 0
         while r < p, case let len = lengths[r % lengths.count], len < 0 {

@@ -1,4 +1,7 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a receive found.
 package enum ReceiveOutcome: Equatable, Sendable {
@@ -7,11 +10,11 @@ package enum ReceiveOutcome: Equatable, Sendable {
     case endOfStream
 }
 
-/// The protocol-v3 state of one connected stream over any transport, sharded so that any number
+/// The protocol-v4 state of one connected stream over any transport, sharded so that any number
 /// of threads may send, receive and drive progress at once (`FI_THREAD_SAFE`).
 ///
 /// Three locks, each guarding one shard:
-/// - send: the send ring's write offset, the remote write offset, the staged write, FIN, and what
+/// - send: the send ring's write offset, the remote write offset, the staged writes, FIN, and what
 ///   the last CONTROL word reported; every word this side posts (data writes *and* CONTROL words)
 ///   is posted under it, so tx slots and peer receives have a single consumer;
 /// - receive: the receive ring's read offset;
@@ -20,14 +23,18 @@ package enum ReceiveOutcome: Equatable, Sendable {
 /// The counters that cross shards are monotonic atomics with exactly one writer each (named beside
 /// them); what is available is a difference of two of them. Lock order: receive → progress,
 /// send → progress; the progress shard never waits for the send lock (it only tries it), and the
-/// receive shard never takes it but by trying. A CONTROL word that a non-sender finds due is
-/// requested with `controlDue` and sent by whoever holds, or next takes, the send lock.
+/// receive shard never takes it but by trying. Work that only the send shard may do (a CONTROL
+/// word or heartbeat that a non-sender finds due, a write whose post found the queue full) is
+/// requested with `sendWorkDue` and done by whoever holds, or next takes, the send lock.
 ///
 /// Invariants (each checked where its owner changes it):
 /// - 0 <= txTaken − txReturned <= costs.txQueueSize; 0 <= peerReceivesTaken − peerReceivesReturned
 ///   <= peer.rxCredits; 0 <= remoteWritten − remoteFreed <= peer.ringSize;
 /// - 0 <= received − consumed <= receive ring size; 0 <= sendCommitted − sendFreed <= send ring size;
-/// - once failed, no more words are posted.
+/// - once failed, no more words are posted;
+/// - staged writes are posted oldest first, before anything else the send shard posts; a new write
+///   is staged behind them only within one whole record (`sendWhole`, at most three writes); a
+///   write's DATA word always follows its bytes (iWarp posts them in two steps).
 package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendable {
     package let transport: Transport
     package let peer: ConnectionBlock
@@ -36,11 +43,26 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private let sendCapacity: Int
     private let receiveCapacity: Int
 
+    /// A data write fully accounted for whose post found the core's queue full; posted before
+    /// anything else the send shard does. `bytesPosted`: its bytes went, its DATA word did not.
+    /// (Rare: the tx credits mirror the core's queue, but a core may refuse for reasons of its own.)
+    private struct StagedWrite {
+        var sendOffset: Int
+        var length: Int
+        var remoteOffset: Int
+        var slot: Int
+        var bytesPosted = false
+    }
+
     private struct SendShard {
         var writeOffset = 0
         var remoteOffset = 0
-        /// A write fully accounted for whose post found the core's queue full; posted first.
-        var staged: (sendOffset: Int, length: Int, remoteOffset: Int, slot: Int)?
+        /// Oldest first; capacity for the three writes of one record, reserved once.
+        var staged: [StagedWrite]
+        init() {
+            staged = []
+            staged.reserveCapacity(3)
+        }
     }
     private struct ReceiveShard {
         var readOffset = 0
@@ -49,6 +71,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private struct ProgressShard: @unchecked Sendable {
         var writeOffset = 0
         let events: UnsafeMutableBufferPointer<TransportEvent>
+        var liveness: Liveness
     }
 
     /// The endpoint's hot state: every counter, lock and buffer the data path touches, initialised
@@ -74,7 +97,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let finSentFlag = Atomic<Bool>(false)     // send
         let finReceivedFlag = Atomic<Bool>(false) // progress
         let peerDisconnectedFlag = Atomic<Bool>(false)
-        let controlDue = Atomic<Bool>(false)      // anyone: a CONTROL word may be due
+        let sendWorkDue = Atomic<Bool>(false)     // anyone: the send shard may have work (module header)
+        let beatDue = Atomic<Bool>(false)         // progress: a heartbeat is due (cleared by send)
         let failedFlag = Atomic<Bool>(false)
         let failureBox = Mutex<RStreamError?>(nil)
         let ledger: WriteLedger
@@ -82,9 +106,10 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let receiveShard = Mutex(ReceiveShard())
         let progressShard: Mutex<ProgressShard>
 
-        init(ledgerStorage: UnsafeMutableBufferPointer<Int32>, events: UnsafeMutableBufferPointer<TransportEvent>) {
+        init(ledgerStorage: UnsafeMutableBufferPointer<Int32>, events: UnsafeMutableBufferPointer<TransportEvent>,
+             liveness: Liveness) {
             ledger = WriteLedger(storage: ledgerStorage)
-            progressShard = Mutex(ProgressShard(events: events))
+            progressShard = Mutex(ProgressShard(events: events, liveness: liveness))
         }
     }
 
@@ -96,7 +121,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package static var reserve: Int { 2 }
     private static var eventBatch: Int { 16 }
 
-    package init(transport: Transport, peer: ConnectionBlock) {
+    /// `peerTimeout`: how long the peer may stay silent before the stream fails with `.timedOut`
+    /// (nil: for ever). Protocol v4 asks for more than a few heartbeat intervals.
+    package init(transport: Transport, peer: ConnectionBlock, peerTimeout: Duration? = nil) throws(RStreamError) {
         let costs = transport.costs
         self.costs = costs
         self.transport = transport
@@ -108,8 +135,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         func aligned(_ offset: Int, _ alignment: Int) -> Int { (offset + alignment - 1) / alignment * alignment }
         let eventsOffset = aligned(MemoryLayout<HotState>.size, MemoryLayout<TransportEvent>.alignment)
         let ledgerOffset = aligned(eventsOffset + Self.eventBatch * MemoryLayout<TransportEvent>.stride, MemoryLayout<Int32>.alignment)
-        let region = PageAlignedRegion(byteCount: ledgerOffset + costs.txQueueSize * MemoryLayout<Int32>.stride,
-                                       node: transport.hotStateNode)
+        let region = try PageAlignedRegion(byteCount: ledgerOffset + costs.txQueueSize * MemoryLayout<Int32>.stride,
+                                           node: transport.hotStateNode)
         let base = region.base
         let events = UnsafeMutableBufferPointer(start: (base + eventsOffset).bindMemory(to: TransportEvent.self, capacity: Self.eventBatch),
                                                 count: Self.eventBatch)
@@ -117,7 +144,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let slots = UnsafeMutableBufferPointer(start: (base + ledgerOffset).bindMemory(to: Int32.self, capacity: costs.txQueueSize),
                                                count: costs.txQueueSize)
         hot = base.bindMemory(to: HotState.self, capacity: 1)
-        hot.initialize(to: HotState(ledgerStorage: slots, events: events))
+        hot.initialize(to: HotState(ledgerStorage: slots, events: events,
+                                    liveness: Liveness(peerTimeout: peerTimeout, now: .now)))
         hotRegion = region
     }
 
@@ -149,12 +177,16 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         }
         guard first else { return }
         hot.pointee.failedFlag.store(true, ordering: .releasing)
-        if error.kind == .protocolViolation { transport.disconnect() }
+        // A broken protocol or a silent peer ends the core connection too (a peer behind a cut link
+        // that comes back then sees it closed).
+        if error.kind == .protocolViolation || error.kind == .timedOut { transport.disconnect() }
     }
 
     // MARK: Progress
 
-    /// Reads the completions waiting and acts on them; asks for a CONTROL word if one may be due.
+    /// Reads the completions waiting and acts on them; asks for a CONTROL word if one may be due,
+    /// and for a heartbeat when this side has posted nothing for a beat interval; fails the stream
+    /// when the peer has been silent for the peer timeout (protocol v4, "Liveness").
     /// Errors do not escape: they become `failure`, reported after the bytes that came before.
     package func progress() {
         guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return }
@@ -172,19 +204,41 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             } catch {
                 fail(error)
             }
+            let finished = hot.pointee.finSentFlag.load(ordering: .acquiring) && hot.pointee.finReceivedFlag.load(ordering: .acquiring)
+            switch p.liveness.check(heard: notified, posted: hot.pointee.txTaken.load(ordering: .acquiring),
+                                    finished: finished, now: .now) {
+            case .quiet: break
+            case .beatDue:
+                hot.pointee.beatDue.store(true, ordering: .releasing)
+                hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent)
+            case .peerSilent(let silence):
+                fail(RStreamError(.timedOut, code: ETIMEDOUT, "the peer sent nothing for \(silence) (peer timeout)"))
+            }
             return notified
         }
-        // Also after transmit completions alone: a CONTROL word waiting for credits can go now.
-        if notified { requestControl() } else { serveControlRequests() }
+        // Also after transmit completions alone: a CONTROL word or a staged write waiting for
+        // credits can go now.
+        if notified { requestControl() } else { serveSendWork() }
     }
 
     /// Handles one event under the progress lock; true when a CONTROL word may have become due.
     private func handle(_ event: TransportEvent, _ p: inout ProgressShard) -> Bool {
         switch event {
         case .transmitted(let slot):
-            let returned = hot.pointee.txReturned.add(1, ordering: .releasing).newValue
-            precondition(returned <= hot.pointee.txTaken.load(ordering: .acquiring), "more transmit completions than operations posted")
-            if let slot { hot.pointee.sendFreed.add(hot.pointee.ledger.complete(slot: slot), ordering: .releasing) }
+            // The core's completions are checked like a peer's words: a core that reports more
+            // than was posted ends this stream, not the program.
+            guard hot.pointee.txReturned.load(ordering: .relaxed) < hot.pointee.txTaken.load(ordering: .acquiring) else {
+                fail(RStreamError(.fabric, code: EPROTO, "the core reported more transmit completions than operations posted"))
+                return false
+            }
+            hot.pointee.txReturned.add(1, ordering: .releasing)
+            if let slot {
+                guard let freed = hot.pointee.ledger.complete(slot: slot) else {
+                    fail(RStreamError(.fabric, code: EPROTO, "the core completed write slot \(slot) out of order"))
+                    return false
+                }
+                hot.pointee.sendFreed.add(freed, ordering: .releasing)
+            }
             return false
         case .notified(let word, let usedReceive):
             if usedReceive {
@@ -204,7 +258,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                 // After FIN the peer may still return credits and ring space for what we send
                 // (half-close), but only in CONTROL words that repeat the FIN bit.
                 if hot.pointee.finReceivedFlag.load(ordering: .relaxed) {
-                    guard case .control(_, _, true) = decoded else {
+                    guard case .control(_, _, true, _) = decoded else {
                         throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
                     }
                 }
@@ -219,7 +273,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                     if p.writeOffset == receiveCapacity { p.writeOffset = 0 }
                     hot.pointee.received.add(n, ordering: .releasing)
                     if usedReceive { hot.pointee.dataReceivesUsed.add(1, ordering: .releasing) }
-                case .control(let freed, let credits, let fin):
+                case .control(let freed, let credits, let fin, _):
                     let inUse = hot.pointee.peerReceivesTaken.load(ordering: .acquiring) - hot.pointee.peerReceivesReturned.load(ordering: .relaxed)
                     guard credits <= inUse else {
                         throw .protocolViolation("CONTROL returns \(credits) credits; \(inUse) of \(peer.rxCredits) are in use")
@@ -259,12 +313,11 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     // MARK: CONTROL words
 
     /// Asks for a CONTROL word from a shard that does not hold the send lock: sent now if the lock
-    /// is free, else by its holder, which looks at `controlDue` again after releasing it.
+    /// is free, else by its holder, which looks at `sendWorkDue` again after releasing it.
     private func requestControl() {
         // Most calls free too little to owe a CONTROL word; they pay a few loads, not a lock.
-        guard controlMayBeDue else { return }
-        hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent)
-        serveControlRequests()
+        if controlMayBeDue { hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) }
+        serveSendWork() // a request standing from before (a staged write, a heartbeat) too
     }
 
     /// What the next CONTROL word would carry: bytes freed and receives used since the last one.
@@ -283,10 +336,10 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// to return; or the peer would otherwise stall (data needs more than `reserve` credits, a
     /// CONTROL needs one). A credit used by a CONTROL word alone returns only with others, so two
     /// idle peers never bounce CONTROL words back and forth.
-    private func isDue(wantFin: Bool, freed: Int, credits: Int, dataCredits: Int) -> Bool {
-        guard wantFin || freed > 0 || credits > 0 else { return false }
+    private func isDue(wantFin: Bool, beat: Bool, freed: Int, credits: Int, dataCredits: Int) -> Bool {
+        guard wantFin || beat || freed > 0 || credits > 0 else { return false }
         let rx = localRxCredits
-        return wantFin
+        return wantFin || beat
             || freed >= receiveCapacity / 2
             || credits >= (rx + 1) / 2
             || (dataCredits > 0 && rx - credits <= Self.reserve)
@@ -298,47 +351,58 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private var controlMayBeDue: Bool {
         let wantFin = hot.pointee.finRequestedFlag.load(ordering: .acquiring) && !hot.pointee.finSentFlag.load(ordering: .acquiring)
         let u = unreported
-        return isDue(wantFin: wantFin, freed: u.freed, credits: u.credits, dataCredits: u.dataCredits)
+        return isDue(wantFin: wantFin, beat: false, freed: u.freed, credits: u.credits, dataCredits: u.dataCredits)
     }
 
-    /// Sends requested CONTROL words while the send lock can be had. `flushControl` clears the
-    /// request before it reads what to report, so a request made during a flush is seen by the
-    /// loop after the flush; a holder the try-lock missed runs this loop itself after releasing.
+    /// Does requested send-shard work while the send lock can be had. `serveSendWork(_:)` clears
+    /// the request before it reads what to do, so a request made meanwhile is seen by the loop
+    /// after it; a holder the try-lock missed runs this loop itself after releasing.
     /// Bounded: a request that stays (no credits, queue full) is retried when completions come.
-    private func serveControlRequests() {
-        for _ in 0..<4 where hot.pointee.controlDue.load(ordering: .sequentiallyConsistent) {
-            let served: Void? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in flushControl(&s) }
+    private func serveSendWork() {
+        for _ in 0..<4 where hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) {
+            let served: Void? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in serveSendWork(&s) }
             if served == nil { return } // its holder serves the request after releasing
         }
     }
 
-    /// Runs `body` under the send lock, then sends a CONTROL word that became due meanwhile.
+    /// Runs `body` under the send lock, then does send-shard work requested meanwhile.
     private func withSendLock<R>(_ body: (inout SendShard) throws(RStreamError) -> R) throws(RStreamError) -> R {
         let result = try hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) throws(RStreamError) -> R in
             let result = try body(&s)
-            if hot.pointee.controlDue.load(ordering: .sequentiallyConsistent) { flushControl(&s) }
+            if hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) { serveSendWork(&s) }
             return result
         }
-        serveControlRequests()
+        serveSendWork()
         return result
     }
 
-    /// Sends a CONTROL word when one `isDue` (under the send lock).
+    /// The send shard's own work (send lock held): post a staged write, then a CONTROL word or
+    /// heartbeat when one is due. A write still staged keeps the request standing, so the next
+    /// completion retries it even if nobody sends again.
+    private func serveSendWork(_ s: inout SendShard) {
+        hot.pointee.sendWorkDue.store(false, ordering: .sequentiallyConsistent)
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return }
+        do throws(RStreamError) { try flushStaged(&s) } catch { return fail(error) }
+        flushControl(&s)
+    }
+
+    /// Sends a CONTROL word when one `isDue` (send lock held).
     private func flushControl(_ s: inout SendShard) {
-        hot.pointee.controlDue.store(false, ordering: .sequentiallyConsistent)
         guard !hot.pointee.failedFlag.load(ordering: .acquiring), !hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) else { return }
         let finSent = hot.pointee.finSentFlag.load(ordering: .relaxed)
-        let wantFin = hot.pointee.finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged == nil
+        let wantFin = hot.pointee.finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged.isEmpty
+        let beat = hot.pointee.beatDue.load(ordering: .acquiring)
         let (freed, credits, dataCredits, usedNow, dataNow) = unreported
-        let due = isDue(wantFin: wantFin, freed: freed, credits: credits, dataCredits: dataCredits)
+        let due = isDue(wantFin: wantFin, beat: beat, freed: freed, credits: credits, dataCredits: dataCredits)
         guard due else { return }
         guard txAvailable >= 1, peerReceivesAvailable >= 1 else {
             // Owed but not sendable yet: the request stands for when completions or credits come.
-            hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent)
+            hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent)
             return
         }
-        // Every word after our FIN repeats it: the only words the peer accepts after a FIN.
-        let word = NotificationWord.control(freed: freed, credits: credits, fin: wantFin || finSent).encoded
+        // Every word after our FIN repeats it: the only words the peer accepts after a FIN. Any
+        // CONTROL word that goes while a heartbeat is due is the heartbeat.
+        let word = NotificationWord.control(freed: freed, credits: credits, fin: wantFin || finSent, beat: beat).encoded
         // Counted before the post: its completion, and the peer's use of what it returns, may be
         // read by another thread at once.
         let before = (hot.pointee.reportedFreed.load(ordering: .relaxed), hot.pointee.reportedCredits.load(ordering: .relaxed),
@@ -362,10 +426,11 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         }
         guard posted else {
             undo()
-            hot.pointee.controlDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
+            hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
             return
         }
         if wantFin { hot.pointee.finSentFlag.store(true, ordering: .releasing) }
+        if beat { hot.pointee.beatDue.store(false, ordering: .releasing) }
     }
 
     // MARK: Sending
@@ -389,9 +454,14 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Bytes one write may carry now (send lock held): 0 when credits, the ledger, a staged write
     /// or either ring stops it.
     private func writableSpan(_ s: borrowing SendShard) -> Int {
-        guard s.staged == nil, !hot.pointee.finRequestedFlag.load(ordering: .relaxed), !hot.pointee.failedFlag.load(ordering: .acquiring),
+        guard s.staged.isEmpty, !hot.pointee.finRequestedFlag.load(ordering: .relaxed), !hot.pointee.failedFlag.load(ordering: .acquiring),
               !hot.pointee.ledger.isFull, dataCreditsAllowAWrite
         else { return 0 }
+        return ringSpan(s)
+    }
+
+    /// Bytes the rings let the next write carry: contiguous free bytes of both rings.
+    private func ringSpan(_ s: borrowing SendShard) -> Int {
         let localFree = min(sendCapacity - sendRingUsed, sendCapacity - s.writeOffset)
         return min(localFree, remoteSpace, peer.ringSize - s.remoteOffset)
     }
@@ -403,8 +473,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
     private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
-        assert(n > 0 && n <= writableSpan(s))
-        s.staged = (s.writeOffset, n, s.remoteOffset, hot.pointee.ledger.push(length: n))
+        assert(n > 0 && n <= ringSpan(s) && s.staged.count < 3)
+        s.staged.append(StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
+                                    slot: hot.pointee.ledger.push(length: n)))
         s.writeOffset += n
         if s.writeOffset == sendCapacity { s.writeOffset = 0 }
         hot.pointee.sendCommitted.add(n, ordering: .releasing)
@@ -416,13 +487,29 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         try flushStaged(&s)
     }
 
+    /// Posts the staged writes, oldest first, or what is left of them (send lock held). One that
+    /// stays staged leaves a request standing, so that the next completion retries it even if
+    /// nobody sends again.
     private func flushStaged(_ s: inout SendShard) throws(RStreamError) {
-        guard let write = s.staged else { return }
-        let word = NotificationWord.data(length: write.length).encoded
-        if try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
-                               word: word, writeSlot: write.slot) {
-            s.staged = nil
+        while let write = s.staged.first {
+            let word = NotificationWord.data(length: write.length).encoded
+            if write.bytesPosted {
+                guard try transport.sendDataWord(word) else { break }
+            } else {
+                switch try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
+                                           word: word, writeSlot: write.slot) {
+                case .complete: break
+                case .bytesOnly:
+                    s.staged[0].bytesPosted = true
+                    continue // its word next
+                case .notPosted:
+                    hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent)
+                    return
+                }
+            }
+            s.staged.removeFirst()
         }
+        if !s.staged.isEmpty { hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) }
     }
 
     /// Copies as many of `bytes` as fit now into the send ring and writes them; returns how many
@@ -443,6 +530,37 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                         span = min(writableSpan(s), bytes.count - done)
                         if span == 0 { break }
                     }
+                    let target = transport.sendRing.baseAddress! + s.writeOffset
+                    target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
+                    try commit(span, &s)
+                    done += span
+                }
+            } catch {
+                fail(error)
+            }
+            return done
+        }
+        if done == 0, let failure { throw failure }
+        return done
+    }
+
+    /// Copies all of `bytes` into the send ring and writes them, or none (0: would block): one step
+    /// under the send lock, so that records several threads send are never split or interleaved.
+    package func sendWhole(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+        try checkSendable()
+        guard bytes.count > 0 else { return 0 }
+        let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
+            if writableCount(s) < bytes.count { progress() }
+            guard writableCount(s) >= bytes.count else { return 0 }
+            // `writableCount` promised the credits and ring space for all of it (at most three
+            // writes): a write staged on the way does not stop the rest of the record.
+            var done = 0
+            do throws(RStreamError) {
+                while done < bytes.count {
+                    let span = min(ringSpan(s), bytes.count - done)
+                    assert(span > 0, "writableCount promised room for \(bytes.count) bytes")
+                    guard span > 0 else { break }
                     let target = transport.sendRing.baseAddress! + s.writeOffset
                     target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
                     try commit(span, &s)
@@ -506,14 +624,14 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             hot.pointee.finRequestedFlag.store(true, ordering: .releasing)
             if hot.pointee.finSentFlag.load(ordering: .relaxed) { return }
             progress()
-            flushControl(&s)
+            serveSendWork(&s)
         }
     }
 
     /// True once every write and word this side posted has completed locally.
     package var isQuiescent: Bool {
         hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
-            s.staged == nil && hot.pointee.txReturned.load(ordering: .acquiring) == hot.pointee.txTaken.load(ordering: .relaxed)
+            s.staged.isEmpty && hot.pointee.txReturned.load(ordering: .acquiring) == hot.pointee.txTaken.load(ordering: .relaxed)
         }
     }
     package var hasSentFin: Bool { hot.pointee.finSentFlag.load(ordering: .acquiring) }
@@ -604,7 +722,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// True once the core connection went away (`FI_SHUTDOWN`), whoever read the event.
     package var peerHasDisconnected: Bool { hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) }
 
-    /// Receives exactly `buffer.count` bytes, or none (would block until that many are there).
+    /// Receives exactly `buffer.count` bytes, or none: would block until that many are there, or
+    /// end of stream (or the failure) once they can no longer come, even if a shorter tail is
+    /// still readable (`receive(into:)` hands it out).
     package func receive(exactly buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         progress()
         let taken = hot.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
@@ -618,7 +738,13 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             requestControl()
             return .bytes(buffer.count)
         }
-        return readableCount == 0 ? try outcomeWhenEmpty() : .wouldBlock
+        // Every byte before a FIN or a failure is counted before its flag is set, so once either is
+        // seen, what is readable is all that will ever be (looked at again in case a byte landed
+        // after the first look).
+        guard hot.pointee.finReceivedFlag.load(ordering: .acquiring) || hot.pointee.failedFlag.load(ordering: .acquiring),
+              readableCount < buffer.count else { return .wouldBlock }
+        if let failure { throw failure }
+        return .endOfStream
     }
 
     /// Bytes a receive could return now without blocking.

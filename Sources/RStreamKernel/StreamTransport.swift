@@ -28,12 +28,24 @@ package struct TransportCosts: Sendable, Equatable {
     }
 }
 
+/// How far the post of one data write got.
+package enum WritePost: Sendable, Equatable {
+    /// Nothing was posted: the core's queue was full.
+    case notPosted
+    /// The bytes were posted but their DATA word found the queue full (iWarp posts them in two
+    /// steps); `sendDataWord` must post the word before anything else is posted.
+    case bytesOnly
+    /// The bytes and their word were posted.
+    case complete
+}
+
 /// The small interface under the rings: the transport owns the registered send and receive rings
 /// (registered when it is made), writes ring bytes with a word, sends a word, and reports
 /// completions. libfabric is one implementation; a same-host shared-memory one can sit beside it.
 ///
-/// The engine's shards call it from different threads: `write` and `send(word:)` only under the
-/// send lock, `poll` only under the progress lock; `disconnect` from anywhere.
+/// The engine's shards call it from different threads: `write`, `sendDataWord` and `send(word:)`
+/// only under the send lock, `poll` only under the progress lock (it never posts); `disconnect`
+/// from anywhere.
 package protocol StreamTransport: AnyObject {
     var costs: TransportCosts { get }
     /// The NUMA node for the engine's hot state (the rings' node), nil for the default policy.
@@ -43,8 +55,10 @@ package protocol StreamTransport: AnyObject {
     /// The local receive ring, registered for remote write by the peer.
     var receiveRing: UnsafeRawBufferPointer { get }
     /// Writes `length` bytes at `sendOffset` of the send ring to the peer's ring at `remoteOffset`,
-    /// notifying the peer with `word`. False when the core's queue is full (nothing was posted).
-    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool
+    /// notifying the peer with `word`.
+    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost
+    /// Posts the DATA word of a write that returned `.bytesOnly`. False when the queue is full.
+    func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool
     /// Sends `word` alone. False when the core's queue is full.
     func send(word: UInt32) throws(RStreamError) -> Bool
     /// Reads up to `events.count` completions; returns how many it stored.

@@ -124,12 +124,16 @@ package final class WaitSet: @unchecked Sendable {
         _ = write(wakeFD, &one, 8)
     }
 
-    /// Milliseconds to `deadline` for `sleep`, capped at one second so a sleeper re-checks.
+    /// The longest a library wait sleeps before it looks again: under the heartbeat interval, so
+    /// a sleeping stream still sends its heartbeats (protocol v4) and notices a silent peer.
+    package static let longestSleepMilliseconds: Int32 = 500
+
+    /// Milliseconds to `deadline` for `sleep`, capped at `longestSleepMilliseconds`.
     package static func milliseconds(until deadline: ContinuousClock.Instant?) -> Int32 {
-        guard let deadline else { return 1000 }
+        guard let deadline else { return longestSleepMilliseconds }
         let left = deadline - .now
         if left <= .zero { return 0 }
-        return Int32(min(1000, left / .milliseconds(1) + 1))
+        return Int32(min(Double(longestSleepMilliseconds), left / .milliseconds(1) + 1))
     }
 
     /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced

@@ -34,6 +34,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         var enabled = false
         var phase = Phase.idle
         var eventQueue: ProviderEventQueue?
+        /// FI_SHUTDOWN or the error entry that ends a connected endpoint has been posted.
         var shutdownReported = false
         /// What FI_GETWAIT hands out where the core signals nothing: a wait set that ticks.
         var tickingWaitSet: WaitSet?
@@ -73,6 +74,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         var shape = EndpointShape(sendRingSize: ProviderInfo.defaultRingSize, receiveRingSize: ProviderInfo.defaultRingSize,
                                   txQueueSize: ProviderInfo.defaultQueueSize, rxCredits: ProviderInfo.defaultQueueSize,
                                   iwarp: facts.iwarp)
+        guard case .success(let peerTimeout) = ProviderInfo.peerTimeout() else { return -Int32(FI_EINVAL) }
+        shape.peerTimeout = peerTimeout
         if let tx = info.pointee.tx_attr?.pointee.size, tx > 0 { shape.txQueueSize = tx }
         if let rx = info.pointee.rx_attr?.pointee.size, rx > 0 { shape.rxCredits = rx }
         guard EndpointShape.txQueueSizes.contains(shape.txQueueSize),
@@ -97,7 +100,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         case .idle, .failed:
             return
         case .connecting(let transport, let place):
-            guard let answer = try? transport.eventQueue.takeEvent(for: transport.fidKey) else { return }
+            guard let answer = try? transport.eventQueue.takeEvent(for: transport.eventKey) else { return }
             guard case .connected = answer else { return refused(answer, &s) }
             do throws(RStreamError) {
                 let (engine, data) = try ActiveConnector.complete(transport, answer: answer, place: place)
@@ -109,17 +112,27 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 post(.failure(fid: me, code: error.code == 0 ? EPROTO : error.code, data: []), s)
             }
         case .accepting(let transport, let peer):
-            guard let answer = try? transport.eventQueue.takeEvent(for: transport.fidKey) else { return }
+            guard let answer = try? transport.eventQueue.takeEvent(for: transport.eventKey) else { return }
             guard case .connected = answer else { return refused(answer, &s) }
-            _ = engine.storeIfNil(FabricStreamEngine(transport: transport, peer: peer))
-            s.phase = .connected
-            post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: []), s)
+            do throws(RStreamError) {
+                _ = engine.storeIfNil(try FabricStreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout))
+                s.phase = .connected
+                post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: []), s)
+            } catch {
+                transport.disconnect()
+                s.phase = .failed
+                post(.failure(fid: me, code: error.code == 0 ? Int32(FI_ENOMEM) : error.code, data: []), s)
+            }
         case .connected:
             guard !s.shutdownReported, let engine = engine.load() else { return }
             // Some cores (tcp) notice a vanished peer only while their data path is progressed.
             engine.progress()
             engine.pollConnectionEvents()
-            if engine.peerHasDisconnected {
+            if let failure = engine.failure, failure.kind == .timedOut {
+                // A silent peer (protocol v4's peer timeout) is an error entry, -FI_ETIMEDOUT.
+                s.shutdownReported = true
+                post(.failure(fid: me, code: Int32(FI_ETIMEDOUT), data: []), s)
+            } else if engine.peerHasDisconnected {
                 s.shutdownReported = true
                 post(.connection(event: UInt32(FI_SHUTDOWN), fid: me, info: nil, data: []), s)
             }
@@ -293,6 +306,9 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             return (s.eventQueue, s.phase)
         }
         queue?.detach(self)
+        // Events still queued name this endpoint's fid, which is freed below: a later read must
+        // not hand them out (libfabric's own providers purge them too).
+        queue?.purge(fidOf(handle))
         if let engine = engine.load() {
             engine.shutdown()
             let deadline = ContinuousClock.now + Self.linger

@@ -21,6 +21,13 @@ enum QueuedEvent: @unchecked Sendable {
     case failure(fid: UnsafeMutablePointer<fid>, code: Int32, data: [UInt8])
     /// What the application wrote with `fi_eq_write`.
     case written(event: UInt32, bytes: [UInt8])
+
+    func names(_ object: UnsafeMutablePointer<fid>) -> Bool {
+        switch self {
+        case .connection(_, let fid, _, _), .failure(let fid, _, _): return fid == object
+        case .written: return false
+        }
+    }
 }
 
 /// An event queue a caller opened (`fi_eq_open`). Endpoints and passive endpoints bound to it post
@@ -90,6 +97,18 @@ final class ProviderEventQueue: @unchecked Sendable {
     /// nothing) makes the descriptor tick every 10 ms instead.
     func watch(_ descriptor: Int32?) {
         if let descriptor { waitSet?.watch(descriptor) } else { waitSet?.addTicker(milliseconds: 10) }
+    }
+
+    /// Drops every queued event that names `fid` (an object about to be freed).
+    func purge(_ fid: UnsafeMutablePointer<fid>) {
+        let purged = state.withCheckedLock(key: lockKey(self)) { s -> [QueuedEvent] in
+            let (gone, kept) = s.events.reduce(into: ([QueuedEvent](), [QueuedEvent]())) { parts, event in
+                if event.names(fid) { parts.0.append(event) } else { parts.1.append(event) }
+            }
+            s.events = kept
+            return gone
+        }
+        for case .connection(_, _, let info?, _) in purged { fi_freeinfo(info) }
     }
 
     func post(_ event: QueuedEvent) {

@@ -15,6 +15,22 @@ enum ProviderInfo {
     static let capabilities = UInt64(FI_MSG | FI_SEND | FI_RECV) | FI_LOCAL_COMM | FI_REMOTE_COMM
     static let defaultRingSize = 32 * 1024
     static let defaultQueueSize = 384
+
+    /// The peer timeout C programs get: `RSTREAM_PEER_TIMEOUT` seconds (0: never), else 30 s.
+    /// A value that is no number, or outside 3 s...1 day, makes `fi_endpoint` fail with
+    /// -FI_EINVAL rather than run with a setting the caller did not ask for.
+    static func peerTimeout(environment value: String? = getenv("RSTREAM_PEER_TIMEOUT").map { String(cString: $0) }) -> Result<Duration?, RStreamError> {
+        guard let value else { return .success(EndpointShape.defaultPeerTimeout) }
+        guard let seconds = Double(value), seconds.isFinite, seconds >= 0 else {
+            return .failure(RStreamError(.invalidOption, code: EINVAL, "RSTREAM_PEER_TIMEOUT=\(value) is not a number of seconds"))
+        }
+        if seconds == 0 { return .success(nil) }
+        let timeout = Duration.milliseconds(Int64(min(seconds, 86_400 * 2) * 1000))
+        guard timeout >= Liveness.shortestPeerTimeout, timeout <= .seconds(86_400) else {
+            return .failure(RStreamError(.invalidOption, code: EINVAL, "RSTREAM_PEER_TIMEOUT=\(value) is outside 3...86400 seconds (0: never)"))
+        }
+        return .success(timeout)
+    }
     static let iovLimit = 64
 
     /// What the provider needs to know of one of its own `fi_info`s (or a caller's copy of one).
@@ -53,6 +69,9 @@ enum ProviderInfo {
         var addressFormat = UInt32(FI_FORMAT_UNSPEC)
         var fabricName: String?
         var domainName: String?
+        /// Connection events advance whenever the event queue is read, with no data call needed,
+        /// so a caller asking for automatic control progress (fabtests' `stream_msg`) gets it.
+        var controlProgress = FI_PROGRESS_MANUAL
         var txSize: Int?
         var rxSize: Int?
 
@@ -74,10 +93,10 @@ enum ProviderInfo {
             default: return nil
             }
             if let domain = hints.domain_attr?.pointee {
-                // FI_THREAD_SAFE covers every weaker level a caller may ask for.
-                for progress in [domain.data_progress, domain.control_progress] where progress == FI_PROGRESS_AUTO {
-                    return nil
-                }
+                // FI_THREAD_SAFE covers every weaker level a caller may ask for. Data progress is
+                // manual: the library starts no thread.
+                guard domain.data_progress != FI_PROGRESS_AUTO else { return nil }
+                if domain.control_progress == FI_PROGRESS_AUTO { controlProgress = FI_PROGRESS_AUTO }
                 domainName = domain.name.map { String(cString: $0) }
             }
             if let fabric = hints.fabric_attr?.pointee {
@@ -196,7 +215,7 @@ enum ProviderInfo {
         let domain = info.pointee.domain_attr!
         domain.pointee.name = strdup(c.domain_attr.pointee.name)
         domain.pointee.threading = FI_THREAD_SAFE
-        domain.pointee.control_progress = FI_PROGRESS_MANUAL
+        domain.pointee.control_progress = wanted.controlProgress
         domain.pointee.data_progress = FI_PROGRESS_MANUAL
         domain.pointee.resource_mgmt = FI_RM_ENABLED
         domain.pointee.av_type = FI_AV_UNSPEC

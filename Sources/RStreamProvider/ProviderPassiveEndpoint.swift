@@ -235,6 +235,7 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
             return (s.eventQueue, Array(s.requests.values))
         }
         queue?.detach(self)
+        queue?.purge(fidOf(handle)) // its unread FI_CONNREQs name the fid freed below
         for request in requests { request.rejectIfUnanswered() }
         CHandle.free(UnsafeRawPointer(handle))
         return 0

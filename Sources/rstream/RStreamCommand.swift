@@ -8,7 +8,7 @@ import Glibc
 struct RStreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rstream",
-        abstract: "Byte streams over libfabric RMA (the rstream protocol, version 3).",
+        abstract: "Byte streams over libfabric RMA (the rstream protocol, version 4).",
         subcommands: [Info.self, Listen.self, Connect.self, Perf.self]
     )
 }
@@ -23,7 +23,7 @@ struct StreamFlags: ParsableArguments {
     var recvRing: Int = 32 * 1024
     @Option(name: .customLong("tx-size"), help: "Transmit queue slots (8...65536, capped by the core).")
     var txSize: Int = 384
-    @Option(name: .customLong("rx-credits"), help: "Receives kept posted (3...511, capped by the core).")
+    @Option(name: .customLong("rx-credits"), help: "Receives kept posted (4...511, capped by the core).")
     var rxCredits: Int = 384
     @Flag(help: "iWarp mode: words travel as 4-byte sends, not remote CQ data.")
     var iwarp = false
@@ -31,6 +31,8 @@ struct StreamFlags: ParsableArguments {
     var numaNode: Int?
     @Option(help: "Run on this CPU.")
     var cpu: Int?
+    @Option(name: .customLong("peer-timeout"), help: "Seconds the peer may send nothing (not even a heartbeat) before the stream fails; 0: never.")
+    var peerTimeout: Double = 30
 
     /// Pins the process's threads (those made from here on) to `--cpu` or `--numa-node`.
     func pin() throws {
@@ -48,6 +50,8 @@ struct StreamFlags: ParsableArguments {
         options.rxCredits = rxCredits
         options.iwarp = iwarp
         options.numaNode = numaNode
+        guard peerTimeout.isFinite, peerTimeout >= 0 else { throw ValidationError("peer timeout \(peerTimeout) is not a number of seconds") }
+        options.peerTimeout = peerTimeout == 0 ? nil : .milliseconds(Int64(peerTimeout * 1000))
         do { try options.validate() } catch { throw ValidationError(error.context) }
         return options
     }

@@ -13,10 +13,13 @@ import Testing
     @Test func controlRoundTripsOverItsFields() throws {
         for freed in [0, 1, 4096, NotificationWord.maxFreed] {
             for credits in [0, 1, 255, NotificationWord.maxCredits] {
-                for fin in [false, true] where freed != 0 || credits != 0 || fin {
-                    let word = NotificationWord.control(freed: freed, credits: credits, fin: fin)
-                    #expect(try NotificationWord.decode(word.encoded) == word)
-                    #expect(word.encoded & (1 << 29) == 0)
+                for fin in [false, true] {
+                    for beat in [false, true] where freed != 0 || credits != 0 || fin || beat {
+                        let word = NotificationWord.control(freed: freed, credits: credits, fin: fin, beat: beat)
+                        #expect(try NotificationWord.decode(word.encoded) == word)
+                        #expect(word.encoded & (1 << 29) != 0 == beat)
+                        #expect(word.encoded & (1 << 30) != 0 == fin)
+                    }
                 }
             }
         }
@@ -27,9 +30,6 @@ import Testing
         (UInt32(0x8000_0000), "outside 1...1048575"),          // DATA of 0
         (UInt32(0x8010_0000), "outside 1...1048575"),          // DATA of 2^20
         (UInt32(0xFFFF_FFFF), "outside 1...1048575"),          // DATA of 2^31 - 1
-        (UInt32(0x2000_0000), "reserved bit 29"),
-        (UInt32(0x2000_0001), "reserved bit 29"),
-        (UInt32(0x7FFF_FFFF), "reserved bit 29"),
     ])
     func everyInvalidWordIsAnError(word: UInt32, reason: String) {
         #expect {
@@ -38,6 +38,13 @@ import Testing
             guard let error = error as? RStreamError else { return false }
             return error.kind == .protocolViolation && error.context.contains(reason)
         }
+    }
+
+    // Protocol v4: bit 29 is BEAT, and a heartbeat may stand alone or carry what is owed.
+    @Test func aHeartbeatDecodesAloneAndWithCredits() throws {
+        #expect(try NotificationWord.decode(1 << 29) == .control(freed: 0, credits: 0, fin: false, beat: true))
+        #expect(try NotificationWord.decode(0x7FFF_FFFF) == .control(freed: NotificationWord.maxFreed,
+                                                                   credits: NotificationWord.maxCredits, fin: true, beat: true))
     }
 
     @Test func everyWordDecodesOrFailsWithoutTrapping() {
@@ -67,7 +74,7 @@ import Testing
         #expect(Array(bytes[0..<8]) == [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88])
         #expect(Array(bytes[16..<20]) == [0, 0, 0x80, 0])
         #expect(Array(bytes[20..<22]) == [0x01, 0x80])
-        #expect(bytes[22] == 3 && bytes[23] == 0)
+        #expect(bytes[22] == 4 && bytes[23] == 0)
         #expect(try ConnectionBlock.decode(bytes, expectIwarp: false) == good)
         var iwarp = good
         iwarp.iwarp = true
@@ -84,7 +91,8 @@ import Testing
         (mutated { $0.removeLast() }, "is 23 bytes"),
         ([UInt8](), "is 0 bytes"),
         (mutated { $0[22] = 2 }, "version 2"),
-        (mutated { $0[22] = 4 }, "version 4"),
+        (mutated { $0[22] = 3 }, "version 3"),
+        (mutated { $0[22] = 5 }, "version 5"),
         (mutated { $0[23] = 0x02 }, "unknown flags"),
         (mutated { $0[23] = 0x81 }, "unknown flags"),
         (mutated { $0[23] = 0x01 }, "asks for iWarp mode"),
@@ -92,6 +100,7 @@ import Testing
         (mutated { $0[16] = 0; $0[17] = 0x10; $0[18] = 0; $0[19] = 0 }, "ring size 1048576"),
         (mutated { $0[16] = 0; $0[17] = 0; $0[18] = 0x0F; $0[19] = 0xFF }, "ring size 4095"),
         (mutated { $0[20] = 0; $0[21] = 2 }, "rx credits 2 "),
+        (mutated { $0[20] = 0; $0[21] = 3 }, "rx credits 3 "),
         (mutated { $0[20] = 2; $0[21] = 0 }, "rx credits 512"),
     ])
     func everyBadBlockIsRefusedWithItsReason(bytes: [UInt8], reason: String) {
@@ -104,7 +113,7 @@ import Testing
     }
 
     @Test func limitsAreAccepted() throws {
-        for (ring, credits) in [(4096, 3), ((1 << 20) - 1, 511)] {
+        for (ring, credits) in [(4096, 4), ((1 << 20) - 1, 511)] {
             let block = ConnectionBlock(baseAddress: 0, key: 0, ringSize: ring, rxCredits: credits, iwarp: false)
             #expect(try ConnectionBlock.decode(block.encoded, expectIwarp: false) == block)
         }

@@ -3,8 +3,28 @@
 // Swift 6.3.1 crashes (LLVM "Invalid bitcast") compiling the fake wire with -sanitize=thread;
 // these single-threaded tests gain nothing from ThreadSanitizer, so its build leaves them out.
 #if !RSTREAM_TSAN
+/// What a test can make one operation of the fake wire do instead of succeeding.
+enum FakeFault {
+    /// The core's queue is full: nothing is posted.
+    case queueFull
+    /// The operation fails with this error.
+    case error(RStreamError)
+}
+
+/// The operations of the fake wire a fault can be aimed at.
+enum FakeOperation: Equatable {
+    /// A data write's bytes (with its word, outside iWarp mode).
+    case write
+    /// The DATA word after a write's bytes (iWarp mode's second post).
+    case dataWord
+    /// A CONTROL word.
+    case controlWord
+    case poll
+}
+
 /// Two in-memory endpoints joined by queues: writes land in the peer's receive ring at the remote
 /// offset (bounds-checked, so an out-of-range write is caught), words arrive as notifications.
+/// `faults` makes chosen operations report a full queue or throw, each once, in order.
 final class FakeWire {
     var pending: [[TransportEvent]] = [[], []]
     var rings: [UnsafeMutableRawBufferPointer] = []
@@ -13,6 +33,9 @@ final class FakeWire {
     var held: [[TransportEvent]] = [[], []]
     var consumesOnData: Bool
     var iwarp: Bool
+    var faults: [(side: Int, operation: FakeOperation, fault: FakeFault)] = []
+    /// Every word each side posted, in order (what the peer was sent).
+    var posted: [[UInt32]] = [[], []]
 
     init(consumesOnData: Bool = false, iwarp: Bool = false) {
         self.consumesOnData = consumesOnData
@@ -23,6 +46,17 @@ final class FakeWire {
 
     func deliver() {
         for side in 0..<2 { pending[side] += held[side]; held[side] = [] }
+    }
+
+    /// Makes the next `operation` of `side` fail with `fault` (after the faults already armed for it).
+    func fail(_ side: Int, _ operation: FakeOperation, with fault: FakeFault, times: Int = 1) {
+        for _ in 0..<times { faults.append((side, operation, fault)) }
+    }
+
+    /// The fault armed for this operation, consumed.
+    func fault(_ side: Int, _ operation: FakeOperation) -> FakeFault? {
+        guard let i = faults.firstIndex(where: { $0.side == side && $0.operation == operation }) else { return nil }
+        return faults.remove(at: i).fault
     }
 }
 
@@ -38,8 +72,8 @@ final class FakeTransport: StreamTransport {
     init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
         self.side = side
         self.wire = wire
-        sendRegion = PageAlignedRegion(byteCount: ringSize)
-        receiveRegion = PageAlignedRegion(byteCount: ringSize)
+        sendRegion = try! PageAlignedRegion(byteCount: ringSize)
+        receiveRegion = try! PageAlignedRegion(byteCount: ringSize)
         costs = TransportCosts(txPerDataWrite: wire.iwarp ? 2 : 1,
                                peerReceivesPerDataWrite: wire.iwarp || wire.consumesOnData ? 1 : 0,
                                txQueueSize: txQueueSize, postedReceives: rxCredits)
@@ -58,24 +92,51 @@ final class FakeTransport: StreamTransport {
         if wire.holdCompletions { wire.held[side].append(event) } else { wire.pending[side].append(event) }
     }
 
-    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> Bool {
+    /// False when the armed fault is a full queue; throws an armed error.
+    private func admit(_ operation: FakeOperation) throws(RStreamError) -> Bool {
+        switch wire.fault(side, operation) {
+        case nil: return true
+        case .queueFull?: return false
+        case .error(let error)?: throw error
+        }
+    }
+
+    private func notifyPeer(_ word: UInt32, consumedReceive: Bool) {
+        wire.posted[side].append(word)
+        wire.pending[1 - side].append(.notified(word: word, consumedReceive: consumedReceive))
+    }
+
+    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost {
+        guard try admit(.write) else { return .notPosted }
         let target = wire.rings[1 - side]
         precondition(sendOffset + length <= sendRegion.count, "write reads beyond the send ring")
         precondition(remoteOffset + length <= target.count, "write lands beyond the peer's ring")
         target.baseAddress!.advanced(by: remoteOffset).copyMemory(from: sendRegion.base + sendOffset, byteCount: length)
         complete(.transmitted(writeSlot: writeSlot))
-        if wire.iwarp { complete(.transmitted(writeSlot: nil)) }
-        wire.pending[1 - side].append(.notified(word: word, consumedReceive: wire.iwarp || wire.consumesOnData))
+        guard wire.iwarp else {
+            notifyPeer(word, consumedReceive: wire.consumesOnData)
+            return .complete
+        }
+        return try sendDataWord(word) ? .complete : .bytesOnly
+    }
+
+    func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool {
+        precondition(wire.iwarp, "a DATA word apart from its write outside iWarp mode")
+        guard try admit(.dataWord) else { return false }
+        complete(.transmitted(writeSlot: nil))
+        notifyPeer(word, consumedReceive: true)
         return true
     }
 
     func send(word: UInt32) throws(RStreamError) -> Bool {
+        guard try admit(.controlWord) else { return false }
         complete(.transmitted(writeSlot: nil))
-        wire.pending[1 - side].append(.notified(word: word, consumedReceive: true))
+        notifyPeer(word, consumedReceive: true)
         return true
     }
 
     func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        guard try admit(.poll) else { return 0 }
         let n = min(events.count, wire.pending[side].count)
         for i in 0..<n { events[i] = wire.pending[side][i] }
         wire.pending[side].removeFirst(n)
@@ -93,12 +154,13 @@ final class EnginePair {
     let b: FakeEngine
     let wire: FakeWire
 
-    init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire()) {
+    init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire(),
+         peerTimeout: Duration? = nil) {
         let ta = FakeTransport(side: 0, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
         let tb = FakeTransport(side: 1, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
         let blockA = ta.block, blockB = tb.block
-        a = FakeEngine(transport: ta, peer: blockB)
-        b = FakeEngine(transport: tb, peer: blockA)
+        a = try! FakeEngine(transport: ta, peer: blockB, peerTimeout: peerTimeout)
+        b = try! FakeEngine(transport: tb, peer: blockA, peerTimeout: peerTimeout)
         self.wire = wire
     }
 }

@@ -26,8 +26,8 @@ func expectError(
         ("recv ring above", { $0.receiveRingSize = 1 << 20 }, "receive ring size 1048576 is outside"),
         ("tx below", { $0.txQueueSize = 7 }, "tx queue size 7 is outside 8...65536"),
         ("tx above", { $0.txQueueSize = 65537 }, "tx queue size 65537 is outside 8...65536"),
-        ("rx below", { $0.rxCredits = 2 }, "rx credits 2 is outside 3...511"),
-        ("rx above", { $0.rxCredits = 512 }, "rx credits 512 is outside 3...511"),
+        ("rx below", { $0.rxCredits = 3 }, "rx credits 3 is outside 4...511"),
+        ("rx above", { $0.rxCredits = 512 }, "rx credits 512 is outside 4...511"),
         ("busy poll", { $0.busyPollWindow = .seconds(2) }, "busy-poll window"),
         ("busy poll negative", { $0.busyPollWindow = .microseconds(-1) }, "busy-poll window"),
         ("provider empty", { $0.provider = "" }, "is not a core provider"),
@@ -52,7 +52,7 @@ func expectError(
         options.sendRingSize = 4096; options.receiveRingSize = (1 << 20) - 1
         options.txQueueSize = 8; options.rxCredits = 511; options.busyPollWindow = .zero
         try options.validate()
-        options.rxCredits = 3; options.txQueueSize = 65536; options.busyPollWindow = .seconds(1)
+        options.rxCredits = 4; options.txQueueSize = 65536; options.busyPollWindow = .seconds(1)
         try options.validate()
         expectError(.invalidOption, containing: "backlog") { _ = try StreamListener(backlog: 0) }
     }

@@ -85,7 +85,7 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
 
     @Test(arguments: [
         (["--send-ring", "100"], "send ring size 100 is outside 4096...1048575"),
-        (["--rx-credits", "600"], "rx credits 600 is outside 3...511"),
+        (["--rx-credits", "600"], "rx credits 600 is outside 4...511"),
         (["--tx-size", "0"], "tx queue size 0 is outside 8...65536"),
     ])
     func badOptionsAreNamed(arguments: [String], message: String) throws {

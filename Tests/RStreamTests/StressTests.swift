@@ -84,7 +84,7 @@ func runDuplex(options: StreamOptions, total: Int, maxRequest: Int = 1 << 20) th
         let options = loopbackOptions {
             $0.sendRingSize = 4096
             $0.receiveRingSize = 4096
-            $0.rxCredits = 3
+            $0.rxCredits = 4
             $0.txQueueSize = 8
         }
         let faults = try runDuplex(options: options, total: 8 << 20, maxRequest: 10_000)

@@ -306,7 +306,7 @@ static int options(void)
 		{ FI_OPT_SEND_BUF_SIZE, 32768, 4096, 1048575 },
 		{ FI_OPT_RECV_BUF_SIZE, 32768, 4096, 1048575 },
 		{ FI_OPT_TX_SIZE, 384, 8, 65536 },
-		{ FI_OPT_RX_SIZE, 384, 3, 511 },
+		{ FI_OPT_RX_SIZE, 384, 4, 511 },
 	};
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		size_t got = 0, len = sizeof got;
