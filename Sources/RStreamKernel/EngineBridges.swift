@@ -26,6 +26,18 @@ extension StreamEngine where Transport == FabricTransport {
         return try sendByElement(bytes)
     }
 
+    @inlinable
+    package func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
+        var result: Result<ReceiveOutcome, RStreamError>?
+        _ = buffer.withContiguousMutableStorageIfAvailable { storage in
+            result = Result { () throws(RStreamError) in try receiveContiguous(UnsafeMutableRawBufferPointer(storage)) }
+        }
+        if let result { return try result.get() }
+        return try receiveByElement(into: &buffer)
+    }
+}
+
+extension StreamEngine {
     /// All of `bytes` or none, in one step under the send lock (`sendWhole`).
     package func sendWhole<Bytes: Collection<UInt8>>(contentsOf bytes: Bytes) throws(RStreamError) -> Int {
         var result: Result<Int, RStreamError>?
@@ -46,18 +58,6 @@ extension StreamEngine where Transport == FabricTransport {
         return try result.get()
     }
 
-    @inlinable
-    package func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveOutcome {
-        var result: Result<ReceiveOutcome, RStreamError>?
-        _ = buffer.withContiguousMutableStorageIfAvailable { storage in
-            result = Result { () throws(RStreamError) in try receiveContiguous(UnsafeMutableRawBufferPointer(storage)) }
-        }
-        if let result { return try result.get() }
-        return try receiveByElement(into: &buffer)
-    }
-}
-
-extension StreamEngine {
     /// A collection without contiguous storage is copied through the zero-copy path.
     @usableFromInline
     package func sendByElement<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(RStreamError) -> Int {

@@ -17,8 +17,8 @@ import Testing
                     for beat in [false, true] where freed != 0 || credits != 0 || fin || beat {
                         let word = NotificationWord.control(freed: freed, credits: credits, fin: fin, beat: beat)
                         #expect(try NotificationWord.decode(word.encoded) == word)
-                        #expect(word.encoded & (1 << 29) != 0 == beat)
-                        #expect(word.encoded & (1 << 30) != 0 == fin)
+                        #expect((word.encoded & (1 << 29) != 0) == beat)
+                        #expect((word.encoded & (1 << 30) != 0) == fin)
                     }
                 }
             }

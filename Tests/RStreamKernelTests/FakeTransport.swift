@@ -9,6 +9,8 @@ enum FakeFault {
     case queueFull
     /// The operation fails with this error.
     case error(RStreamError)
+    /// The operation succeeds (to aim a later fault past it).
+    case pass
 }
 
 /// The operations of the fake wire a fault can be aimed at.
@@ -95,7 +97,7 @@ final class FakeTransport: StreamTransport {
     /// False when the armed fault is a full queue; throws an armed error.
     private func admit(_ operation: FakeOperation) throws(RStreamError) -> Bool {
         switch wire.fault(side, operation) {
-        case nil: return true
+        case nil, .pass?: return true
         case .queueFull?: return false
         case .error(let error)?: throw error
         }

@@ -119,11 +119,23 @@ final class Barrier: Sendable {
 }
 
 @Suite(.serialized) struct ThreadSafetyTests {
+    struct RecordMode: CustomTestStringConvertible, Sendable {
+        var recordSize: Int, iwarp: Bool
+        var testDescription: String { "\(recordSize) B records\(iwarp ? ", iWarp" : "")" }
+    }
+
     /// 4 senders and 4 receivers on one stream: fixed-size self-describing records, each sent and
-    /// received whole in one call, arrive whole and exactly once.
-    @Test func fourSendersFourReceivers() throws {
-        let perSender = 2000, recordSize = 64
-        let (client, server) = try connectedPair(loopbackOptions { $0.sendRingSize = 4096; $0.receiveRingSize = 4096 })
+    /// received whole in one call, arrive whole and exactly once. Records that do not divide the
+    /// ring (100 B, 1000 B) wrap it: before `trySendWhole` checked and copied in one step, two
+    /// senders both passed the check and the second split its record (a trap). In iWarp mode the
+    /// DATA word follows its write as a second post, which two threads once both made.
+    @Test(arguments: [RecordMode(recordSize: 64, iwarp: false), RecordMode(recordSize: 100, iwarp: false),
+                      RecordMode(recordSize: 1000, iwarp: false), RecordMode(recordSize: 100, iwarp: true)])
+    func fourSendersFourReceivers(mode: RecordMode) throws {
+        let perSender = 2000, recordSize = mode.recordSize
+        let (client, server) = try connectedPair(loopbackOptions {
+            $0.sendRingSize = 4096; $0.receiveRingSize = 4096; $0.iwarp = mode.iwarp
+        })
         let senders = (0..<4).map { id in
             Background { () throws -> Void in
                 for seq in 0..<perSender {
