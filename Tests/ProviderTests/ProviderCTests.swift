@@ -194,6 +194,21 @@ final class ServerSide {
         #expect(client.contains("reject ok"))
     }
 
+    // Before the purge at close the refusal stayed queued, fi_eq_read answered -FI_EAVAIL and
+    // fi_eq_readerr read the freed fid. (valgrind 3.19 cannot read the Swift toolchain's DWARF 5,
+    // so the provider is not run under it here; NOTES.md.)
+    @Test func aClosedEndpointsQueuedEventsGoWithIt() throws {
+        let result = try run(program.path, ["closed-with-events", "127.0.0.1", "1"], environment: providerEnvironment())
+        #expect(result.status == 0 && result.output.contains("closed with events ok"), "\(result.output) \(result.errors)")
+    }
+
+    // libfabric 1.17's fabtests `stream_msg`, the one upstream test of FI_EP_SOCK_STREAM, asks for
+    // automatic control progress; the provider used to answer -FI_ENODATA.
+    @Test func fabtestsStreamMsgHintsAndShape() throws {
+        let (server, client) = try pair(["stream-msg-server"], { ["stream-msg-client", "127.0.0.1", String($0)] })
+        #expect(server.contains("stream_msg server ok") && client.contains("stream_msg client ok"))
+    }
+
     @Test func sixtyFourConnectionsOnOneEventQueue() throws {
         let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))

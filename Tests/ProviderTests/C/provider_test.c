@@ -415,7 +415,7 @@ static int options(void)
 	expect_no_data(h, "FI_PROTO_IB_RDM");
 	h = fi_allocinfo();
 	h->domain_attr->data_progress = FI_PROGRESS_AUTO;
-	expect_no_data(h, "FI_PROGRESS_AUTO");
+	expect_no_data(h, "FI_PROGRESS_AUTO for data");
 	h = fi_allocinfo();
 	h->addr_format = FI_ADDR_STR;
 	expect_no_data(h, "FI_ADDR_STR");
@@ -782,6 +782,159 @@ static int threads_client(const char *host, const char *port)
 	return 0;
 }
 
+/* ---- closed with events queued: a later read must not hand out (or touch) the freed fid ---- */
+
+static int closed_with_events(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep;
+	char buffer[sizeof(struct fi_eq_cm_entry) + 64];
+	uint32_t event;
+	open_fabric(&f, find_stream(host, port, 0, iwarp()));
+	CHECK(fi_endpoint(f.domain, f.info, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &f.eq->fid, 0));
+	CHECK(fi_connect(ep, NULL, NULL, 0));
+	/* Peek until the refusal is queued, then close the endpoint without reading it. */
+	ssize_t n = fi_eq_sread(f.eq, &event, buffer, sizeof buffer, 20000, FI_PEEK);
+	EXPECT(n == -FI_EAVAIL, "the refusal is queued, got %zd", n);
+	CHECK(fi_close(&ep->fid));
+	struct fi_eq_err_entry err = { 0 };
+	n = fi_eq_read(f.eq, &event, buffer, sizeof buffer, 0);
+	EXPECT(n == -FI_EAGAIN, "the closed endpoint's events went with it, got %zd", n);
+	EXPECT(fi_eq_readerr(f.eq, &err, 0) == -FI_EAGAIN, "no error entry for a closed endpoint");
+	close_fabric(&f);
+	printf("closed with events ok\n");
+	return 0;
+}
+
+/* ---- fabtests' stream_msg (functional/stream_msg.c in libfabric 1.17), in that program's shape:
+ * exactly its hints, API 1.9, no completion queues, a greeting each way retried on -FI_EAGAIN ---- */
+
+static struct fi_info *stream_msg_hints(void)
+{
+	struct fi_info *hints = fi_allocinfo();
+	hints->ep_attr->type = FI_EP_SOCK_STREAM;
+	hints->caps = FI_MSG;
+	hints->domain_attr->mr_mode = 0;
+	hints->addr_format = FI_SOCKADDR;
+	hints->domain_attr->threading = FI_THREAD_SAFE;
+	hints->domain_attr->data_progress = FI_PROGRESS_MANUAL;
+	hints->domain_attr->control_progress = FI_PROGRESS_AUTO;
+	hints->tx_attr->msg_order = FI_ORDER_SAS;
+	hints->rx_attr->msg_order = FI_ORDER_SAS;
+	return hints;
+}
+
+static uint32_t stream_msg_event(struct fid_eq *eq, struct fi_eq_cm_entry *entry)
+{
+	uint32_t event;
+	ssize_t n = fi_eq_sread(eq, &event, entry, sizeof *entry, -1, 0);
+	EXPECT(n == sizeof *entry, "fi_eq_sread: %zd", n);
+	return event;
+}
+
+static void stream_msg_send(struct fid_ep *ep, const char *text)
+{
+	size_t len = strlen(text) + 1, done = 0;
+	while (done < len) {
+		ssize_t n = fi_send(ep, text + done, len - done, NULL, 0, NULL);
+		if (n == -FI_EAGAIN)
+			continue;
+		EXPECT(n > 0, "fi_send: %zd", n);
+		done += (size_t)n;
+	}
+}
+
+static void stream_msg_receive(struct fid_ep *ep, const char *expected)
+{
+	char buf[64] = { 0 };
+	size_t len = strlen(expected) + 1, done = 0;
+	while (done < len) {
+		ssize_t n = fi_recv(ep, buf + done, len - done, NULL, 0, NULL);
+		if (n == -FI_EAGAIN)
+			continue;
+		EXPECT(n > 0, "fi_recv: %zd", n);
+		done += (size_t)n;
+	}
+	EXPECT(!strcmp(buf, expected), "received \"%s\"", buf);
+}
+
+static int stream_msg_server(void)
+{
+	struct fi_info *hints = stream_msg_hints(), *fi_pep, *fi;
+	struct fid_fabric *fabric;
+	struct fid_domain *domain;
+	struct fid_eq *eq;
+	struct fid_pep *pep;
+	struct fid_ep *ep;
+	struct fi_eq_attr eq_attr = { .wait_obj = FI_WAIT_UNSPEC };
+	struct fi_eq_cm_entry entry;
+	struct sockaddr_in addr;
+	size_t len = sizeof addr;
+	CHECK(fi_getinfo(FI_VERSION(1, 9), "127.0.0.1", "0", FI_SOURCE, hints, &fi_pep));
+	EXPECT(fi_pep->domain_attr->control_progress == FI_PROGRESS_AUTO, "automatic control progress");
+	CHECK(fi_fabric(fi_pep->fabric_attr, &fabric, NULL));
+	CHECK(fi_eq_open(fabric, &eq_attr, &eq, NULL));
+	CHECK(fi_passive_ep(fabric, fi_pep, &pep, NULL));
+	CHECK(fi_pep_bind(pep, &eq->fid, 0));
+	CHECK(fi_listen(pep));
+	CHECK(fi_getname(&pep->fid, &addr, &len));
+	printf("port %d\n", ntohs(addr.sin_port));
+	fflush(stdout);
+	EXPECT(stream_msg_event(eq, &entry) == FI_CONNREQ, "FI_CONNREQ");
+	fi = entry.info;
+	CHECK(fi_domain(fabric, fi, &domain, NULL));
+	CHECK(fi_endpoint(domain, fi, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &eq->fid, 0));
+	CHECK(fi_enable(ep));
+	CHECK(fi_accept(ep, NULL, 0));
+	EXPECT(stream_msg_event(eq, &entry) == FI_CONNECTED && entry.fid == &ep->fid, "FI_CONNECTED");
+	stream_msg_receive(ep, client_greeting);
+	stream_msg_send(ep, server_greeting);
+	CHECK(fi_shutdown(ep, 0));
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	CHECK(fi_close(&domain->fid));
+	CHECK(fi_close(&eq->fid));
+	CHECK(fi_close(&fabric->fid));
+	fi_freeinfo(fi);
+	fi_freeinfo(fi_pep);
+	fi_freeinfo(hints);
+	printf("stream_msg server ok\n");
+	return 0;
+}
+
+static int stream_msg_client(const char *host, const char *port)
+{
+	struct fi_info *hints = stream_msg_hints(), *fi;
+	struct fid_fabric *fabric;
+	struct fid_domain *domain;
+	struct fid_eq *eq;
+	struct fid_ep *ep;
+	struct fi_eq_attr eq_attr = { .wait_obj = FI_WAIT_UNSPEC };
+	struct fi_eq_cm_entry entry;
+	CHECK(fi_getinfo(FI_VERSION(1, 9), host, port, 0, hints, &fi));
+	CHECK(fi_fabric(fi->fabric_attr, &fabric, NULL));
+	CHECK(fi_eq_open(fabric, &eq_attr, &eq, NULL));
+	CHECK(fi_domain(fabric, fi, &domain, NULL));
+	CHECK(fi_endpoint(domain, fi, &ep, NULL));
+	CHECK(fi_ep_bind(ep, &eq->fid, 0));
+	CHECK(fi_enable(ep));
+	CHECK(fi_connect(ep, fi->dest_addr, NULL, 0));
+	EXPECT(stream_msg_event(eq, &entry) == FI_CONNECTED && entry.fid == &ep->fid, "FI_CONNECTED");
+	stream_msg_send(ep, client_greeting);
+	stream_msg_receive(ep, server_greeting);
+	CHECK(fi_shutdown(ep, 0));
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&domain->fid));
+	CHECK(fi_close(&eq->fid));
+	CHECK(fi_close(&fabric->fid));
+	fi_freeinfo(fi);
+	fi_freeinfo(hints);
+	printf("stream_msg client ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	alarm(240); /* a hung side fails its test instead of hanging the suite */
@@ -815,10 +968,17 @@ int main(int argc, char **argv)
 		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
 	if (!strcmp(cmd, "threads-client") && argc == 4)
 		return threads_client(argv[2], argv[3]);
+	if (!strcmp(cmd, "closed-with-events") && argc == 4)
+		return closed_with_events(argv[2], argv[3]);
+	if (!strcmp(cmd, "stream-msg-server"))
+		return stream_msg_server();
+	if (!strcmp(cmd, "stream-msg-client") && argc == 4)
+		return stream_msg_client(argv[2], argv[3]);
 usage:
 	fprintf(stderr, "usage: provider_test greeting-server | greeting-client HOST PORT | bulk-server MODE MIB |\n"
 			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
 			"  refused HOST PORT | reject-server | reject-client HOST PORT | echo-server COUNT |\n"
-			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT\n");
+			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT | closed-with-events HOST PORT |\n"
+			"  stream-msg-server | stream-msg-client HOST PORT\n");
 	return 2;
 }
