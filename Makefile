@@ -1,7 +1,7 @@
 # RStream: `make run` (the main job) and `make test` (every test) do all the set-up on a fresh
 # Debian machine with Swift, installing the system packages they need when missing.
 
-SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libnuma-dev pkg-config
+SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libnuma-dev pkg-config iproute2
 SWIFT ?= swift
 MIB ?= 256
 

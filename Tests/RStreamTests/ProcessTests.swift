@@ -181,3 +181,44 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
         stream.close()
     }
 }
+
+/// True where this process may make network namespaces (root, and `ip` from iproute2 present).
+let namespacesAvailable: Bool = {
+    let probe = "rs-probe-\(getpid())"
+    func ip(_ arguments: [String]) -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = arguments
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return false }
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
+    guard ip(["netns", "add", probe]) else {
+        print("NamespaceTests: skipped, network namespaces cannot be made here (needs root and iproute2)")
+        return false
+    }
+    return ip(["netns", "del", probe])
+}()
+
+/// Protocol v4 liveness across a real link that the test cuts: two network namespaces joined by a
+/// veth pair (`scripts/netns-liveness.sh` makes and removes them).
+@Suite(.serialized, .enabled(if: namespacesAvailable)) struct NamespaceTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/netns-liveness.sh")
+
+    @Test(arguments: ["cut-transfer", "cut-idle", "outage"])
+    func aCutLinkEndsBothSidesAndAShortOutageLosesNothing(scenario: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [Self.script.path, rstreamBinary.path, scenario]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(text)")
+        #expect(text.contains("netns liveness: 0 failed"), "\(text)")
+    }
+}
