@@ -5,7 +5,7 @@ SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libn
 SWIFT ?= swift
 MIB ?= 256
 
-.PHONY: run pipe test deps build release provider benchmarks clean
+.PHONY: run pipe test deps build release provider benchmarks fuzz soak clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -48,7 +48,23 @@ benchmarks: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --no-parallel
+	for t in word block engine; do RSTREAM_FUZZ=$$t "$$($(SWIFT) build --show-bin-path)/rstream-fuzz" Fuzz/corpus/$$t/*; done
 	SWIFT=$(SWIFT) scripts/test-tsan.sh
+
+# libFuzzer over the word decoder, the connection-block parser and the engine on the in-memory
+# wire, FUZZ_SECONDS each (address sanitizer on), from the committed corpus in Fuzz/corpus.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := $(SWIFT) build -c debug --scratch-path .build-fuzz --product rstream-fuzz --sanitize=fuzzer --sanitize=address \
+  -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp -Xswiftc -DRSTREAM_FUZZING
+fuzz: deps
+	$(FUZZ_BUILD)
+	scripts/fuzz.sh "$$($(FUZZ_BUILD) --show-bin-path)/rstream-fuzz" $(FUZZ_SECONDS)
+
+# Not in CI: random sizes, rings and modes, one side killed with kill -9 at random moments, both
+# directions, checksummed, for SOAK_MINUTES.
+SOAK_MINUTES ?= 30
+soak: release
+	scripts/soak.sh "$$($(SWIFT) build -c release --show-bin-path)/rstream" $(SOAK_MINUTES)
 
 clean:
 	rm -rf .build

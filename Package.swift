@@ -43,7 +43,11 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
-        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "CLibfabric", "CFabricShim"]),
+        // The in-memory wire under the engine, for the engine's tests and its fuzzer (no product).
+        .target(name: "RStreamFakeWire", dependencies: ["RStreamKernel"]),
+        // libFuzzer targets (`make fuzz`); built only with --sanitize=fuzzer, which brings its main.
+        .executableTarget(name: "rstream-fuzz", dependencies: ["RStreamKernel", "RStreamFakeWire"]),
+        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
         .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
         .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "rstream"]),

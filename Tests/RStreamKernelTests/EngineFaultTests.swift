@@ -3,6 +3,7 @@ import Testing
 import Glibc
 #endif
 @_spi(Benchmarks) @testable import RStreamKernel
+import RStreamFakeWire
 
 // Swift 6.3.1 crashes (LLVM "Invalid bitcast") compiling the fake wire with -sanitize=thread;
 // these single-threaded tests gain nothing from ThreadSanitizer, so its build leaves them out.

@@ -1,5 +1,6 @@
 import Testing
 @_spi(Benchmarks) @testable import RStreamKernel
+import RStreamFakeWire
 
 // Swift 6.3.1 crashes (LLVM "Invalid bitcast") compiling the fake wire with -sanitize=thread;
 // these single-threaded tests gain nothing from ThreadSanitizer, so its build leaves them out.

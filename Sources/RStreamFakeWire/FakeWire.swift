@@ -1,10 +1,12 @@
-@_spi(Benchmarks) @testable import RStreamKernel
+@_spi(Benchmarks) import RStreamKernel
 
-// Swift 6.3.1 crashes (LLVM "Invalid bitcast") compiling the fake wire with -sanitize=thread;
-// these single-threaded tests gain nothing from ThreadSanitizer, so its build leaves them out.
+// The in-memory wire under the engine, for its tests and its fuzzer (a target of its own so both
+// can use it; never a product). Swift 6.3.1 crashes (LLVM "Invalid bitcast") compiling it with
+// -sanitize=thread; its single-threaded users gain nothing from ThreadSanitizer, so that build
+// leaves it out.
 #if !RSTREAM_TSAN
 /// What a test can make one operation of the fake wire do instead of succeeding.
-enum FakeFault {
+package enum FakeFault {
     /// The core's queue is full: nothing is posted.
     case queueFull
     /// The operation fails with this error.
@@ -14,7 +16,7 @@ enum FakeFault {
 }
 
 /// The operations of the fake wire a fault can be aimed at.
-enum FakeOperation: Equatable {
+package enum FakeOperation: Equatable {
     /// A data write's bytes (with its word, outside iWarp mode).
     case write
     /// The DATA word after a write's bytes (iWarp mode's second post).
@@ -27,51 +29,51 @@ enum FakeOperation: Equatable {
 /// Two in-memory endpoints joined by queues: writes land in the peer's receive ring at the remote
 /// offset (bounds-checked, so an out-of-range write is caught), words arrive as notifications.
 /// `faults` makes chosen operations report a full queue or throw, each once, in order.
-final class FakeWire {
-    var pending: [[TransportEvent]] = [[], []]
-    var rings: [UnsafeMutableRawBufferPointer] = []
+package final class FakeWire {
+    package var pending: [[TransportEvent]] = [[], []]
+    package var rings: [UnsafeMutableRawBufferPointer] = []
     /// Completions held back until `deliver()`; lets a test see state before they return.
-    var holdCompletions = false
-    var held: [[TransportEvent]] = [[], []]
-    var consumesOnData: Bool
-    var iwarp: Bool
-    var faults: [(side: Int, operation: FakeOperation, fault: FakeFault)] = []
+    package var holdCompletions = false
+    package var held: [[TransportEvent]] = [[], []]
+    package var consumesOnData: Bool
+    package var iwarp: Bool
+    package var faults: [(side: Int, operation: FakeOperation, fault: FakeFault)] = []
     /// Every word each side posted, in order (what the peer was sent).
-    var posted: [[UInt32]] = [[], []]
+    package var posted: [[UInt32]] = [[], []]
 
-    init(consumesOnData: Bool = false, iwarp: Bool = false) {
+    package init(consumesOnData: Bool = false, iwarp: Bool = false) {
         self.consumesOnData = consumesOnData
         self.iwarp = iwarp
     }
 
-    func inject(to side: Int, _ event: TransportEvent) { pending[side].append(event) }
+    package func inject(to side: Int, _ event: TransportEvent) { pending[side].append(event) }
 
-    func deliver() {
+    package func deliver() {
         for side in 0..<2 { pending[side] += held[side]; held[side] = [] }
     }
 
     /// Makes the next `operation` of `side` fail with `fault` (after the faults already armed for it).
-    func fail(_ side: Int, _ operation: FakeOperation, with fault: FakeFault, times: Int = 1) {
+    package func fail(_ side: Int, _ operation: FakeOperation, with fault: FakeFault, times: Int = 1) {
         for _ in 0..<times { faults.append((side, operation, fault)) }
     }
 
     /// The fault armed for this operation, consumed.
-    func fault(_ side: Int, _ operation: FakeOperation) -> FakeFault? {
+    package func fault(_ side: Int, _ operation: FakeOperation) -> FakeFault? {
         guard let i = faults.firstIndex(where: { $0.side == side && $0.operation == operation }) else { return nil }
         return faults.remove(at: i).fault
     }
 }
 
-final class FakeTransport: StreamTransport {
-    let side: Int
-    let wire: FakeWire
-    let sendRegion: PageAlignedRegion
-    let receiveRegion: PageAlignedRegion
-    let costs: TransportCosts
-    var disconnected = false
-    var hotStateNode: Int? { nil }
+package final class FakeTransport: StreamTransport {
+    package let side: Int
+    package let wire: FakeWire
+    package let sendRegion: PageAlignedRegion
+    package let receiveRegion: PageAlignedRegion
+    package let costs: TransportCosts
+    package var disconnected = false
+    package var hotStateNode: Int? { nil }
 
-    init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
+    package init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
         self.side = side
         self.wire = wire
         sendRegion = try! PageAlignedRegion(byteCount: ringSize)
@@ -82,13 +84,13 @@ final class FakeTransport: StreamTransport {
         wire.rings.append(receiveRegion.buffer)
     }
 
-    var block: ConnectionBlock {
+    package var block: ConnectionBlock {
         ConnectionBlock(baseAddress: 0, key: UInt64(side), ringSize: receiveRegion.count,
                         rxCredits: costs.postedReceives, iwarp: wire.iwarp)
     }
 
-    var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
-    var receiveRing: UnsafeRawBufferPointer { UnsafeRawBufferPointer(receiveRegion.buffer) }
+    package var sendRing: UnsafeMutableRawBufferPointer { sendRegion.buffer }
+    package var receiveRing: UnsafeRawBufferPointer { UnsafeRawBufferPointer(receiveRegion.buffer) }
 
     private func complete(_ event: TransportEvent) {
         if wire.holdCompletions { wire.held[side].append(event) } else { wire.pending[side].append(event) }
@@ -108,7 +110,7 @@ final class FakeTransport: StreamTransport {
         wire.pending[1 - side].append(.notified(word: word, consumedReceive: consumedReceive))
     }
 
-    func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost {
+    package func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost {
         guard try admit(.write) else { return .notPosted }
         let target = wire.rings[1 - side]
         precondition(sendOffset + length <= sendRegion.count, "write reads beyond the send ring")
@@ -122,7 +124,7 @@ final class FakeTransport: StreamTransport {
         return try sendDataWord(word) ? .complete : .bytesOnly
     }
 
-    func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool {
+    package func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool {
         precondition(wire.iwarp, "a DATA word apart from its write outside iWarp mode")
         guard try admit(.dataWord) else { return false }
         complete(.transmitted(writeSlot: nil))
@@ -130,14 +132,14 @@ final class FakeTransport: StreamTransport {
         return true
     }
 
-    func send(word: UInt32) throws(RStreamError) -> Bool {
+    package func send(word: UInt32) throws(RStreamError) -> Bool {
         guard try admit(.controlWord) else { return false }
         complete(.transmitted(writeSlot: nil))
         notifyPeer(word, consumedReceive: true)
         return true
     }
 
-    func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+    package func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
         guard try admit(.poll) else { return 0 }
         let n = min(events.count, wire.pending[side].count)
         for i in 0..<n { events[i] = wire.pending[side][i] }
@@ -145,18 +147,18 @@ final class FakeTransport: StreamTransport {
         return n
     }
 
-    func disconnect() { disconnected = true }
+    package func disconnect() { disconnected = true }
 }
 
-typealias FakeEngine = StreamEngine<FakeTransport>
+package typealias FakeEngine = StreamEngine<FakeTransport>
 
 /// A connected pair of engines over one wire.
-final class EnginePair {
-    let a: FakeEngine
-    let b: FakeEngine
-    let wire: FakeWire
+package final class EnginePair {
+    package let a: FakeEngine
+    package let b: FakeEngine
+    package let wire: FakeWire
 
-    init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire(),
+    package init(ringSize: Int = 4096, txQueueSize: Int = 16, rxCredits: Int = 8, wire: FakeWire = FakeWire(),
          peerTimeout: Duration? = nil) {
         let ta = FakeTransport(side: 0, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
         let tb = FakeTransport(side: 1, wire: wire, ringSize: ringSize, txQueueSize: txQueueSize, rxCredits: rxCredits)
@@ -168,14 +170,14 @@ final class EnginePair {
 }
 
 extension StreamEngine {
-    func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
+    package func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
         let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
         defer { copy.deallocate() }
         copy.copyBytes(from: bytes)
         return try send(UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]))
     }
 
-    func receive(into buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
+    package func receive(into buffer: inout [UInt8]) throws(RStreamError) -> ReceiveOutcome {
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count, alignment: 1)
         defer { raw.deallocate() }
         let outcome = try receive(into: raw)
@@ -183,7 +185,7 @@ extension StreamEngine {
         return outcome
     }
 
-    func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
+    package func receiveAll(max: Int = 1 << 20) throws(RStreamError) -> ([UInt8], ReceiveOutcome) {
         var buffer = [UInt8](repeating: 0, count: max)
         let outcome = try receive(into: &buffer)
         if case .bytes(let n) = outcome { return (Array(buffer[0..<n]), outcome) }
