@@ -18,7 +18,7 @@ work=$(mktemp -d)
 pids=()
 
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in "${pids[@]}" $(jobs -p); do kill -9 "$p" 2>/dev/null; done
   ip netns del "$ns_a" 2>/dev/null; ip netns del "$ns_b" 2>/dev/null
   rm -rf "$work"
 }
@@ -35,6 +35,7 @@ sleep 1.5 # a new veth pair takes about a second before a connect goes through
 
 link() { ip -n "$ns_a" link set "$veth_a" "$1"; }
 common=(--provider tcp --peer-timeout "$timeout_s")
+outage_timeout_s=10 # a 2 s outage plus TCP's retransmission back-off stays well under it
 port=7700
 failures=0
 
@@ -59,7 +60,7 @@ wait_exit() {
 
 cut_scenario() { # $1: the producer command for the client's stdin
   start_listener /dev/null
-  bash -c "$1" | ip netns exec "$ns_b" "$bin" connect 10.231.0.1 "$port" "${common[@]}" > /dev/null 2> "$work/connect.err" &
+  bash -c "$1" 2>/dev/null | ip netns exec "$ns_b" "$bin" connect 10.231.0.1 "$port" "${common[@]}" > /dev/null 2> "$work/connect.err" &
   local connect_pid=$!; pids+=("$connect_pid")
   sleep 1.5
   link down
@@ -67,6 +68,7 @@ cut_scenario() { # $1: the producer command for the client's stdin
   local c l
   wait_exit "$connect_pid" $((timeout_s + 5)); c=$status
   wait_exit "$listen_pid" $((timeout_s + 5 - (SECONDS - cut))); l=$status
+  kill -9 $(jobs -p) 2>/dev/null # the producer (sleep, cat) goes with its stream
   link up; sleep 1.5
   echo "  connect: exit $c after $((SECONDS - cut)) s: $(tail -n 1 "$work/connect.err")"
   echo "  listen:  exit $l: $(tail -n 1 "$work/listen.err")"
@@ -82,6 +84,7 @@ for scenario in $scenarios; do
     cut-transfer) cut_scenario "cat /dev/zero" ;;
     cut-idle) cut_scenario "sleep 60" ;;
     outage)
+      common=(--provider tcp --peer-timeout "$outage_timeout_s")
       head -c $((64 << 20)) /dev/urandom > "$work/in"
       start_listener "$work/out"
       # Fed in 1 MiB steps so the transfer is still going when the link drops.

@@ -60,8 +60,12 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     /// iWarp: rxCredits receive slots, then txQueueSize send slots, 4 bytes each.
     private let wordRegion: PageAlignedRegion
     private let completions: UnsafeMutablePointer<fi_cq_data_entry>
-    /// Free word slots (iWarp): taken under the send lock, returned under the progress lock.
-    private let wordSlots: Mutex<[Int32]>
+    /// iWarp word slots: taken under the send lock, returned under the progress lock.
+    private struct WordSlots {
+        var free: [Int32]
+        var inUse: [Bool]
+    }
+    private let wordSlots: Mutex<WordSlots>
     private var peer: ConnectionBlock?
 
     /// What waiters on this endpoint sleep on; nil where the core offers no wait descriptors.
@@ -200,9 +204,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         self.receiveRegion = receiveRegion
         self.wordRegion = wordRegion
         self.completions = .allocate(capacity: Self.completionBatch)
-        var slots = [Int32](repeating: 0, count: txSize)
-        for i in 0..<txSize { slots[i] = Int32(txSize - 1 - i) }
-        self.wordSlots = Mutex(slots)
+        self.wordSlots = Mutex(WordSlots(free: (0..<Int32(txSize)).reversed(), inUse: [Bool](repeating: false, count: txSize)))
         var finalShape = shape
         finalShape.txQueueSize = txSize
         self.shape = finalShape
@@ -271,7 +273,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let context = Self.context(.write, writeSlot)
         let rc: Int
         if shape.iwarp {
-            guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.isEmpty }) else { return .notPosted }
+            guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.free.isEmpty }) else { return .notPosted }
             rc = fabricCall(.write) { fi_write(endpoint, source, length, desc, rs_fi_addr_unspec(), address, peer.key, context) }
         } else {
             rc = fabricCall(.write) {
@@ -299,14 +301,19 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     private func sendWordPayload(_ word: UInt32) throws(RStreamError) -> Bool {
-        guard let slot32 = wordSlots.withCheckedLock(key: lockKey(self), { $0.popLast() }) else { return false }
+        let taken = wordSlots.withCheckedLock(key: lockKey(self)) { (slots: inout WordSlots) -> Int32? in
+            guard let slot = slots.free.popLast() else { return nil }
+            slots.inUse[Int(slot)] = true
+            return slot
+        }
+        guard let slot32 = taken else { return false }
         let slot = Int(slot32)
         let payload = wordRegion.base + 4 * (shape.rxCredits + slot)
         payload.storeBytes(of: word.bigEndian, as: UInt32.self)
         let rc = fabricCall(.send) {
             fi_send(endpoint, payload, 4, fi_mr_desc(wordRegistration), rs_fi_addr_unspec(), Self.context(.wordSend, slot))
         }
-        if rc < 0 { returnWordSlot(slot) }
+        if rc < 0 { try returnWordSlot(slot) }
         if rc == -Int(FI_EAGAIN) { return false }
         if rc < 0 { throw .fabric(rc, "fi_send(word)") }
         return true
@@ -321,7 +328,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             let rc = fi_cq_readerr(cq, &err, 0)
             if rc < 0 { throw .fabric(rc, "fi_cq_readerr") }
             let transmit = Self.decode(err.op_context).map { $0.0 != .receive } ?? (err.flags & UInt64(FI_RECV) == 0)
-            if let (tag, slot) = Self.decode(err.op_context), tag == .wordSend, shape.iwarp { returnWordSlot(slot) }
+            if let (tag, slot) = Self.decode(err.op_context), tag == .wordSend, shape.iwarp { try returnWordSlot(slot) }
             events[0] = .failed(code: err.err, transmit: transmit)
             waitSet?.stateMayHaveChanged()
             return 1
@@ -355,7 +362,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             switch tag {
             case .write: return .transmitted(writeSlot: slot)
             case .wordSend:
-                if shape.iwarp { returnWordSlot(slot) }
+                if shape.iwarp { try returnWordSlot(slot) }
                 return .transmitted(writeSlot: nil)
             case .receive: throw RStreamError(.fabric, "receive context on a transmit completion")
             }
@@ -382,11 +389,16 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         return .notified(word: word, consumedReceive: consumed)
     }
 
-    private func returnWordSlot(_ slot: Int) {
-        wordSlots.withCheckedLock(key: lockKey(self)) { slots in
-            precondition(slots.count < shape.txQueueSize, "word slot returned twice")
-            slots.append(Int32(slot))
+    /// Returns a word slot at its completion; a completion for a slot not in use (the core
+    /// reporting one twice) is an error, not a trap.
+    private func returnWordSlot(_ slot: Int) throws(RStreamError) {
+        let returned = wordSlots.withCheckedLock(key: lockKey(self)) { (slots: inout WordSlots) -> Bool in
+            guard slot >= 0, slot < slots.inUse.count, slots.inUse[slot] else { return false }
+            slots.inUse[slot] = false
+            slots.free.append(Int32(slot))
+            return true
         }
+        if !returned { throw RStreamError(.fabric, code: EPROTO, "the core completed word slot \(slot), which was not in use") }
     }
 
     /// The core endpoint's own address (`fi_getname`) or its peer's (`fi_getpeer`), as a sockaddr.

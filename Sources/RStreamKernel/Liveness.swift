@@ -1,19 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Protocol v4's liveness duty for one stream, kept by the progress shard: a heartbeat is due when
 /// this side has posted no word for `beatInterval`, and the peer is declared gone when it has sent
-/// no word for the peer timeout. It only judges; the engine posts the heartbeat and fails the
-/// stream.
+/// no word for the peer timeout *while this side was driven*. It only judges; the engine posts the
+/// heartbeat and fails the stream.
 ///
-/// It needs no clock of its own on the send path: "posted" is the engine's count of operations
-/// taken, compared with what it was at the last check, so a heartbeat may come up to one check
-/// interval late (checks run on every drive; the library's waits drive at least twice a second).
+/// It needs no clock on the send path: "posted" is the engine's count of operations taken,
+/// compared with what it was at the last check. Its clock is `CLOCK_MONOTONIC_COARSE` (a few
+/// milliseconds of resolution, read without a system call), ample for one-second heartbeats.
 ///
-/// Invariant: `lastHeard` and `lastPosted` are instants given to `check`, never later than the
-/// latest one.
+/// Time this side spends undriven is not the peer's silence: after a gap of more than
+/// `longestGap` between checks the silence clock starts again (the peer, which this side did not
+/// answer meanwhile, is given a full timeout to be heard from), so a stream used again after an
+/// idle spell is not failed at once.
+///
+/// Invariant: `lastHeard`, `lastPosted` and `lastCheck` are instants given to `check`, never later
+/// than the latest one.
 package struct Liveness: Sendable {
     package static let beatInterval: Duration = .seconds(1)
     /// The shortest peer timeout a stream may ask for: a few heartbeat intervals, so that a
     /// heartbeat late by one check interval is never taken for silence.
     package static let shortestPeerTimeout: Duration = .seconds(3)
+    /// A gap between checks longer than this means this side was not driven.
+    package static let longestGap: Duration = .seconds(2)
 
     package enum Verdict: Equatable, Sendable {
         case quiet
@@ -23,21 +34,33 @@ package struct Liveness: Sendable {
 
     /// nil: the peer may be silent for ever.
     package let peerTimeout: Duration?
-    private var lastHeard: ContinuousClock.Instant
-    private var lastPosted: ContinuousClock.Instant
+    private var lastHeard: Duration
+    private var lastPosted: Duration
+    private var lastCheck: Duration
     private var postedSeen = 0
 
-    package init(peerTimeout: Duration?, now: ContinuousClock.Instant) {
+    /// The liveness clock: monotonic, coarse, cheap.
+    @inline(__always)
+    package static func now() -> Duration {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
+    }
+
+    package init(peerTimeout: Duration?, now: Duration) {
         self.peerTimeout = peerTimeout
         lastHeard = now
         lastPosted = now
+        lastCheck = now
     }
 
     /// One look: `heard` when a word arrived since the last look, `posted` the running count of
-    /// operations this side has posted, `finished` when both FINs have crossed (nothing more is
-    /// owed either way: no heartbeat, no timeout).
-    package mutating func check(heard: Bool, posted: Int, finished: Bool, now: ContinuousClock.Instant) -> Verdict {
-        if heard { lastHeard = now }
+    /// operations this side has posted, `finished` when nothing more is owed either way (the
+    /// peer's FIN has arrived, and this side's FIN has gone or the peer has disconnected): no
+    /// heartbeat, no timeout.
+    package mutating func check(heard: Bool, posted: Int, finished: Bool, now: Duration) -> Verdict {
+        if heard || now - lastCheck > Self.longestGap { lastHeard = now }
+        lastCheck = now
         if posted != postedSeen {
             postedSeen = posted
             lastPosted = now

@@ -145,7 +145,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
                                                count: costs.txQueueSize)
         hot = base.bindMemory(to: HotState.self, capacity: 1)
         hot.initialize(to: HotState(ledgerStorage: slots, events: events,
-                                    liveness: Liveness(peerTimeout: peerTimeout, now: .now)))
+                                    liveness: Liveness(peerTimeout: peerTimeout, now: Liveness.now())))
         hotRegion = region
     }
 
@@ -189,8 +189,22 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// when the peer has been silent for the peer timeout (protocol v4, "Liveness").
     /// Errors do not escape: they become `failure`, reported after the bytes that came before.
     package func progress() {
-        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return }
-        let notified = hot.pointee.progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Bool in
+        if progressShard(), controlMayBeDue { hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) }
+        // Also after transmit completions alone: a CONTROL word or a staged write waiting for
+        // credits can go now.
+        serveSendWork()
+    }
+
+    /// `progress` for a caller that holds the send lock: it does the send-shard work itself when
+    /// it releases (`withSendLock`), so it does not try the lock it holds.
+    private func progressHoldingSendLock() {
+        if progressShard(), controlMayBeDue { hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) }
+    }
+
+    /// The progress shard's work; true when a word arrived (a CONTROL word may have become due).
+    private func progressShard() -> Bool {
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return false }
+        return hot.pointee.progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Bool in
             var notified = false
             do throws(RStreamError) {
                 for _ in 0..<8 {
@@ -204,9 +218,12 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             } catch {
                 fail(error)
             }
-            let finished = hot.pointee.finSentFlag.load(ordering: .acquiring) && hot.pointee.finReceivedFlag.load(ordering: .acquiring)
+            // Nothing is owed either way once the peer's FIN is in and ours has gone (or the peer
+            // has disconnected, so nothing of ours can go).
+            let finished = hot.pointee.finReceivedFlag.load(ordering: .acquiring)
+                && (hot.pointee.finSentFlag.load(ordering: .acquiring) || hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring))
             switch p.liveness.check(heard: notified, posted: hot.pointee.txTaken.load(ordering: .acquiring),
-                                    finished: finished, now: .now) {
+                                    finished: finished, now: Liveness.now()) {
             case .quiet: break
             case .beatDue:
                 hot.pointee.beatDue.store(true, ordering: .releasing)
@@ -216,9 +233,6 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             }
             return notified
         }
-        // Also after transmit completions alone: a CONTROL word or a staged write waiting for
-        // credits can go now.
-        if notified { requestControl() } else { serveSendWork() }
     }
 
     /// Handles one event under the progress lock; true when a CONTROL word may have become due.
@@ -242,11 +256,14 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             return false
         case .notified(let word, let usedReceive):
             if usedReceive {
-                let used = hot.pointee.receivesUsed.add(1, ordering: .releasing).newValue
+                // Checked before it is counted: a count past the credits could reach a CONTROL
+                // word being encoded on another thread (a trap at 512).
+                let used = hot.pointee.receivesUsed.load(ordering: .relaxed) + 1
                 guard used - hot.pointee.reportedCredits.load(ordering: .acquiring) <= localRxCredits else {
                     fail(.protocolViolation("peer used more than the \(localRxCredits) receives it was credited"))
                     return false
                 }
+                hot.pointee.receivesUsed.store(used, ordering: .releasing)
             }
             guard let word else {
                 fail(.protocolViolation(costs.txPerDataWrite == 2
@@ -474,8 +491,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
     private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
         assert(n > 0 && n <= ringSpan(s) && s.staged.count < 3)
-        s.staged.append(StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
-                                    slot: hot.pointee.ledger.push(length: n)))
+        let write = StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
+                                slot: hot.pointee.ledger.push(length: n))
         s.writeOffset += n
         if s.writeOffset == sendCapacity { s.writeOffset = 0 }
         hot.pointee.sendCommitted.add(n, ordering: .releasing)
@@ -484,6 +501,19 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         if s.remoteOffset == peer.ringSize { s.remoteOffset = 0 }
         hot.pointee.txTaken.add(costs.txPerDataWrite, ordering: .releasing)
         hot.pointee.peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
+        if s.staged.isEmpty {
+            // The usual case: posted at once, staged only if the core refuses it.
+            switch try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
+                                       word: NotificationWord.data(length: n).encoded, writeSlot: write.slot) {
+            case .complete: return
+            case .bytesOnly: s.staged.append(StagedWrite(sendOffset: write.sendOffset, length: n, remoteOffset: write.remoteOffset,
+                                                         slot: write.slot, bytesPosted: true))
+            case .notPosted: s.staged.append(write)
+            }
+            try flushStaged(&s) // a DATA word may go at once; a refused write leaves a request standing
+            return
+        }
+        s.staged.append(write)
         try flushStaged(&s)
     }
 
@@ -520,13 +550,13 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
             // Completions are read only when the credits already known do not cover the request:
             // a poll costs a system call on some cores.
-            if writableSpan(s) < bytes.count { progress() }
+            if writableSpan(s) < bytes.count { progressHoldingSendLock() }
             var done = 0
             do throws(RStreamError) {
                 while done < bytes.count {
                     var span = min(writableSpan(s), bytes.count - done)
                     if span == 0 {
-                        progress()
+                        progressHoldingSendLock()
                         span = min(writableSpan(s), bytes.count - done)
                         if span == 0 { break }
                     }
@@ -551,7 +581,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         guard bytes.count > 0 else { return 0 }
         let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
             do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
-            if writableCount(s) < bytes.count { progress() }
+            if writableCount(s) < bytes.count { progressHoldingSendLock() }
             guard writableCount(s) >= bytes.count else { return 0 }
             // `writableCount` promised the credits and ring space for all of it (at most three
             // writes): a write staged on the way does not stop the rest of the record.
@@ -571,7 +601,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             }
             return done
         }
-        if done == 0, let failure { throw failure }
+        // A record cut short by a failure is not reported as sent: the stream has failed.
+        if done < bytes.count, let failure { throw failure }
         return done
     }
 
@@ -580,7 +611,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package func withWritableBytes(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> Int {
         try checkSendable()
         let n = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
-            if writableSpan(s) == 0 { progress() }
+            if writableSpan(s) == 0 { progressHoldingSendLock() }
             let span = writableSpan(s)
             guard span > 0 else { return 0 }
             let region = UnsafeMutableRawBufferPointer(start: transport.sendRing.baseAddress! + s.writeOffset, count: span)
@@ -597,7 +628,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// Bytes a send could take now without blocking.
     package var writableCount: Int {
-        hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+        let count = hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+        serveSendWork() // a request whose try-lock this hold made miss
+        return count
     }
 
     private func writableCount(_ s: borrowing SendShard) -> Int {
@@ -623,16 +656,18 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         _ = try? withSendLock { (s: inout SendShard) in
             hot.pointee.finRequestedFlag.store(true, ordering: .releasing)
             if hot.pointee.finSentFlag.load(ordering: .relaxed) { return }
-            progress()
+            progressHoldingSendLock()
             serveSendWork(&s)
         }
     }
 
     /// True once every write and word this side posted has completed locally.
     package var isQuiescent: Bool {
-        hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
+        let quiescent = hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
             s.staged.isEmpty && hot.pointee.txReturned.load(ordering: .acquiring) == hot.pointee.txTaken.load(ordering: .relaxed)
         }
+        serveSendWork() // a request whose try-lock this hold made miss
+        return quiescent
     }
     package var hasSentFin: Bool { hot.pointee.finSentFlag.load(ordering: .acquiring) }
     package var hasReceivedFin: Bool { hot.pointee.finReceivedFlag.load(ordering: .acquiring) }

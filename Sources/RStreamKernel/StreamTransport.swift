@@ -33,7 +33,7 @@ package enum WritePost: Sendable, Equatable {
     /// Nothing was posted: the core's queue was full.
     case notPosted
     /// The bytes were posted but their DATA word found the queue full (iWarp posts them in two
-    /// steps); `sendDataWord` must post the word before anything else is posted.
+    /// steps); `sendDataWord` must post the word before any other data write.
     case bytesOnly
     /// The bytes and their word were posted.
     case complete

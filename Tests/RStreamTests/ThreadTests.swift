@@ -159,7 +159,11 @@ final class Barrier: Sendable {
                     let id = Int(record[0])
                     let seq = Int(UInt32(littleEndian: record.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 1, as: UInt32.self) }))
                     let whole = id < 4 && seq < perSender && record[5...].allSatisfy { $0 == UInt8(id) }
-                    if !whole { problems.withLock { $0.append("torn record \(record.prefix(8))") }; continue }
+                    if !whole { // counted too, so a torn record fails the test instead of hanging it
+                        problems.withLock { $0.append("torn record \(record.prefix(8))") }
+                        total.add(1, ordering: .relaxed)
+                        continue
+                    }
                     let duplicate = seen.withLock { s -> Bool in defer { s[id][seq] = true }; return s[id][seq] }
                     if duplicate { problems.withLock { $0.append("record \(id)/\(seq) twice") } }
                     total.add(1, ordering: .relaxed)
