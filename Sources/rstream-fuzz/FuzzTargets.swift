@@ -8,6 +8,12 @@ import RStreamFakeWire
 import Glibc
 #endif
 
+#if RSTREAM_TSAN
+// The fake wire is left out of ThreadSanitizer builds (RStreamFakeWire), and so are these targets.
+@main enum Replay {
+    static func main() { print("rstream-fuzz is not built under ThreadSanitizer") }
+}
+#else
 private let target = getenv("RSTREAM_FUZZ").map { String(cString: $0) } ?? "engine"
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -139,3 +145,4 @@ enum FuzzEngine {
     }
 }
 #endif
+#endif // RSTREAM_TSAN
