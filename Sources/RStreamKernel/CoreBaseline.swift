@@ -1,6 +1,6 @@
 /// The raw core underneath RStream, for `rstream perf`: `fi_writedata` of whole messages into the
 /// peer's registered region, with no ring accounting, no copies and no credits. It is the floor
-/// RStream's figures are compared with. Both sides must run it (a peer's word here is not protocol v3).
+/// RStream's figures are compared with. Both sides must run it (a peer's word here is not the rstream protocol).
 ///
 /// Invariant: at most `window` operations are outstanding, which the caller keeps within the
 /// transmit queue and the peer's posted receives.

@@ -551,26 +551,33 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             // Completions are read only when the credits already known do not cover the request:
             // a poll costs a system call on some cores.
             if writableSpan(s) < bytes.count { progressHoldingSendLock() }
-            var done = 0
-            do throws(RStreamError) {
-                while done < bytes.count {
-                    var span = min(writableSpan(s), bytes.count - done)
-                    if span == 0 {
-                        progressHoldingSendLock()
-                        span = min(writableSpan(s), bytes.count - done)
-                        if span == 0 { break }
-                    }
-                    let target = transport.sendRing.baseAddress! + s.writeOffset
-                    target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
-                    try commit(span, &s)
-                    done += span
-                }
-            } catch {
-                fail(error)
+            return copyIn(bytes, &s) { (s, left) in
+                let span = min(writableSpan(s), left)
+                if span > 0 { return span }
+                progressHoldingSendLock()
+                return min(writableSpan(s), left)
             }
-            return done
         }
         if done == 0, let failure { throw failure }
+        return done
+    }
+
+    /// Copies `bytes` into the send ring, one write per span `nextSpan` allows (0: stop), and posts
+    /// each write (send lock held); returns the bytes taken. A failure fails the stream and stops.
+    private func copyIn(_ bytes: UnsafeRawBufferPointer, _ s: inout SendShard,
+                        nextSpan: (inout SendShard, Int) -> Int) -> Int {
+        var done = 0
+        do throws(RStreamError) {
+            while done < bytes.count {
+                let span = nextSpan(&s, bytes.count - done)
+                guard span > 0 else { break }
+                (transport.sendRing.baseAddress! + s.writeOffset).copyMemory(from: bytes.baseAddress! + done, byteCount: span)
+                try commit(span, &s)
+                done += span
+            }
+        } catch {
+            fail(error)
+        }
         return done
     }
 
@@ -585,21 +592,11 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             guard writableCount(s) >= bytes.count else { return 0 }
             // `writableCount` promised the credits and ring space for all of it (at most three
             // writes): a write staged on the way does not stop the rest of the record.
-            var done = 0
-            do throws(RStreamError) {
-                while done < bytes.count {
-                    let span = min(ringSpan(s), bytes.count - done)
-                    assert(span > 0, "writableCount promised room for \(bytes.count) bytes")
-                    guard span > 0 else { break }
-                    let target = transport.sendRing.baseAddress! + s.writeOffset
-                    target.copyMemory(from: bytes.baseAddress! + done, byteCount: span)
-                    try commit(span, &s)
-                    done += span
-                }
-            } catch {
-                fail(error)
+            return copyIn(bytes, &s) { (s, left) in
+                let span = min(ringSpan(s), left)
+                assert(span > 0, "writableCount promised room for \(bytes.count) bytes")
+                return span
             }
-            return done
         }
         // A record cut short by a failure is not reported as sent: the stream has failed.
         if done < bytes.count, let failure { throw failure }

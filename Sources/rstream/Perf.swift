@@ -35,7 +35,7 @@ struct Perf: ParsableCommand {
     func validate() throws {
         if recvRing >= 1 << 20 || sendRing >= 1 << 20 {
             // 512 KiB is the default; the protocol's limit is 2^20 - 1.
-            throw ValidationError("--send-ring and --recv-ring must be at most 1048575 (protocol v3)")
+            throw ValidationError("--send-ring and --recv-ring must be at most 1048575 (the protocol's limit)")
         }
         _ = try parsedSizes()
     }

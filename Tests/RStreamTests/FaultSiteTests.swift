@@ -23,6 +23,21 @@ import Testing
         server.close()
     }
 
+    /// `listener` accepts the client `connect` makes (on this thread), and a byte crosses; the
+    /// client is returned closed, for what the caller still wants to see of it.
+    @discardableResult
+    static func expectCarries(_ listener: StreamListener, connect: (UInt16) throws -> StreamConnection = {
+        try StreamConnection.connect(host: "127.0.0.1", port: $0, options: loopbackOptions())
+    }) throws -> StreamConnection {
+        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
+        let client = try connect(listener.port)
+        let server = try accepted.value()
+        try client.sendAll([7])
+        #expect(try server.receive(maxBytes: 1) == [7])
+        client.close(); server.close()
+        return client
+    }
+
     /// Runs `body` with `site` armed on this thread; the error it threw (nil: none).
     static func failing(_ site: FabricCallSite, _ body: () throws -> Void) -> RStreamError? {
         if case .failure(let error) = withFault(site, body) { return error }
@@ -48,12 +63,7 @@ import Testing
     @Test func aQueryThatFailsIsAskedAgainWithoutTheProgressPreference() throws {
         let listener = try Self.withFault(.getinfo) { try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions()) }.get()
         #expect(!FaultInjection.isArmed)
-        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
-        let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions())
-        let server = try accepted.value()
-        try client.sendAll([7])
-        #expect(try server.receive(maxBytes: 1) == [7])
-        client.close(); server.close()
+        try Self.expectCarries(listener)
     }
 
     @Test(arguments: [(FabricCallSite.fabric, "fi_fabric"), (.domain, "fi_domain"),
@@ -84,26 +94,16 @@ import Testing
         let listener = try Self.withFault(.eqOpen) { try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions()) }.get()
         #expect(listener.descriptor == nil)
         #expect(!FaultInjection.isArmed)
-        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
-        let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions())
-        let server = try accepted.value()
-        try client.sendAll([7])
-        #expect(try server.receive(maxBytes: 1) == [7])
-        client.close(); server.close()
+        try Self.expectCarries(listener)
     }
 
     @Test func aCompletionQueueWithoutAWaitDescriptorFallsBack() throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions())
-        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
-        let client = try Self.withFault(.cqOpen) {
-            try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions())
-        }.get()
-        let server = try accepted.value()
-        #expect(client.descriptor == nil)
+        let client = try Self.expectCarries(listener) { port in
+            try Self.withFault(.cqOpen) { try StreamConnection.connect(host: "127.0.0.1", port: port, options: loopbackOptions()) }.get()
+        }
         #expect(!FaultInjection.isArmed)
-        try client.sendAll([7])
-        #expect(try server.receive(maxBytes: 1) == [7])
-        client.close(); server.close()
+        #expect(client.descriptor == nil) // a closed stream still answers what its descriptor was
     }
 
     // The accepting side's fi_accept fails: accept says so; the client, never answered, times out.
@@ -116,12 +116,7 @@ import Testing
             _ = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions(), timeout: .seconds(2))
         }
         Self.expect(try accepting.value(), names: "fi_accept", .accept)
-        let next = Background { try listener.accept(timeout: .seconds(10)) }
-        let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: loopbackOptions())
-        let server = try next.value()
-        try client.sendAll([1])
-        #expect(try server.receive(maxBytes: 1) == [1])
-        client.close(); server.close()
+        try Self.expectCarries(listener)
     }
 
     // A refusal whose fi_reject fails: the listener still reports the bad request; the refused
