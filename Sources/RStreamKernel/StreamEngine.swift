@@ -27,7 +27,8 @@ package enum ReceiveOutcome: Equatable, Sendable {
 /// word or heartbeat that a non-sender finds due, a write whose post found the queue full) is
 /// requested with `sendWorkDue` and done by whoever holds, or next takes, the send lock.
 ///
-/// Invariants (each checked where its owner changes it):
+/// Invariants (each checked where its owner changes it, and all of them by `brokenInvariants`
+/// after every step of the single-threaded engine tests and the fuzzer):
 /// - 0 <= txTaken − txReturned <= costs.txQueueSize; 0 <= peerReceivesTaken − peerReceivesReturned
 ///   <= peer.rxCredits; 0 <= remoteWritten − remoteFreed <= peer.ringSize;
 /// - 0 <= received − consumed <= receive ring size; 0 <= sendCommitted − sendFreed <= send ring size;
@@ -669,6 +670,35 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package var hasSentFin: Bool { hot.pointee.finSentFlag.load(ordering: .acquiring) }
     package var hasReceivedFin: Bool { hot.pointee.finReceivedFlag.load(ordering: .acquiring) }
     package var isShutdown: Bool { hot.pointee.finRequestedFlag.load(ordering: .acquiring) }
+
+    /// The invariants of the header that the counters and shards can show, as sentences for each
+    /// one broken (empty: all hold). Only meaningful while no other thread is in the engine (the
+    /// counters of different shards move independently): the single-threaded engine tests and the
+    /// fuzzer call it after every step.
+    package func brokenInvariants() -> [String] {
+        var broken: [String] = []
+        func check(_ what: String, _ low: Int, _ high: Int, _ value: Int) {
+            if value < low || value > high { broken.append("\(what) \(value) outside \(low)...\(high)") }
+        }
+        let h = hot
+        check("tx slots in use", 0, costs.txQueueSize, h.pointee.txTaken.load(ordering: .acquiring) - h.pointee.txReturned.load(ordering: .acquiring))
+        check("peer receives in use", 0, peer.rxCredits,
+              h.pointee.peerReceivesTaken.load(ordering: .acquiring) - h.pointee.peerReceivesReturned.load(ordering: .acquiring))
+        check("peer ring bytes in use", 0, peer.ringSize, h.pointee.remoteWritten.load(ordering: .acquiring) - h.pointee.remoteFreed.load(ordering: .acquiring))
+        check("receive ring bytes held", 0, receiveCapacity, h.pointee.received.load(ordering: .acquiring) - h.pointee.consumed.load(ordering: .acquiring))
+        check("send ring bytes held", 0, sendCapacity, h.pointee.sendCommitted.load(ordering: .acquiring) - h.pointee.sendFreed.load(ordering: .acquiring))
+        check("unreported receives", 0, localRxCredits, h.pointee.receivesUsed.load(ordering: .acquiring) - h.pointee.reportedCredits.load(ordering: .acquiring))
+        let staged = h.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in
+            check("send write offset", 0, sendCapacity - 1, s.writeOffset)
+            check("remote write offset", 0, peer.ringSize - 1, s.remoteOffset)
+            return s.staged.count
+        }
+        check("staged writes", 0, 3, staged)
+        h.pointee.receiveShard.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) in check("read offset", 0, receiveCapacity - 1, r.readOffset) }
+        h.pointee.progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) in check("receive write offset", 0, receiveCapacity - 1, p.writeOffset) }
+        if h.pointee.finSentFlag.load(ordering: .acquiring) && !h.pointee.finRequestedFlag.load(ordering: .acquiring) { broken.append("FIN sent but never asked for") }
+        return broken
+    }
 
     // MARK: Receiving
 

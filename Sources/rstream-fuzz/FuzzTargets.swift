@@ -108,6 +108,10 @@ enum FuzzEngine {
                 var buffer = [UInt8](repeating: 0, count: 512)
                 _ = try? pair.a.receive(into: &buffer)
             }
+            for engine in [pair.a, pair.b] {
+                let broken = engine.brokenInvariants()
+                if !broken.isEmpty { fatalError("invariants broken after operation \(op % 10): \(broken)") }
+            }
         }
         // Fair weather afterwards: with nothing forged, what was accepted arrives, in order.
         guard !forged, pair.a.failure == nil, pair.b.failure == nil else { return }

@@ -197,6 +197,8 @@ import RStreamFakeWire
                     moved = true
                 }
             }
+            #expect(pair.a.brokenInvariants().isEmpty && pair.b.brokenInvariants().isEmpty,
+                    "\(pair.a.brokenInvariants()) \(pair.b.brokenInvariants())")
             stalls = moved ? 0 : stalls + 1
             try #require(stalls < 100, "no progress: sent \(sent) received \(received)")
         }
