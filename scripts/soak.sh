@@ -35,12 +35,15 @@ while [ $SECONDS -lt $end ]; do
     kill -9 "$victim" 2>/dev/null; kills=$((kills + 1))
   fi
   deadline=$((SECONDS + 30))
-  while { alive $lpid || alive $cpid; } && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
-  if [ "$victim" = "$cpid" ] && alive $lpid && ! alive $cpid; then
-    # A client killed before it connected leaves the listener waiting for one: give it one.
-    timeout 10 "$bin" connect 127.0.0.1 "$port" "${opts[@]}" < /dev/null > /dev/null 2>&1
-    for _ in $(seq 100); do alive $lpid || break; sleep 0.1; done
-  fi
+  nudged=""
+  while { alive $lpid || alive $cpid; } && [ $SECONDS -lt $deadline ]; do
+    if [ "$victim" = "$cpid" ] && [ -z "$nudged" ] && [ ! -s "$work/listened" ] && alive $lpid && [ $SECONDS -ge $((deadline - 20)) ]; then
+      # A client killed before it connected leaves the listener waiting for one: give it one.
+      nudged=1
+      timeout 10 "$bin" connect 127.0.0.1 "$port" "${opts[@]}" < /dev/null > /dev/null 2>&1
+    fi
+    sleep 0.05
+  done
   if alive $lpid || alive $cpid; then
     survivor=listen; [ "$victim" = "$lpid" ] && survivor=connect
     fail "hung: size $size rings $send_ring/$recv_ring ${mode[*]} ${echo_mode[*]} victim ${victim:+the other side, $survivor survived}: $(tail -c 300 "$work/$survivor.err" | tr '\n' ' ')"

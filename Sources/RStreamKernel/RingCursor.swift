@@ -83,6 +83,7 @@ package struct WriteLedger: ~Copyable {
 
     package var inFlight: Int { posted.load(ordering: .acquiring) - retired.load(ordering: .acquiring) }
     package var isFull: Bool { inFlight >= lengths.count }
+    package var freeSlots: Int { lengths.count - inFlight }
     package var isEmpty: Bool { inFlight == 0 }
 
     /// Records a posted write (pusher only); returns the slot its completion will name.

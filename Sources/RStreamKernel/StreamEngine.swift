@@ -374,12 +374,13 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// Does requested send-shard work while the send lock can be had. `serveSendWork(_:)` clears
     /// the request before it reads what to do, so a request made meanwhile is seen by the loop
-    /// after it; a holder the try-lock missed runs this loop itself after releasing.
-    /// Bounded: a request that stays (no credits, queue full) is retried when completions come.
+    /// after it; a holder the try-lock missed runs this loop itself after releasing. It stops
+    /// when what is left stands on its own (no credits, the core's queue full): that waits for
+    /// completions, and the progress that reads them serves it again.
     private func serveSendWork() {
-        for _ in 0..<4 where hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) {
-            let served: Void? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in serveSendWork(&s) }
-            if served == nil { return } // its holder serves the request after releasing
+        while hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) {
+            let standing: Bool? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in serveSendWork(&s) }
+            guard standing == false else { return } // nil: its holder serves the request after releasing
         }
     }
 
@@ -387,7 +388,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private func withSendLock<R>(_ body: (inout SendShard) throws(RStreamError) -> R) throws(RStreamError) -> R {
         let result = try hot.pointee.sendShard.withCheckedLock(key: sendKey) { (s: inout SendShard) throws(RStreamError) -> R in
             let result = try body(&s)
-            if hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) { serveSendWork(&s) }
+            if hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) { _ = serveSendWork(&s) }
             return result
         }
         serveSendWork()
@@ -395,28 +396,41 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     }
 
     /// The send shard's own work (send lock held): post a staged write, then a CONTROL word or
-    /// heartbeat when one is due. A write still staged keeps the request standing, so the next
-    /// completion retries it even if nobody sends again.
-    private func serveSendWork(_ s: inout SendShard) {
+    /// heartbeat when one is due. Work that cannot go yet (a write still staged, a word without
+    /// credits) keeps the request standing, so the next completion retries it even if nobody
+    /// sends again; true when some is left standing.
+    private func serveSendWork(_ s: inout SendShard) -> Bool {
         hot.pointee.sendWorkDue.store(false, ordering: .sequentiallyConsistent)
-        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return }
-        do throws(RStreamError) { try flushStaged(&s) } catch { return fail(error) }
-        flushControl(&s)
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring) else { return false }
+        do throws(RStreamError) { try flushStaged(&s) } catch {
+            fail(error)
+            return false
+        }
+        let wordWaits = flushControl(&s)
+        return wordWaits || !s.staged.isEmpty
     }
 
-    /// Sends a CONTROL word when one `isDue` (send lock held).
-    private func flushControl(_ s: inout SendShard) {
-        guard !hot.pointee.failedFlag.load(ordering: .acquiring), !hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) else { return }
+    /// Sends a CONTROL word when one `isDue` (send lock held); true when one is owed but could
+    /// not go (its request then stands).
+    @discardableResult
+    private func flushControl(_ s: inout SendShard) -> Bool {
+        guard !hot.pointee.failedFlag.load(ordering: .acquiring), !hot.pointee.peerDisconnectedFlag.load(ordering: .acquiring) else { return false }
         let finSent = hot.pointee.finSentFlag.load(ordering: .relaxed)
         let wantFin = hot.pointee.finRequestedFlag.load(ordering: .relaxed) && !finSent && s.staged.isEmpty
         let beat = hot.pointee.beatDue.load(ordering: .acquiring)
         let (freed, credits, dataCredits, usedNow, dataNow) = unreported
         let due = isDue(wantFin: wantFin, beat: beat, freed: freed, credits: credits, dataCredits: dataCredits)
-        guard due else { return }
+        guard due else { return false }
+        // The progress shard refuses a peer's receive beyond its credits before counting it, but a
+        // CONTROL word undone below briefly reports them as returned: never encode more than exist.
+        guard credits <= localRxCredits else {
+            fail(.protocolViolation("peer used \(credits) receives; \(localRxCredits) were credited"))
+            return false
+        }
         guard txAvailable >= 1, peerReceivesAvailable >= 1 else {
             // Owed but not sendable yet: the request stands for when completions or credits come.
             hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent)
-            return
+            return true
         }
         // Every word after our FIN repeats it: the only words the peer accepts after a FIN. Any
         // CONTROL word that goes while a heartbeat is due is the heartbeat.
@@ -440,15 +454,17 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         let posted: Bool
         do throws(RStreamError) { posted = try transport.send(word: word) } catch {
             undo()
-            return fail(error)
+            fail(error)
+            return false
         }
         guard posted else {
             undo()
             hot.pointee.sendWorkDue.store(true, ordering: .sequentiallyConsistent) // the queue was full: again later
-            return
+            return true
         }
         if wantFin { hot.pointee.finSentFlag.store(true, ordering: .releasing) }
         if beat { hot.pointee.beatDue.store(false, ordering: .releasing) }
+        return false
     }
 
     // MARK: Sending
@@ -634,7 +650,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     private func writableCount(_ s: borrowing SendShard) -> Int {
         let span = writableSpan(s)
         guard span > 0 else { return 0 }
-        var writes = (txAvailable - Self.reserve) / costs.txPerDataWrite
+        // Ledger slots retire in posting order, credits as completions come: both must allow it.
+        var writes = min((txAvailable - Self.reserve) / costs.txPerDataWrite, hot.pointee.ledger.freeSlots)
         if costs.peerReceivesPerDataWrite > 0 {
             writes = min(writes, (peerReceivesAvailable - Self.reserve) / costs.peerReceivesPerDataWrite)
         }
@@ -655,7 +672,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             hot.pointee.finRequestedFlag.store(true, ordering: .releasing)
             if hot.pointee.finSentFlag.load(ordering: .relaxed) { return }
             progressHoldingSendLock()
-            serveSendWork(&s)
+            _ = serveSendWork(&s)
         }
     }
 

@@ -103,6 +103,20 @@ enum FuzzEngine {
                 let fault: FakeFault = arg & 1 == 0 ? .queueFull : .error(RStreamError(.fabric, code: 5, "fuzz"))
                 wire.fail(op & 16 == 0 ? 0 : 1, operations[arg >> 1 % 4 & 3], with: fault, times: 1 + arg >> 4 & 3)
             case 8: if arg & 1 == 0 { pair.a.shutdown() } else { pair.b.shutdown() }
+            case 9 where op & 16 != 0: // whole records, exact receives and peeks
+                let n = arg % 3000 + 1
+                for k in 0..<n { scratch[k] = pattern(sent + k) }
+                if let k = try? scratch.withUnsafeBytes({ try pair.a.sendWhole(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) {
+                    if k != 0 && k != n { fatalError("a whole send took \(k) of \(n) bytes") }
+                    sent += k
+                }
+                var record = [UInt8](repeating: 0, count: op & 32 == 0 ? 1 : 100)
+                if op & 64 != 0 { _ = try? record.withUnsafeMutableBytes { try pair.b.peek(into: $0) } }
+                guard case .bytes(let k)? = try? pair.b.receive(exactlyInto: &record) else { break }
+                for j in 0..<k where !forged && record[j] != pattern(received + j) {
+                    fatalError("byte \(received + j) received exactly is not the byte sent")
+                }
+                received += k
             default: // b sends back, a receives (the other direction's credits)
                 _ = try? pair.b.send([UInt8](repeating: 1, count: arg % 300 + 1))
                 var buffer = [UInt8](repeating: 0, count: 512)

@@ -80,7 +80,8 @@ import RStreamFakeWire
         #expect(pair.a.writableCount == 0)
         pair.wire.faults.removeAll()
         pair.b.progress() // the request stood: now it goes, reporting everything freed, once
-        #expect(pair.wire.posted[1] == [NotificationWord.control(freed: 4096, credits: 0, fin: false).encoded])
+        // (bit 29, BEAT, masked: a stall of a second on a loaded machine makes this word a heartbeat too)
+        #expect(pair.wire.posted[1].map { $0 & ~(1 << 29) } == [NotificationWord.control(freed: 4096, credits: 0, fin: false).encoded])
         pair.a.progress()
         #expect(pair.a.writableCount == 4096)
     }
@@ -241,14 +242,15 @@ import RStreamFakeWire
     @Test func aDrivenIdleStreamSendsOneHeartbeatASecondAndTheWordsSettle() throws {
         let pair = EnginePair(peerTimeout: .seconds(3))
         let start = ContinuousClock.now
-        while ContinuousClock.now - start < .milliseconds(2600) {
+        while ContinuousClock.now - start < .milliseconds(3500) {
             pair.a.progress()
             pair.b.progress()
             usleep(20_000)
         }
         let beats = pair.wire.posted.map { $0.filter { $0 & (1 << 29) != 0 && $0 & 0x8000_0000 == 0 }.count }
+        // Three due in 3.5 s; one fewer if the machine stalls past a beat; never more than one a second.
         #expect(beats.allSatisfy { (2...3).contains($0) }, "\(beats)")
-        #expect(pair.wire.posted.allSatisfy { $0.count == 2 || $0.count == 3 }, "at most one word a second each way: \(pair.wire.posted)")
+        #expect(pair.wire.posted.allSatisfy { (2...3).contains($0.count) }, "at most one word a second each way: \(pair.wire.posted)")
         #expect(pair.a.failure == nil && pair.b.failure == nil)
     }
 

@@ -38,6 +38,14 @@ import Testing
         return client
     }
 
+    static func waitReadable(_ stream: StreamConnection, _ count: Int) throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while stream.readableBytes < count {
+            try #require(ContinuousClock.now < deadline, "\(count) bytes never arrived")
+            _ = try stream.wait(for: .readable, timeout: .milliseconds(50))
+        }
+    }
+
     /// Runs `body` with `site` armed on this thread; the error it threw (nil: none).
     static func failing(_ site: FabricCallSite, _ body: () throws -> Void) -> RStreamError? {
         if case .failure(let error) = withFault(site, body) { return error }
@@ -152,7 +160,7 @@ import Testing
     @Test func aControlWordThatCannotBePostedEndsTheStreamWithItsError() throws {
         let (client, server) = try connectedPair(loopbackOptions { $0.receiveRingSize = 4096 })
         try client.sendAll([UInt8](repeating: 5, count: 4096))
-        while server.readableBytes < 4096 { server.progress() }
+        try Self.waitReadable(server, 4096)
         var buffer = [UInt8](repeating: 0, count: 4096)
         let error = Self.failing(.send) {
             _ = try server.tryReceive(into: &buffer) // frees the whole ring: a CONTROL word is due
@@ -166,7 +174,7 @@ import Testing
     @Test func aCompletionQueueThatCannotBeReadEndsTheStreamAfterTheBytes() throws {
         let (client, server) = try connectedPair()
         try client.sendAll([1, 2])
-        while server.readableBytes < 2 { server.progress() }
+        try Self.waitReadable(server, 2)
         var buffer = [UInt8](repeating: 0, count: 2)
         let error = Self.failing(.cqRead) {
             #expect(try server.tryReceive(into: &buffer) == .received(2)) // the bytes that arrived first

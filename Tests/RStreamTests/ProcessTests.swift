@@ -218,6 +218,10 @@ let namespacesAvailable: Bool = {
         try process.run()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
+        if process.terminationStatus == 77 { // namespaces, but no veth pair, here
+            print("NamespaceTests: skipped: \(text)")
+            return
+        }
         #expect(process.terminationStatus == 0, "\(text)")
         #expect(text.contains("netns liveness: 0 failed"), "\(text)")
     }
