@@ -288,11 +288,15 @@ public final class StreamConnection: Sendable {
         }
     }
 
-    /// Sends FIN if not yet sent, waits up to `linger` for it and every write to leave, ends the
-    /// core connection and frees the rings, registrations and queues.
+    /// Sends FIN if not yet sent, waits up to `linger` for it and every write to leave and for the
+    /// peer to have consumed every byte (so that closing loses no tail the peer still reads), ends
+    /// the core connection and frees the rings, registrations and queues.
     public func close(linger: Duration = .seconds(2)) {
         _ = try? shutdown()
-        _ = try? flush(timeout: linger)
+        _ = try? block(for: [], deadline: ContinuousClock.now + linger) { (engine) -> Bool? in
+            engine.progress()
+            return engine.hasFinishedClosing ? true : nil
+        }
         let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) -> FabricStreamEngine? in
             defer { engine = nil }
             return engine

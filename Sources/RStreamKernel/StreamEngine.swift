@@ -352,8 +352,10 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// The rule for sending a CONTROL word: FIN wanted; half the receive ring or half the credits
     /// to return; or the peer would otherwise stall (data needs more than `reserve` credits, a
-    /// CONTROL needs one). A credit used by a CONTROL word alone returns only with others, so two
-    /// idle peers never bounce CONTROL words back and forth.
+    /// CONTROL needs one); or, once the peer's FIN is in, any bytes freed (the peer may be waiting
+    /// in its close for everything it sent to be consumed; protocol v4 allows an early CONTROL).
+    /// A credit used by a CONTROL word alone returns only with others, so two idle peers never
+    /// bounce CONTROL words back and forth.
     private func isDue(wantFin: Bool, beat: Bool, freed: Int, credits: Int, dataCredits: Int) -> Bool {
         guard wantFin || beat || freed > 0 || credits > 0 else { return false }
         let rx = localRxCredits
@@ -362,6 +364,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             || credits >= (rx + 1) / 2
             || (dataCredits > 0 && rx - credits <= Self.reserve)
             || rx - credits <= 1
+            || (freed > 0 && hot.pointee.finReceivedFlag.load(ordering: .acquiring))
     }
 
     /// A lock-free look at whether a CONTROL word may be due (it may read a flush half done, which
@@ -687,6 +690,20 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     package var hasSentFin: Bool { hot.pointee.finSentFlag.load(ordering: .acquiring) }
     package var hasReceivedFin: Bool { hot.pointee.finReceivedFlag.load(ordering: .acquiring) }
     package var isShutdown: Bool { hot.pointee.finRequestedFlag.load(ordering: .acquiring) }
+
+    /// True once the peer has consumed, and returned the space of, every byte this side wrote.
+    package var peerHasConsumedEverything: Bool {
+        hot.pointee.remoteFreed.load(ordering: .acquiring) == hot.pointee.remoteWritten.load(ordering: .acquiring)
+    }
+
+    /// What a lingering close waits for: the FIN and every write gone, and the peer done with the
+    /// bytes (or gone, or failed). Closing the core connection before the peer has read everything
+    /// can lose its tail: on `tcp` a socket closed while the peer's words still arrive resets the
+    /// connection, and the peer's kernel drops what it had not read.
+    package var hasFinishedClosing: Bool {
+        if failure != nil || peerHasDisconnected { return true }
+        return hasSentFin && isQuiescent && peerHasConsumedEverything
+    }
 
     /// The invariants of the header that the counters and shards can show, as sentences for each
     /// one broken (empty: all hold). Only meaningful while no other thread is in the engine (the

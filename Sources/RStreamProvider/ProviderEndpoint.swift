@@ -312,7 +312,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         if let engine = engine.load() {
             engine.shutdown()
             let deadline = ContinuousClock.now + Self.linger
-            while !(engine.hasSentFin && engine.isQuiescent) && engine.failure == nil && ContinuousClock.now < deadline {
+            while !engine.hasFinishedClosing && ContinuousClock.now < deadline {
                 engine.progress()
                 engine.shutdown()
                 sched_yield()

@@ -109,6 +109,33 @@ import Testing
         server.close()
     }
 
+    // Found by the soak: a side that sent everything, shut down and closed at once reset the
+    // connection under a peer still reading (its CONTROL words met a closed socket) and the
+    // peer lost the tail. close() now lingers until the peer has consumed every byte.
+    @Test func aCloseRightAfterTheLastSendLosesNoTailOfASlowReader() throws {
+        for round in 0..<3 {
+            let (client, server) = try connectedPair(loopbackOptions { $0.receiveRingSize = 65536 })
+            var pattern = [UInt8](repeating: 0, count: 4 << 20)
+            PatternStream(seed: UInt64(round)).fill(&pattern, count: pattern.count, from: 0)
+            let bytes = pattern
+            let sender = Background { () throws -> Void in
+                try server.sendAll(bytes)
+                server.close() // default linger
+            }
+            var got: [UInt8] = []
+            got.reserveCapacity(bytes.count)
+            while true {
+                let chunk = try client.receive(maxBytes: 65536)
+                if chunk.isEmpty { break }
+                got += chunk
+                if got.count % (1 << 20) < 65536 { usleep(20_000) } // a reader that pauses
+            }
+            try sender.value()
+            #expect(got.count == bytes.count && got == bytes, "round \(round): \(got.count) of \(bytes.count)")
+            client.close()
+        }
+    }
+
     @Test(arguments: [Duration.seconds(2), .zero, .seconds(86_401)])
     func aPeerTimeoutOutOfRangeIsNamed(timeout: Duration) {
         var options = loopbackOptions()
