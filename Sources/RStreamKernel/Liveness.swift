@@ -54,6 +54,9 @@ package struct Liveness: Sendable {
         lastCheck = now
     }
 
+    /// How long since the peer's last word (as of the last look).
+    package var silence: Duration { lastCheck - lastHeard }
+
     /// One look: `heard` when a word arrived since the last look, `posted` the running count of
     /// operations this side has posted, `finished` when nothing more is owed either way (the
     /// peer's FIN has arrived, and this side's FIN has gone or the peer has disconnected): no

@@ -696,13 +696,20 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         hot.pointee.remoteFreed.load(ordering: .acquiring) == hot.pointee.remoteWritten.load(ordering: .acquiring)
     }
 
+    /// A peer silent this long while our bytes wait is taken for one that is not reading now.
+    package static var closeQuietPeriod: Duration { .milliseconds(250) }
+
     /// What a lingering close waits for: the FIN and every write gone, and the peer done with the
-    /// bytes (or gone, or failed). Closing the core connection before the peer has read everything
-    /// can lose its tail: on `tcp` a socket closed while the peer's words still arrive resets the
-    /// connection, and the peer's kernel drops what it had not read.
+    /// bytes, or quiet (not reading: it sends no CONTROL words), or gone, or failed. Closing the
+    /// core connection while the peer still reads and returns space can lose its tail: on `tcp` a
+    /// socket closed while the peer's words still arrive resets the connection, and the peer's
+    /// kernel drops what it had not read.
     package var hasFinishedClosing: Bool {
         if failure != nil || peerHasDisconnected { return true }
-        return hasSentFin && isQuiescent && peerHasConsumedEverything
+        guard hasSentFin && isQuiescent else { return false }
+        if peerHasConsumedEverything { return true }
+        let silence = hot.pointee.progressShard.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Duration in p.liveness.silence }
+        return silence >= Self.closeQuietPeriod
     }
 
     /// The invariants of the header that the counters and shards can show, as sentences for each
