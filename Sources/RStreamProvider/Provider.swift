@@ -16,7 +16,7 @@ public func fi_prov_ini() -> UnsafeMutablePointer<fi_provider> {
 enum RStreamProvider {
     static let name = "rstream"
     /// The provider's own version: the protocol's.
-    static let version = rs_fi_version(3, 0)
+    static let version = rs_fi_version(4, 0)
     /// The libfabric API it is written against: Debian's libfabric refuses a newer one.
     static let apiVersion = rs_fi_version(1, 17)
 

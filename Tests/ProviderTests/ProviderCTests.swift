@@ -209,6 +209,13 @@ final class ServerSide {
         #expect(server.contains("stream_msg server ok") && client.contains("stream_msg client ok"))
     }
 
+    // Protocol v4 through the provider: a peer that stops calling ends the stream with
+    // -FI_ETIMEDOUT and an error entry; RSTREAM_PEER_TIMEOUT is checked where endpoints are made.
+    @Test func aSilentPeerIsATimeoutForC() throws {
+        let (_, client) = try pair(["silent-server"], { ["timeout-client", "127.0.0.1", String($0)] })
+        #expect(client.contains("timeout ok"), "\(client)")
+    }
+
     @Test func sixtyFourConnectionsOnOneEventQueue() throws {
         let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))

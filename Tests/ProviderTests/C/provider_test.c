@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
 static int iwarp(void)
 {
@@ -935,6 +936,58 @@ static int stream_msg_client(const char *host, const char *port)
 	return 0;
 }
 
+/* ---- protocol v4's peer timeout through the provider: a server that accepts and then stops
+ * calling; the client's data calls end in -FI_ETIMEDOUT and its queue gets an error entry ---- */
+
+static int silent_server(void)
+{
+	struct fabric_objects f;
+	int port;
+	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	struct fid_ep *ep = accept_next(&f, NULL, 0);
+	sleep(8); /* not driven: no heartbeats */
+	CHECK(fi_close(&ep->fid));
+	CHECK(fi_close(&pep->fid));
+	close_fabric(&f);
+	printf("silent ok\n");
+	return 0;
+}
+
+static int timeout_client(const char *host, const char *port)
+{
+	struct fabric_objects f;
+	struct fid_ep *ep;
+	char buffer[sizeof(struct fi_eq_cm_entry) + 64], byte;
+	uint32_t event;
+	/* A malformed setting is refused where the endpoint is made. */
+	open_fabric(&f, find_stream(host, port, 0, iwarp()));
+	setenv("RSTREAM_PEER_TIMEOUT", "soon", 1);
+	EXPECT(fi_endpoint(f.domain, f.info, &ep, NULL) == -FI_EINVAL, "a malformed RSTREAM_PEER_TIMEOUT");
+	setenv("RSTREAM_PEER_TIMEOUT", "1", 1);
+	EXPECT(fi_endpoint(f.domain, f.info, &ep, NULL) == -FI_EINVAL, "a peer timeout under 3 s");
+	close_fabric(&f);
+	setenv("RSTREAM_PEER_TIMEOUT", "3", 1);
+	ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
+	time_t start = time(NULL);
+	ssize_t n;
+	while ((n = fi_recv(ep, &byte, 1, NULL, 0, NULL)) == -FI_EAGAIN) {
+		EXPECT(time(NULL) - start < 10, "no timeout after 10 s");
+		usleep(1000);
+	}
+	EXPECT(n == -FI_ETIMEDOUT, "fi_recv: %zd", n);
+	long waited = (long)(time(NULL) - start);
+	EXPECT(waited >= 2 && waited <= 6, "timed out after %ld s", waited);
+	n = fi_eq_sread(f.eq, &event, buffer, sizeof buffer, 5000, 0);
+	EXPECT(n == -FI_EAVAIL, "an error entry, got %zd", n);
+	struct fi_eq_err_entry err = { 0 };
+	EXPECT(fi_eq_readerr(f.eq, &err, 0) == sizeof err, "readerr");
+	EXPECT(err.fid == &ep->fid && err.err == FI_ETIMEDOUT, "FI_ETIMEDOUT, got %d", err.err);
+	CHECK(fi_close(&ep->fid));
+	close_fabric(&f);
+	printf("timeout ok after %ld s\n", waited);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	alarm(240); /* a hung side fails its test instead of hanging the suite */
@@ -970,6 +1023,10 @@ int main(int argc, char **argv)
 		return threads_client(argv[2], argv[3]);
 	if (!strcmp(cmd, "closed-with-events") && argc == 4)
 		return closed_with_events(argv[2], argv[3]);
+	if (!strcmp(cmd, "silent-server"))
+		return silent_server();
+	if (!strcmp(cmd, "timeout-client") && argc == 4)
+		return timeout_client(argv[2], argv[3]);
 	if (!strcmp(cmd, "stream-msg-server"))
 		return stream_msg_server();
 	if (!strcmp(cmd, "stream-msg-client") && argc == 4)
@@ -979,6 +1036,6 @@ usage:
 			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
 			"  refused HOST PORT | reject-server | reject-client HOST PORT | echo-server COUNT |\n"
 			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT | closed-with-events HOST PORT |\n"
-			"  stream-msg-server | stream-msg-client HOST PORT\n");
+			"  stream-msg-server | stream-msg-client HOST PORT | silent-server | timeout-client HOST PORT\n");
 	return 2;
 }
