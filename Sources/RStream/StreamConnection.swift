@@ -293,10 +293,16 @@ public final class StreamConnection: Sendable {
     /// the core connection and frees the rings, registrations and queues.
     public func close(linger: Duration = .seconds(2)) {
         _ = try? shutdown()
-        _ = try? block(for: [], deadline: ContinuousClock.now + linger) { (engine) -> Bool? in
-            engine.progress()
-            return engine.hasFinishedClosing ? true : nil
-        }
+        // In slices of at most 50 ms: the peer's quiet period is a judgement of time, which a
+        // sleep on the descriptor (woken only by the peer's words) would not make.
+        let end = ContinuousClock.now + linger
+        var finished = false
+        repeat {
+            finished = (try? block(for: [], deadline: min(end, ContinuousClock.now + .milliseconds(50))) { (engine) -> Bool? in
+                engine.progress()
+                return engine.hasFinishedClosing ? true : nil
+            }) ?? false
+        } while !finished && ContinuousClock.now < end && (try? withEngine { _ in }) != nil
         let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) -> FabricStreamEngine? in
             defer { engine = nil }
             return engine

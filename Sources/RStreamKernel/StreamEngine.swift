@@ -352,8 +352,9 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
 
     /// The rule for sending a CONTROL word: FIN wanted; half the receive ring or half the credits
     /// to return; or the peer would otherwise stall (data needs more than `reserve` credits, a
-    /// CONTROL needs one); or, once the peer's FIN is in, any bytes freed (the peer may be waiting
-    /// in its close for everything it sent to be consumed; protocol v4 allows an early CONTROL).
+    /// CONTROL needs one); or, once the peer's FIN is in, a sixteenth of the ring freed or the last
+    /// byte consumed (the peer may be waiting in its close for everything it sent to be consumed;
+    /// protocol v4 allows an early CONTROL).
     /// A credit used by a CONTROL word alone returns only with others, so two idle peers never
     /// bounce CONTROL words back and forth.
     private func isDue(wantFin: Bool, beat: Bool, freed: Int, credits: Int, dataCredits: Int) -> Bool {
@@ -364,7 +365,8 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
             || credits >= (rx + 1) / 2
             || (dataCredits > 0 && rx - credits <= Self.reserve)
             || rx - credits <= 1
-            || (freed > 0 && hot.pointee.finReceivedFlag.load(ordering: .acquiring))
+            || (freed > 0 && hot.pointee.finReceivedFlag.load(ordering: .acquiring)
+                && (freed >= receiveCapacity / 16 || hot.pointee.received.load(ordering: .acquiring) == hot.pointee.consumed.load(ordering: .acquiring)))
     }
 
     /// A lock-free look at whether a CONTROL word may be due (it may read a flush half done, which
@@ -382,9 +384,19 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// completions, and the progress that reads them serves it again.
     private func serveSendWork() {
         while hot.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) {
-            let standing: Bool? = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) in serveSendWork(&s) }
-            guard standing == false else { return } // nil: its holder serves the request after releasing
+            let served = hot.pointee.sendShard.withCheckedLockIfAvailable(key: sendKey) { (s: inout SendShard) -> (standing: Bool, returns: Int) in
+                (serveSendWork(&s), returnsSeen)
+            }
+            guard let served else { return } // its holder serves the request after releasing
+            // What stands waits for credits: if some came back while the lock was held (their
+            // reader's try-lock missed), look again now rather than at the next completion.
+            guard !served.standing || returnsSeen != served.returns else { return }
         }
+    }
+
+    /// Grows whenever a transmit slot or a peer receive comes back (both counters only grow).
+    private var returnsSeen: Int {
+        hot.pointee.txReturned.load(ordering: .acquiring) &+ hot.pointee.peerReceivesReturned.load(ordering: .acquiring)
     }
 
     /// Runs `body` under the send lock, then does send-shard work requested meanwhile.

@@ -315,7 +315,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             while !engine.hasFinishedClosing && ContinuousClock.now < deadline {
                 engine.progress()
                 engine.shutdown()
-                sched_yield()
+                usleep(200) // not a spin: the peer being waited for may need this core
             }
             engine.disconnect()
         } else {

@@ -128,7 +128,7 @@ import Testing
                 let chunk = try client.receive(maxBytes: 65536)
                 if chunk.isEmpty { break }
                 got += chunk
-                if got.count % (1 << 20) < 65536 { usleep(20_000) } // a reader that pauses
+                if got.count % (1 << 20) < 65536 { usleep(10_000) } // a reader that pauses (well under the 250 ms quiet period)
             }
             try sender.value()
             #expect(got.count == bytes.count && got == bytes, "round \(round): \(got.count) of \(bytes.count)")
