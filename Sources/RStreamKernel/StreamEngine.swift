@@ -523,7 +523,7 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
     private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
         assert(n > 0 && n <= ringSpan(s) && s.staged.count < 3)
-        let write = StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
+        var write = StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
                                 slot: hot.pointee.ledger.push(length: n))
         s.writeOffset += n
         if s.writeOffset == sendCapacity { s.writeOffset = 0 }
@@ -535,15 +535,12 @@ package final class StreamEngine<Transport: StreamTransport>: @unchecked Sendabl
         hot.pointee.peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
         if s.staged.isEmpty {
             // The usual case: posted at once, staged only if the core refuses it.
-            switch try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
+            switch try transport.write(sendOffset: write.sendOffset, length: n, remoteOffset: write.remoteOffset,
                                        word: NotificationWord.data(length: n).encoded, writeSlot: write.slot) {
             case .complete: return
-            case .bytesOnly: s.staged.append(StagedWrite(sendOffset: write.sendOffset, length: n, remoteOffset: write.remoteOffset,
-                                                         slot: write.slot, bytesPosted: true))
-            case .notPosted: s.staged.append(write)
+            case .bytesOnly: write.bytesPosted = true
+            case .notPosted: break
             }
-            try flushStaged(&s) // a DATA word may go at once; a refused write leaves a request standing
-            return
         }
         s.staged.append(write)
         try flushStaged(&s)
