@@ -35,18 +35,18 @@ public enum ReceiveResult: Equatable, Sendable {
 public final class StreamConnection: Sendable {
     /// The engine, swapped out by `close`. Calls copy the reference out and work on the engine's
     /// own sharded locks, so a sender, a receiver and a progress driver run at once.
-    private let engine: Mutex<FabricStreamEngine?>
+    private let engine: Mutex<StreamEngine?>
     private let waitSet: WaitSet?
     public let options: StreamOptions
 
-    init(engine: FabricStreamEngine, options: StreamOptions) {
+    init(engine: StreamEngine, options: StreamOptions) {
         waitSet = engine.transport.waitSet
         self.engine = Mutex(engine)
         self.options = options
     }
 
     /// The NUMA node the rings were placed on (nil: no NUMA support here).
-    public var ringNode: Int? { (try? withEngine { $0.transport.shape.numaNode }) ?? nil }
+    public var ringNode: Int? { (try? withEngine { $0.transport.ringNode }) ?? nil }
 
     /// The node of every page of the send and receive rings, from `move_pages` (for tests).
     package var ringPageNodes: (send: [Int], receive: [Int]) {
@@ -95,7 +95,7 @@ public final class StreamConnection: Sendable {
 
     private static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
 
-    private func withEngine<R>(_ body: (FabricStreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
+    private func withEngine<R>(_ body: (StreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
         guard let engine = engine.withCheckedLock(key: lockKey(self), { $0 }) else { throw Self.closedError }
         return try body(engine)
     }
@@ -104,7 +104,7 @@ public final class StreamConnection: Sendable {
     /// descriptor (armed for `interest`), or in short steps where the core has none.
     private func block<R>(
         for interest: WaitInterest, deadline: ContinuousClock.Instant? = nil,
-        _ attempt: (FabricStreamEngine) throws(RStreamError) -> R?
+        _ attempt: (StreamEngine) throws(RStreamError) -> R?
     ) throws(RStreamError) -> R {
         let clock = ContinuousClock()
         let busyUntil = clock.now + options.busyPollWindow
@@ -303,7 +303,7 @@ public final class StreamConnection: Sendable {
                 return engine.hasFinishedClosing ? true : nil
             }) ?? false
         } while !finished && ContinuousClock.now < end && (try? withEngine { _ in }) != nil
-        let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout FabricStreamEngine?) -> FabricStreamEngine? in
+        let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout StreamEngine?) -> StreamEngine? in
             defer { engine = nil }
             return engine
         }

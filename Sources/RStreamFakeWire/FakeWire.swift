@@ -64,14 +64,22 @@ package final class FakeWire {
     }
 }
 
-package final class FakeTransport: StreamTransport {
+package final class FakeTransport: StreamTransport, @unchecked Sendable {
     package let side: Int
     package let wire: FakeWire
     package let sendRegion: PageAlignedRegion
     package let receiveRegion: PageAlignedRegion
     package let costs: TransportCosts
     package var disconnected = false
-    package var hotStateNode: Int? { nil }
+    package var ringNode: Int? { nil }
+    package var name: String { "fake" }
+    package var sendRingIsPeerRing: Bool { false }
+    package var ringPageNodes: (send: [Int], receive: [Int]) { ([], []) }
+    package var waitSet: WaitSet? { nil }
+    package func tryWait() -> Bool { false }
+    package func takePeerLeft() -> Bool { false }
+    package var hasConnectionEvent: Bool { false }
+    package func address(ofPeer: Bool) -> [UInt8]? { nil }
 
     package init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
         self.side = side
@@ -150,7 +158,7 @@ package final class FakeTransport: StreamTransport {
     package func disconnect() { disconnected = true }
 }
 
-package typealias FakeEngine = StreamEngine<FakeTransport>
+package typealias FakeEngine = StreamEngine
 
 /// A connected pair of engines over one wire.
 package final class EnginePair {
@@ -170,6 +178,9 @@ package final class EnginePair {
 }
 
 extension StreamEngine {
+    /// The fake transport under an engine of an `EnginePair`.
+    package var fake: FakeTransport { transport as! FakeTransport }
+
     package func send(_ bytes: [UInt8]) throws(RStreamError) -> Int {
         let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)
         defer { copy.deallocate() }

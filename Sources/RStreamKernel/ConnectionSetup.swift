@@ -4,8 +4,6 @@ import Synchronization
 import Glibc
 #endif
 
-package typealias FabricStreamEngine = StreamEngine<FabricTransport>
-
 /// A host and port in numeric form.
 package func numericAddress(_ address: UnsafeRawPointer, length: Int) -> (host: String, port: UInt16)? {
     var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
@@ -159,9 +157,9 @@ package final class PassiveListener: @unchecked Sendable {
 
     /// Waits for the next connection request and makes it a stream. A request whose block fails a
     /// check is rejected with the reason and reported as a `protocolViolation`; the listener goes on.
-    package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> FabricStreamEngine {
+    package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine {
         let accepted = try acceptConnection(shape: shape, deadline: deadline)
-        return try FabricStreamEngine(transport: accepted.transport, peer: accepted.peer, peerTimeout: shape.peerTimeout)
+        return try StreamEngine(transport: accepted.transport, peer: accepted.peer, peerTimeout: shape.peerTimeout)
     }
 
     /// `accept` without the stream engine: the connected transport and the peer's checked block.
@@ -252,7 +250,7 @@ package enum ActiveConnector {
     /// engine. A refusal, a refusal with a reason and a disconnect are distinct errors.
     package static func complete(
         _ transport: FabricTransport, answer: ConnectionEvent, place: String
-    ) throws(RStreamError) -> (engine: FabricStreamEngine, peerData: ArraySlice<UInt8>) {
+    ) throws(RStreamError) -> (engine: StreamEngine, peerData: ArraySlice<UInt8>) {
         switch answer {
         case .connected(let data):
             let peer: ConnectionBlock
@@ -263,7 +261,7 @@ package enum ActiveConnector {
                 throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
             }
             transport.connect(to: peer)
-            let engine = try FabricStreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout)
+            let engine = try StreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout)
             return (engine, data.dropFirst(ConnectionBlock.size))
         case .shutdown:
             throw RStreamError(.connectionReset, code: 104, "\(place) closed the connection while it was being made")
@@ -283,7 +281,7 @@ package enum ActiveConnector {
     package static func connect(
         host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
         deadline: ContinuousClock.Instant?
-    ) throws(RStreamError) -> FabricStreamEngine {
+    ) throws(RStreamError) -> StreamEngine {
         let offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
         return try complete(offered.transport, answer: offered.event, place: place(host, port)).engine
     }

@@ -1,11 +1,10 @@
-import CLibfabric
 
 // The bridges between Swift collections and the rings live here, in the kernel, so that the
 // public layer never holds a pointer.
 //
 // The generic bridges are @inlinable so that they specialise for the caller's collection; they call
-// the concrete entry points below, which the kernel compiles specialised for `FabricTransport`.
-extension StreamEngine where Transport == FabricTransport {
+// the concrete entry points below.
+extension StreamEngine {
     @usableFromInline
     package func sendContiguous(_ buffer: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
         try send(buffer)
@@ -81,49 +80,4 @@ extension StreamEngine {
             return n
         }
     }
-}
-
-extension StreamEngine where Transport == FabricTransport {
-    /// Reads this endpoint's connection events; a disconnect ends the stream (a reset unless the
-    /// peer's FIN came first).
-    package func pollConnectionEvents() {
-        let event: ConnectionEvent?
-        do throws(RStreamError) {
-            event = try transport.eventQueue.takeEvent(for: transport.eventKey)
-        } catch {
-            return
-        }
-        switch event {
-        case .shutdown?, .failed?: peerDidDisconnect()
-        case .connected?, nil: break
-        }
-    }
-
-    /// The last step before sleeping on `transport.waitSet`: drives progress, then, under the
-    /// progress lock (where completions are taken), arms the wait set and checks readiness for
-    /// `interest` (an empty interest waits for any completion) and `fi_trywait`. True when the
-    /// caller may sleep; false when it should look again (or when the core offers no descriptor).
-    /// A `sleeper` is counted, and must call `transport.waitSet!.sleep` next.
-    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
-        guard let waitSet = transport.waitSet else { return false }
-        for _ in 0..<8 {
-            progress()
-            pollConnectionEvents()
-            let verdict = withProgressLock { () -> Bool? in
-                // Armed before the last look: whatever happens after it rings the wait set.
-                waitSet.arm()
-                if transport.eventQueue.hasEvent(for: transport.eventKey) { return nil }
-                if interest.contains(.readable) && isReadable { return false }
-                if interest.contains(.writable) && mayBeWritable { return false }
-                guard transport.tryWait() == 0 else { return nil }
-                if sleeper { waitSet.willSleep() }
-                return true
-            }
-            if let verdict { return verdict }
-        }
-        return false
-    }
-
-    /// Ends the core connection once this side is done with it.
-    package func disconnect() { transport.disconnect() }
 }

@@ -93,7 +93,10 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
 
     /// What the event queue knows this endpoint by.
     package let eventKey: EndpointToken
-    package var hotStateNode: Int? { shape.numaNode }
+    package var ringNode: Int? { shape.numaNode }
+    package var name: String { attributes.provider }
+    /// Bytes go from the local send ring, through the core, into the peer's ring.
+    package var sendRingIsPeerRing: Bool { false }
 
     /// Opens and enables an endpoint for `info` (fi_getinfo's answer, or a connection request's),
     /// and registers its rings. The caller posts the receives and makes the connection.
@@ -341,8 +344,21 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         return n
     }
 
+    /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`.
+    package func tryWait() -> Bool { fabricTryWait() == 0 }
+
+    /// This endpoint's connection event, if one is queued: a shutdown or a failure is the peer's leaving.
+    package func takePeerLeft() -> Bool {
+        switch try? eventQueue.takeEvent(for: eventKey) {
+        case .shutdown?, .failed?: return true
+        case .connected?, nil: return false
+        }
+    }
+
+    package var hasConnectionEvent: Bool { eventQueue.hasEvent(for: eventKey) }
+
     /// `fi_trywait` on the completion and event queues: 0 when a caller may sleep on `waitSet`.
-    package func tryWait() -> Int {
+    package func fabricTryWait() -> Int {
         withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<fid>?.self, capacity: 2) { fids in
             fids[0] = fidOf(cq)
             fids[1] = fidOf(eventQueue.handle)

@@ -39,30 +39,56 @@ package enum WritePost: Sendable, Equatable {
     case complete
 }
 
-/// The small interface under the rings: the transport owns the registered send and receive rings
-/// (registered when it is made), writes ring bytes with a word, sends a word, and reports
-/// completions. libfabric is one implementation; a same-host shared-memory one can sit beside it.
+/// The small interface under the rings: the transport owns the rings (made when it is), moves ring
+/// bytes with a word, sends a word, reports completions, and owns what waiting and the connection
+/// need (the wait set, the peer's leaving). libfabric is one implementation, same-host shared
+/// memory another; the engine and the public layer do not know which they run on.
 ///
 /// The engine's shards call it from different threads: `write`, `sendDataWord` and `send(word:)`
-/// only under the send lock, `poll` only under the progress lock (it never posts); `disconnect`
-/// from anywhere.
-package protocol StreamTransport: AnyObject {
+/// only under the send lock; `poll` and `tryWait` only under the progress lock (`poll` never
+/// posts a word); the rest from anywhere.
+package protocol StreamTransport: AnyObject, Sendable {
+    /// What carries the stream: the core provider's name, or "shm".
+    var name: String { get }
     var costs: TransportCosts { get }
-    /// The NUMA node for the engine's hot state (the rings' node), nil for the default policy.
-    var hotStateNode: Int? { get }
-    /// The local send ring, registered for local access only.
+    /// The NUMA node of the rings (and so of the engine's hot state), nil for the default policy.
+    var ringNode: Int? { get }
+    /// Where the engine places bytes to send. Normally the local send ring, registered for local
+    /// access only. Where `sendRingIsPeerRing` (a direct-write region: the peer's receive ring,
+    /// mapped here), it is the peer's ring itself, `peer.ringSize` bytes long, and a write's
+    /// `sendOffset` always equals its `remoteOffset`: one copy, from the caller into the peer.
     var sendRing: UnsafeMutableRawBufferPointer { get }
-    /// The local receive ring, registered for remote write by the peer.
+    var sendRingIsPeerRing: Bool { get }
+    /// The local receive ring, written by the peer.
     var receiveRing: UnsafeRawBufferPointer { get }
+    /// The node of each page of the send and receive rings (`move_pages`).
+    var ringPageNodes: (send: [Int], receive: [Int]) { get }
     /// Writes `length` bytes at `sendOffset` of the send ring to the peer's ring at `remoteOffset`,
     /// notifying the peer with `word`.
     func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost
     /// Posts the DATA word of a write that returned `.bytesOnly`. False when the queue is full.
     func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool
-    /// Sends `word` alone. False when the core's queue is full.
+    /// Sends `word` alone. False when the queue is full.
     func send(word: UInt32) throws(RStreamError) -> Bool
-    /// Reads up to `events.count` completions; returns how many it stored.
+    /// Reads up to `events.count` completions; returns how many it stored. Whoever it finds armed
+    /// on `waitSet` it rings.
     func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int
-    /// Ends the core connection (no more words in either direction).
+
+    // MARK: Waiting and the connection
+
+    /// What this stream's waiters sleep on; nil where the transport offers no descriptor.
+    var waitSet: WaitSet? { get }
+    /// The last look before sleeping, after `waitSet.arm()` under the progress lock: true when
+    /// nothing can arrive unseen while the caller sleeps (`fi_trywait`; the peer sees the armed
+    /// flag), false when it must look again.
+    func tryWait() -> Bool
+    /// Takes this stream's pending connection event, if any: true when the peer's side of the
+    /// connection went away (a disconnect, a failure, a peer process gone).
+    func takePeerLeft() -> Bool
+    /// True when a connection event is waiting for `takePeerLeft`.
+    var hasConnectionEvent: Bool { get }
+    /// This side's address (`ofPeer` false) or the peer's, as a `sockaddr`; nil where unknown.
+    func address(ofPeer: Bool) -> [UInt8]?
+    /// Ends the connection (no more words in either direction).
     func disconnect()
 }

@@ -18,7 +18,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     private let facts: ProviderInfo.Facts
     /// Set when the endpoint was opened for an FI_CONNREQ; `fi_accept` answers it.
     private let request: ProviderConnectionRequest?
-    let engine = AtomicLazyReference<FabricStreamEngine>()
+    let engine = AtomicLazyReference<StreamEngine>()
 
     private enum Phase {
         case idle
@@ -115,7 +115,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             guard let answer = try? transport.eventQueue.takeEvent(for: transport.eventKey) else { return }
             guard case .connected = answer else { return refused(answer, &s) }
             do throws(RStreamError) {
-                _ = engine.storeIfNil(try FabricStreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout))
+                _ = engine.storeIfNil(try StreamEngine(transport: transport, peer: peer, peerTimeout: transport.shape.peerTimeout))
                 s.phase = .connected
                 post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: []), s)
             } catch {
@@ -153,7 +153,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     /// The engine once connected; while the connection is being made, looks for its answer first
     /// (a caller may try to send before it has read FI_CONNECTED).
     @inline(__always)
-    func connectedEngine() -> FabricStreamEngine? {
+    func connectedEngine() -> StreamEngine? {
         if let engine = engine.load() { return engine }
         pollConnection()
         return engine.load()
@@ -169,7 +169,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     }
 
     /// The transport of a connection being made or made.
-    private var transport: FabricTransport? {
+    private var transport: (any StreamTransport)? {
         if let engine = engine.load() { return engine.transport }
         return state.withCheckedLock(key: lockKey(self)) { s in
             switch s.phase {

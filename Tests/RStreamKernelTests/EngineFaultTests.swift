@@ -264,7 +264,7 @@ import RStreamFakeWire
         }
         #expect(ContinuousClock.now - start >= .seconds(3))
         #expect(pair.b.failure?.kind == .timedOut)
-        #expect(pair.b.transport.disconnected)
+        #expect(pair.b.fake.disconnected)
         #expect(try pair.b.receiveAll().0 == [1, 2, 3])
         #expect { _ = try pair.b.receiveAll() } throws: { ($0 as? RStreamError)?.kind == .timedOut }
     }

@@ -82,7 +82,7 @@ import RStreamFakeWire
             guard let error = error as? RStreamError else { return false }
             return error.kind == .protocolViolation && error.context.contains(reason)
         }
-        let disconnected = pair.b.transport.disconnected
+        let disconnected = pair.b.fake.disconnected
         #expect(disconnected)
         #expect(throws: RStreamError.self) { _ = try pair.b.send([1]) }
     }

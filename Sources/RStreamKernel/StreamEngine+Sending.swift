@@ -1,0 +1,214 @@
+// The send path: bytes into the send ring (or, for a direct-write transport, straight into the
+// peer's receive ring), one write per contiguous span, under the send lock.
+extension StreamEngine {
+    private var dataCreditsAllowAWrite: Bool {
+        counters.txAvailable - costs.txPerDataWrite >= Self.reserve
+            && (costs.peerReceivesPerDataWrite == 0 || counters.peerReceivesAvailable - costs.peerReceivesPerDataWrite >= Self.reserve)
+    }
+
+    /// Bytes one write may carry now (send lock held): 0 when credits, the ledger, a staged write
+    /// or either ring stops it.
+    private func writableSpan(_ s: borrowing SendShard) -> Int {
+        guard s.staged.isEmpty, !counters.send.pointee.finRequested.load(ordering: .relaxed), !hasFailed,
+              !ledger.pointee.isFull, dataCreditsAllowAWrite
+        else { return 0 }
+        return ringSpan(s)
+    }
+
+    /// Bytes the rings let the next write carry: contiguous free bytes of both rings.
+    private func ringSpan(_ s: borrowing SendShard) -> Int {
+        let localFree = min(sendCapacity - counters.sendRingUsed, sendCapacity - s.writeOffset)
+        return min(localFree, counters.remoteSpace, peer.ringSize - s.remoteOffset)
+    }
+
+    private func checkSendable() throws(RStreamError) {
+        if counters.send.pointee.finRequested.load(ordering: .acquiring) { throw RStreamError(.closed, code: 108, "send after shutdown") }
+        if let failure { throw failure }
+    }
+
+    /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
+    private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {
+        assert(n > 0 && n <= ringSpan(s) && s.staged.count < 3)
+        let sc = counters.send
+        var write = StagedWrite(sendOffset: s.writeOffset, length: n, remoteOffset: s.remoteOffset,
+                                slot: ledger.pointee.push(length: n))
+        s.writeOffset += n
+        if s.writeOffset == sendCapacity { s.writeOffset = 0 }
+        sc.pointee.committed.add(n, ordering: .releasing)
+        sc.pointee.remoteWritten.add(n, ordering: .releasing)
+        s.remoteOffset += n
+        if s.remoteOffset == peer.ringSize { s.remoteOffset = 0 }
+        sc.pointee.txTaken.add(costs.txPerDataWrite, ordering: .releasing)
+        sc.pointee.peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
+        if s.staged.isEmpty {
+            // The usual case: posted at once, staged only if the transport refuses it.
+            switch try transport.write(sendOffset: write.sendOffset, length: n, remoteOffset: write.remoteOffset,
+                                       word: NotificationWord.data(length: n).encoded, writeSlot: write.slot) {
+            case .complete: return
+            case .bytesOnly: write.bytesPosted = true
+            case .notPosted: break
+            }
+        }
+        s.staged.append(write)
+        try flushStaged(&s)
+    }
+
+    /// Posts the staged writes, oldest first, or what is left of them (send lock held). One that
+    /// stays staged leaves a request standing, so that the next completion retries it even if
+    /// nobody sends again.
+    func flushStaged(_ s: inout SendShard) throws(RStreamError) {
+        while let write = s.staged.first {
+            let word = NotificationWord.data(length: write.length).encoded
+            if write.bytesPosted {
+                guard try transport.sendDataWord(word) else { break }
+            } else {
+                switch try transport.write(sendOffset: write.sendOffset, length: write.length, remoteOffset: write.remoteOffset,
+                                           word: word, writeSlot: write.slot) {
+                case .complete: break
+                case .bytesOnly:
+                    s.staged[0].bytesPosted = true
+                    continue // its word next
+                case .notPosted:
+                    requestSendWork()
+                    return
+                }
+            }
+            s.staged.removeFirst()
+        }
+        if !s.staged.isEmpty { requestSendWork() }
+    }
+
+    /// Copies as many of `bytes` as fit now into the send ring and writes them; returns how many
+    /// (0: would block). The bytes one call accepts stay contiguous in the stream.
+    package func send(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+        try checkSendable()
+        let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
+            // Completions are read only when the credits already known do not cover the request:
+            // a poll costs a system call on some cores.
+            if writableSpan(s) < bytes.count { progressHoldingSendLock() }
+            return copyIn(bytes, &s) { (s, left) in
+                let span = min(writableSpan(s), left)
+                if span > 0 { return span }
+                progressHoldingSendLock()
+                return min(writableSpan(s), left)
+            }
+        }
+        if done == 0, let failure { throw failure }
+        return done
+    }
+
+    /// Copies `bytes` into the send ring, one write per span `nextSpan` allows (0: stop), and posts
+    /// each write (send lock held); returns the bytes taken. A failure fails the stream and stops.
+    private func copyIn(_ bytes: UnsafeRawBufferPointer, _ s: inout SendShard,
+                        nextSpan: (inout SendShard, Int) -> Int) -> Int {
+        var done = 0
+        do throws(RStreamError) {
+            while done < bytes.count {
+                let span = nextSpan(&s, bytes.count - done)
+                guard span > 0 else { break }
+                (sendBase + s.writeOffset).copyMemory(from: bytes.baseAddress! + done, byteCount: span)
+                try commit(span, &s)
+                done += span
+            }
+        } catch {
+            fail(error)
+        }
+        return done
+    }
+
+    /// Copies all of `bytes` into the send ring and writes them, or none (0: would block): one step
+    /// under the send lock, so that records several threads send are never split or interleaved.
+    package func sendWhole(_ bytes: UnsafeRawBufferPointer) throws(RStreamError) -> Int {
+        try checkSendable()
+        guard bytes.count > 0 else { return 0 }
+        let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
+            if writableCount(s) < bytes.count { progressHoldingSendLock() }
+            guard writableCount(s) >= bytes.count else { return 0 }
+            // `writableCount` promised the credits and ring space for all of it (at most three
+            // writes): a write staged on the way does not stop the rest of the record.
+            return copyIn(bytes, &s) { (s, left) in
+                let span = min(ringSpan(s), left)
+                assert(span > 0, "writableCount promised room for \(bytes.count) bytes")
+                return span
+            }
+        }
+        // A record cut short by a failure is not reported as sent: the stream has failed.
+        if done < bytes.count, let failure { throw failure }
+        return done
+    }
+
+    /// Gives `body` the contiguous part of the send ring that one write may carry now (empty when
+    /// sending would block); `body` fills a prefix and returns its length, which is then written.
+    package func withWritableBytes(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> Int {
+        try checkSendable()
+        let n = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
+            if writableSpan(s) == 0 { progressHoldingSendLock() }
+            let span = writableSpan(s)
+            guard span > 0 else { return 0 }
+            let region = UnsafeMutableRawBufferPointer(start: sendBase + s.writeOffset, count: span)
+            let n = body(region)
+            precondition(n >= 0 && n <= span, "committed \(n) bytes of a \(span)-byte send buffer")
+            if n > 0 {
+                do throws(RStreamError) { try commit(n, &s) } catch { fail(error); throw error }
+            }
+            return n
+        }
+        if n == 0, let failure { throw failure }
+        return n
+    }
+
+    /// Bytes a send could take now without blocking.
+    package var writableCount: Int {
+        let count = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+        serveSendWork() // a request whose try-lock this hold made miss
+        return count
+    }
+
+    private func writableCount(_ s: borrowing SendShard) -> Int {
+        let span = writableSpan(s)
+        guard span > 0 else { return 0 }
+        // Ledger slots retire in posting order, credits as completions come: both must allow it.
+        var writes = min((counters.txAvailable - Self.reserve) / costs.txPerDataWrite, ledger.pointee.freeSlots)
+        if costs.peerReceivesPerDataWrite > 0 {
+            writes = min(writes, (counters.peerReceivesAvailable - Self.reserve) / costs.peerReceivesPerDataWrite)
+        }
+        // Both rings wrap at most once each, so three writes carry everything that is free.
+        return writes >= 3 ? min(sendCapacity - counters.sendRingUsed, counters.remoteSpace) : span
+    }
+
+    /// A hint for waiters, from the counters alone (no lock): the stream may take bytes now.
+    package var mayBeWritable: Bool {
+        hasFailed || counters.send.pointee.finRequested.load(ordering: .acquiring)
+            || (counters.sendRingUsed < sendCapacity && counters.remoteSpace > 0 && dataCreditsAllowAWrite)
+    }
+
+    /// Starts the FIN: sent after every byte already accepted, as soon as credits allow.
+    package func shutdown() {
+        let sc = counters.send
+        guard !sc.pointee.finRequested.load(ordering: .acquiring) else { return }
+        _ = try? withSendLock { (s: inout SendShard) in
+            sc.pointee.finRequested.store(true, ordering: .releasing)
+            if sc.pointee.finSent.load(ordering: .relaxed) { return }
+            progressHoldingSendLock()
+            _ = serveSendWork(&s)
+        }
+    }
+
+    /// True once every write and word this side posted has completed locally.
+    package var isQuiescent: Bool {
+        let quiescent = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in
+            s.staged.isEmpty && counters.progress.pointee.txReturned.load(ordering: .acquiring) == counters.send.pointee.txTaken.load(ordering: .relaxed)
+        }
+        serveSendWork() // a request whose try-lock this hold made miss
+        return quiescent
+    }
+    package var hasSentFin: Bool { counters.send.pointee.finSent.load(ordering: .acquiring) }
+    package var isShutdown: Bool { counters.send.pointee.finRequested.load(ordering: .acquiring) }
+
+    /// True once the peer has consumed, and returned the space of, every byte this side wrote.
+    package var peerHasConsumedEverything: Bool {
+        counters.progress.pointee.remoteFreed.load(ordering: .acquiring) == counters.send.pointee.remoteWritten.load(ordering: .acquiring)
+    }
+}

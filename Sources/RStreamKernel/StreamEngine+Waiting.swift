@@ -1,0 +1,56 @@
+// Waiting and the connection, over whatever transport carries the stream: the transport owns the
+// wait set and the connection's events; the engine decides what readiness is.
+extension StreamEngine {
+    /// Reads this stream's connection events; the peer's leaving ends the stream (a reset unless
+    /// its FIN came first).
+    package func pollConnectionEvents() {
+        if transport.takePeerLeft() { peerDidDisconnect() }
+    }
+
+    /// The last step before sleeping on `transport.waitSet`: drives progress, then, under the
+    /// progress lock (where completions are taken), arms the wait set and checks readiness for
+    /// `interest` (an empty interest waits for any completion) and the transport's `tryWait`. True
+    /// when the caller may sleep; false when it should look again (or when the transport offers
+    /// no descriptor). A `sleeper` is counted, and must call `transport.waitSet!.sleep` next.
+    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
+        guard let waitSet = transport.waitSet else { return false }
+        for _ in 0..<8 {
+            progress()
+            pollConnectionEvents()
+            let verdict = withProgressLock { () -> Bool? in
+                // Armed before the last look: whatever happens after it rings the wait set.
+                waitSet.arm()
+                if transport.hasConnectionEvent { return nil }
+                if interest.contains(.readable) && isReadable { return false }
+                if interest.contains(.writable) && mayBeWritable { return false }
+                guard transport.tryWait() else { return nil }
+                if sleeper { waitSet.willSleep() }
+                return true
+            }
+            if let verdict { return verdict }
+        }
+        return false
+    }
+
+    /// True once the connection went away, whoever read the event.
+    package var peerHasDisconnected: Bool { signals.pointee.peerDisconnected.load(ordering: .acquiring) }
+
+    /// A peer silent this long while our bytes wait is taken for one that is not reading now.
+    package static var closeQuietPeriod: Duration { .milliseconds(250) }
+
+    /// What a lingering close waits for: the FIN and every write gone, and the peer done with the
+    /// bytes, or quiet (not reading: it sends no CONTROL words), or gone, or failed. Closing the
+    /// connection while the peer still reads and returns space can lose its tail: on `tcp` a
+    /// socket closed while the peer's words still arrive resets the connection, and the peer's
+    /// kernel drops what it had not read.
+    package var hasFinishedClosing: Bool {
+        if failure != nil || peerHasDisconnected { return true }
+        guard hasSentFin && isQuiescent else { return false }
+        if peerHasConsumedEverything { return true }
+        let silence = progressShard.pointee.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Duration in p.liveness.silence }
+        return silence >= Self.closeQuietPeriod
+    }
+
+    /// Ends the connection once this side is done with it.
+    package func disconnect() { transport.disconnect() }
+}
