@@ -24,8 +24,10 @@ let package = Package(
         ),
         .target(name: "CFabricShim"),
         .systemLibrary(name: "CNuma", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
-        // Layer 1: the unsafe kernel (rings, word codec, credits, fabric handle owners, progress).
-        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma"]),
+        // What the same-host transport's system calls need that Swift cannot import (SCM_RIGHTS, memfd seals).
+        .target(name: "CSameHost"),
+        // Layer 1: the unsafe kernel (rings, word codec, credits, the fabric and same-host transports, progress).
+        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma", "CSameHost"]),
         // Layer 2: the safe public API.
         .target(name: "RStream", dependencies: ["RStreamKernel"]),
         // Layer 2, beside it: the libfabric provider, the face C programs use (fid tables over

@@ -27,7 +27,8 @@ public enum ReceiveResult: Equatable, Sendable {
 }
 
 /// A connected byte stream, used like a TCP socket, whose bytes travel as RMA writes of a libfabric
-/// core into a ring the peer registered.
+/// core into a ring the peer registered, or, between two processes of one host, straight into the
+/// peer's ring in shared memory (`transport` says which).
 ///
 /// Progress is manual: the library starts no thread, and work happens inside these calls. A stream
 /// nobody drives holds up its peer; call `progress()` when idle for long. Every method may be called
@@ -44,6 +45,10 @@ public final class StreamConnection: Sendable {
         self.engine = Mutex(engine)
         self.options = options
     }
+
+    /// What carries the stream: "shm" for the same-host transport, else the core provider's name
+    /// ("tcp", "verbs", ...).
+    public var transport: String { (try? withEngine { $0.transport.name }) ?? "closed" }
 
     /// The NUMA node the rings were placed on (nil: no NUMA support here).
     public var ringNode: Int? { (try? withEngine { $0.transport.ringNode }) ?? nil }
@@ -80,14 +85,16 @@ public final class StreamConnection: Sendable {
         }
     }
 
-    /// Connects to `host:port` (IPv4, IPv6 or a name). Nothing listening (`.connectionRefused`), a
+    /// Connects to `host:port` (IPv4, IPv6 or a name). To an address of this host whose listener
+    /// serves same-host streams it connects over shared memory, unless `options.provider` names a
+    /// core; `options.provider = "shm"` asks for shared memory only. Nothing listening (`.connectionRefused`), a
     /// refusal with a reason (`.rejected`), an unreachable host (`.unreachable`) and the timeout
     /// passing (`.timedOut`) are distinct errors.
     public static func connect(
         host: String, port: UInt16, options: StreamOptions = StreamOptions(), timeout: Duration? = .seconds(10)
     ) throws(RStreamError) -> StreamConnection {
         try options.validate()
-        let engine = try ActiveConnector.connect(
+        let engine = try StreamConnector.connect(
             host: host, port: port, shape: options.shape, requirements: options.requirements,
             deadline: timeout.map { ContinuousClock.now + $0 })
         return StreamConnection(engine: engine, options: options)

@@ -1,20 +1,24 @@
 import RStreamKernel
 
-/// Listens on one address and accepts streams one after another. Many accepted streams live at once
-/// on the listener's single event queue, each matched to its own endpoint.
+/// Listens on one address and accepts streams one after another, over the fabric and, from
+/// processes of this host, over shared memory (a Unix socket named for the port). Many accepted
+/// fabric streams live at once on the listener's single event queue, each matched to its own endpoint.
 public final class StreamListener: Sendable {
-    private let passive: PassiveListener
+    private let passive: StreamAcceptor
     public let options: StreamOptions
 
     /// The address actually bound (the real port when 0 was asked).
     public var host: String { passive.host }
     public var port: UInt16 { passive.port }
+    /// True when it also serves same-host streams (false when another listener holds the name of
+    /// this port's Unix socket).
+    public var servesSameHost: Bool { passive.sameHost != nil }
 
     public init(host: String = "0.0.0.0", port: UInt16 = 0, backlog: Int = 128,
                 options: StreamOptions = StreamOptions()) throws(RStreamError) {
         try options.validate()
         guard backlog > 0 else { throw RStreamError(.invalidOption, code: 22, "backlog \(backlog) must be positive") }
-        passive = try PassiveListener(host: host, port: port, backlog: backlog, requirements: options.requirements)
+        passive = try StreamAcceptor(host: host, port: port, backlog: backlog, requirements: options.requirements)
         self.options = options
     }
 

@@ -13,7 +13,11 @@ public struct StreamOptions: Sendable, Equatable {
     public var rxCredits = 384
     /// iWarp mode: words travel as 4-byte sends instead of remote CQ data.
     public var iwarp = false
-    /// The core provider; nil picks `RSTREAM_PROVIDER`, else the best usable core (verbs, tcp, sockets, then any other the machine has).
+    /// What carries the stream. "shm": the same-host transport only (shared memory between two
+    /// processes of this host). A core provider's name ("tcp", "verbs"): that core only. nil:
+    /// `RSTREAM_PROVIDER`, else, to an address of this host whose listener serves it, shared
+    /// memory, and otherwise the best usable core (verbs, tcp, sockets, then any other).
+    /// `StreamConnection.transport` tells which one a stream got.
     public var provider: String?
     /// How long blocking calls busy-poll before they sleep.
     public var busyPollWindow: Duration = .microseconds(50)

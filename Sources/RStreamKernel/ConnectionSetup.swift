@@ -312,3 +312,68 @@ package enum CoreLimits {
         return size
     }
 }
+
+/// Makes streams over whichever transport fits: the same-host transport for an address of this
+/// host whose listener serves it (unless a core was named), else the fabric (`SameHostSelection`).
+package enum StreamConnector {
+    package static func connect(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        deadline: ContinuousClock.Instant?
+    ) throws(RStreamError) -> StreamEngine {
+        let selection = SameHostSelection(provider: requirements.provider)
+        if selection != .fabricOnly && !shape.iwarp && LocalAddress.isLocal(host) {
+            if let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline) { return engine }
+        }
+        switch selection {
+        case .sameHostOnly:
+            if shape.iwarp { throw RStreamError(.invalidOption, code: EINVAL, "iWarp mode has no meaning for the same-host transport") }
+            guard LocalAddress.isLocal(host) else {
+                throw RStreamError(.invalidOption, code: EINVAL, "\(host) is not an address of this host: the same-host transport cannot reach it")
+            }
+            throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
+        case .fabricOnly, .automatic:
+            return try ActiveConnector.connect(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+        }
+    }
+}
+
+/// A listener for both transports on one port: the fabric's passive endpoint, and the same-host
+/// Unix socket named for its port (when no other listener holds that name). Requests of either
+/// kind wake the same wait set.
+package final class StreamAcceptor: @unchecked Sendable {
+    package let fabric: PassiveListener
+    package let sameHost: SameHostListener?
+
+    package init(host: String, port: UInt16, backlog: Int, requirements: CoreRequirements) throws(RStreamError) {
+        var requirements = requirements
+        if requirements.provider == SameHostSelection.name { requirements.provider = nil } // the fabric side: the best core
+        fabric = try PassiveListener(host: host, port: port, backlog: backlog, requirements: requirements)
+        sameHost = try SameHostListener(port: fabric.port, backlog: backlog, waitSet: fabric.waitSet)
+    }
+
+    package var waitSet: WaitSet? { fabric.waitSet }
+    package var host: String { fabric.host }
+    package var port: UInt16 { fabric.port }
+
+    /// True when the caller may sleep on `waitSet` until a request comes (the same-host sockets in
+    /// it are level-triggered: one with a request waiting wakes the sleeper at once).
+    package func prepareToWait(sleeper: Bool = false) -> Bool { fabric.prepareToWait(sleeper: sleeper) }
+
+    /// Waits for the next connection of either kind and returns its stream. A request that breaks
+    /// the protocol is refused with its reason and thrown as `.protocolViolation`; the listener
+    /// goes on.
+    package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine {
+        while true {
+            if let sameHost, let engine = try sameHost.acceptReady(shape: shape) { return engine }
+            if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
+            if let deadline, ContinuousClock.now >= deadline {
+                throw RStreamError(.timedOut, code: FI_ETIMEDOUT, "timed out waiting for a connection request")
+            }
+            if let waitSet {
+                if prepareToWait(sleeper: true) { waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline)) }
+            } else {
+                usleep(200)
+            }
+        }
+    }
+}

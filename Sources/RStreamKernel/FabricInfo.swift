@@ -52,7 +52,8 @@ package struct FabricInfo: ~Copyable {
     /// that order, then any other (libfabric 1.17's `net`, for one).
     package static func candidateProviders(explicit: String?) -> [String] {
         if let explicit, !explicit.isEmpty { return [explicit] }
-        if let env = getenv("RSTREAM_PROVIDER"), case let name = String(cString: env), !name.isEmpty { return [name] }
+        // "shm" names the same-host transport, not a core: the cores are tried then.
+        if let env = getenv("RSTREAM_PROVIDER"), case let name = String(cString: env), !name.isEmpty, name != SameHostSelection.name { return [name] }
         return installedCores
     }
 

@@ -47,6 +47,15 @@ package struct Liveness: Sendable {
         return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
     }
 
+    /// The same clock in nanoseconds: it moves once per tick (a few milliseconds), so a caller can
+    /// do something at most once per tick without a system call.
+    @inline(__always)
+    package static func nowTicks() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
     package init(peerTimeout: Duration?, now: Duration) {
         self.peerTimeout = peerTimeout
         lastHeard = now

@@ -37,6 +37,8 @@ public struct RStreamError: Error, Sendable, Equatable, CustomStringConvertible 
         public static let outOfMemory = Kind("outOfMemory")
         /// A libfabric call failed for another reason.
         public static let fabric = Kind("fabric")
+        /// A system call of the same-host transport failed for another reason.
+        public static let system = Kind("system")
     }
 
     public var kind: Kind

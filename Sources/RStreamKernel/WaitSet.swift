@@ -31,6 +31,9 @@ public struct WaitInterest: OptionSet, Sendable {
 package final class WaitSet: @unchecked Sendable {
     package let descriptor: Int32
     private let wakeFD: Int32
+    /// The eventfd that wakes the set: rung here by takers of completions, and by a same-host peer
+    /// (its doorbell).
+    package var wakeDescriptor: Int32 { wakeFD }
     /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
     /// wakes every tick and looks. -1 when there is none.
     private let tickFD = Atomic<Int32>(-1)

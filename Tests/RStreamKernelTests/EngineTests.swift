@@ -65,7 +65,7 @@ import RStreamFakeWire
         ("CONTROL of 0", .notified(word: 0, consumedReceive: true), "CONTROL word of 0"),
         ("CONTROL overflowing credits", .notified(word: 1 << 20, consumedReceive: true), "returns 1 credits"),
         ("CONTROL overflowing ring space", .notified(word: 1, consumedReceive: true), "frees 1 bytes"),
-        ("no word", .notified(word: nil, consumedReceive: true), "without remote CQ data"),
+        ("no word", .notified(word: nil, consumedReceive: true), "without a word"),
     ]
 
     @Test(arguments: hostile)

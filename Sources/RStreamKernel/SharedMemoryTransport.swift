@@ -1,0 +1,310 @@
+import CSameHost
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where things lie in the segments of the same-host transport (protocol v4, "Same host").
+///
+/// Each side makes two segments and an eventfd before the connection, and passes them with its
+/// connection block:
+/// - its *inbound* segment, which the peer maps read-write: the word ring the peer fills
+///   (`WordRing`, at most 512 slots of 8 bytes: the first page), then the receive ring. It holds
+///   nothing but ring bytes and words.
+/// - its *status* segment, which the peer can only map read-only (sealed against future writes):
+///   the wake request, a counter this side raises each time it arms its descriptor to sleep.
+/// - its *doorbell*, the eventfd its waiters sleep on, which the peer writes once per wake request.
+package enum SameHostLayout {
+    package static let wordRingBytes = 4096
+    package static func inboundBytes(ringSize: Int) -> Int { wordRingBytes + ringSize }
+    package static let statusBytes = 64
+    /// Segments, then the doorbell, in the order they are passed.
+    package static let descriptorCount = 3
+}
+
+/// This side's half of a same-host connection, made before the connection block goes out: the
+/// segments and the wait set whose eventfd is the doorbell the peer rings.
+package struct SameHostOffer: ~Copyable {
+    package let inbound: SharedSegment
+    package let status: SharedSegment
+    /// Sleeps on the doorbell and on the set-up socket (whose end means the peer is gone).
+    package let waitSet: WaitSet
+    package let shape: EndpointShape
+
+    package init(shape: EndpointShape, socket: Int32) throws(RStreamError) {
+        var shape = shape
+        if let node = shape.numaNode { try NUMAPlacement.check(node: node) } else if NUMAPlacement.isAvailable {
+            shape.numaNode = NUMAPlacement.currentNode
+        }
+        let inbound = try SharedSegment(making: "rstream-inbound", byteCount: SameHostLayout.inboundBytes(ringSize: shape.receiveRingSize),
+                                        node: shape.numaNode, peerMayWrite: true)
+        WordRing.initialize(at: inbound.base, capacity: WordRing.capacity(forCredits: shape.rxCredits))
+        let status = try SharedSegment(making: "rstream-status", byteCount: SameHostLayout.statusBytes, node: shape.numaNode, peerMayWrite: false)
+        status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
+        guard let waitSet = WaitSet(waitDescriptors: [socket]) else {
+            throw RStreamError.system(errno, "making the stream's wait set")
+        }
+        self.inbound = inbound
+        self.status = status
+        self.waitSet = waitSet
+        self.shape = shape
+    }
+
+    /// The block this side announces: offsets into its inbound ring (base 0, no key).
+    package var block: ConnectionBlock {
+        ConnectionBlock(baseAddress: 0, key: 0, ringSize: shape.receiveRingSize, rxCredits: shape.rxCredits, iwarp: false)
+    }
+
+    package var descriptors: [Int32] { [inbound.descriptor, status.descriptor, waitSet.wakeDescriptor] }
+}
+
+/// The shared-memory transport of one connection between two processes of this host: bytes go
+/// from the caller straight into the peer's receive ring (mapped here, the engine's direct-write
+/// region), each word into the peer's word ring, and the peer's doorbell is rung only when it has
+/// asked (its status segment shows a new wake request): a busy peer costs no system call.
+///
+/// Invariants: the four segments stay mapped, and the socket and doorbell open, until deinit.
+/// `sendSide` is touched only under the engine's send lock, `progressSide` only under its
+/// progress lock; they lie on separate cache lines, as do the completion FIFO's two counters.
+/// Nothing this side relies on lives in memory the peer can write: the peer's segments hold only
+/// ring bytes and words, and every word is checked (`WordRingConsumer`, then the engine).
+package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable {
+    private let inbound: SharedSegment
+    private let status: SharedSegment
+    private let peerInbound: SharedSegment
+    private let peerStatus: SharedSegment
+    private let peerDoorbell: Int32
+    private let socket: Int32
+    private let ownWaitSet: WaitSet
+    package let shape: EndpointShape
+    package let costs: TransportCosts
+    private let peerRingSize: Int
+
+    /// The send lock's state: the producer end of the peer's word ring, and the last wake request
+    /// of the peer that this side answered.
+    private struct SendSide {
+        var producer: WordRingProducer
+        var answeredWakeRequest: UInt64 = 0
+    }
+    /// The progress lock's state: the consumer end of our word ring, the transmit completions
+    /// taken, and an error found after some words of a batch (reported by the next poll, so the
+    /// words before it are handled first).
+    private struct ProgressSide {
+        var consumer: WordRingConsumer
+        var completionsTaken = 0
+        var pendingError: RStreamError?
+    }
+
+    /// Private state on its own lines: send side, progress side, the completion FIFO's posted
+    /// count, then the FIFO's slots (the write slot, or -1 for a word alone).
+    private let localRegion: PageAlignedRegion
+    private let sendSide: UnsafeMutablePointer<SendSide>
+    private let progressSide: UnsafeMutablePointer<ProgressSide>
+    private let completionsPosted: UnsafeMutablePointer<Atomic<Int>>
+    private let completionSlots: UnsafeMutablePointer<Int32>
+    private let peerWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
+    private let ownWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
+
+    private let peerGone = Atomic<Bool>(false)
+    private let lastPeerCheck = Atomic<Int64>(0)
+
+    /// Joins this side's `offer` with the peer's checked `peer` block and its passed descriptors
+    /// (inbound segment, status segment, doorbell: taken over here, closed on failure) over the
+    /// connected set-up `socket` (taken over too once this succeeds).
+    package init(offer: consuming SameHostOffer, peer: ConnectionBlock, peerDescriptors: [Int32], socket: Int32) throws(RStreamError) {
+        precondition(peerDescriptors.count == SameHostLayout.descriptorCount)
+        // Each descriptor is owned by what it becomes; on a failure the ones not yet reached are
+        // closed, and what was already made is freed as it goes out of scope.
+        func closing<T: ~Copyable>(from first: Int, _ body: () throws(RStreamError) -> T) throws(RStreamError) -> T {
+            do throws(RStreamError) { return try body() } catch {
+                for fd in peerDescriptors[first...] { close(fd) }
+                throw error
+            }
+        }
+        let peerInbound = try closing(from: 1) { () throws(RStreamError) in
+            try SharedSegment(mapping: peerDescriptors[0], byteCount: SameHostLayout.inboundBytes(ringSize: peer.ringSize),
+                              writable: true, what: "inbound segment")
+        }
+        let peerStatus = try closing(from: 2) { () throws(RStreamError) in
+            try SharedSegment(mapping: peerDescriptors[1], byteCount: SameHostLayout.statusBytes, writable: false, what: "status segment")
+        }
+        try closing(from: 2) { () throws(RStreamError) in try Self.checkDoorbell(peerDescriptors[2]) }
+        let txSize = offer.shape.txQueueSize
+        var size = 0
+        func take(_ bytes: Int) -> Int {
+            let offset = (size + 127) / 128 * 128
+            size = offset + bytes
+            return offset
+        }
+        let sendAt = take(MemoryLayout<SendSide>.size)
+        let progressAt = take(MemoryLayout<ProgressSide>.size)
+        let postedAt = take(MemoryLayout<Atomic<Int>>.size)
+        let slotsAt = take(txSize * MemoryLayout<Int32>.stride)
+        let region = try closing(from: 2) { () throws(RStreamError) in try PageAlignedRegion(byteCount: size, node: offer.shape.numaNode) }
+        let base = region.base
+        sendSide = (base + sendAt).bindMemory(to: SendSide.self, capacity: 1)
+        sendSide.initialize(to: SendSide(producer: WordRingProducer(
+            base: peerInbound.base, capacity: WordRing.capacity(forCredits: peer.rxCredits))))
+        progressSide = (base + progressAt).bindMemory(to: ProgressSide.self, capacity: 1)
+        progressSide.initialize(to: ProgressSide(consumer: WordRingConsumer(
+            base: offer.inbound.base, capacity: WordRing.capacity(forCredits: offer.shape.rxCredits))))
+        completionsPosted = (base + postedAt).bindMemory(to: Atomic<Int>.self, capacity: 1)
+        completionsPosted.initialize(to: Atomic(0))
+        completionSlots = (base + slotsAt).bindMemory(to: Int32.self, capacity: txSize)
+        completionSlots.initialize(repeating: -1, count: txSize)
+        localRegion = region
+        peerWakeRequest = peerStatus.base.assumingMemoryBound(to: Atomic<UInt64>.self)
+        ownWakeRequest = offer.status.base.assumingMemoryBound(to: Atomic<UInt64>.self)
+
+        self.peerInbound = peerInbound
+        self.peerStatus = peerStatus
+        peerDoorbell = peerDescriptors[2]
+        peerRingSize = peer.ringSize
+        self.socket = socket
+        shape = offer.shape
+        costs = TransportCosts(txPerDataWrite: 1, peerReceivesPerDataWrite: 1, txQueueSize: txSize, postedReceives: offer.shape.rxCredits)
+        ownWaitSet = offer.waitSet
+        inbound = offer.inbound
+        status = offer.status
+    }
+
+    deinit {
+        sendSide.deinitialize(count: 1)
+        progressSide.deinitialize(count: 1)
+        completionsPosted.deinitialize(count: 1)
+        close(peerDoorbell)
+        close(socket)
+    }
+
+    /// The doorbell must be an eventfd (a pipe nobody reads would block the ringer); it is made
+    /// non-blocking here, so a full counter is a ring already pending, never a wait.
+    private static func checkDoorbell(_ fd: Int32) throws(RStreamError) {
+        var target = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+        let name = n > 0 ? String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        guard name == "anon_inode:[eventfd]" else {
+            throw RStreamError.protocolViolation("the peer's doorbell is not an eventfd (\(name.isEmpty ? "unknown" : name))")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    }
+
+    package var name: String { "shm" }
+    package var ringNode: Int? { shape.numaNode }
+    package var sendRingIsPeerRing: Bool { true }
+    package var sendRing: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: peerInbound.base + SameHostLayout.wordRingBytes, count: peerRingSize)
+    }
+    package var receiveRing: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: inbound.base + SameHostLayout.wordRingBytes, count: shape.receiveRingSize)
+    }
+    package var ringPageNodes: (send: [Int], receive: [Int]) {
+        (NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(sendRing)), NUMAPlacement.nodes(ofPagesIn: receiveRing))
+    }
+
+    // MARK: Posting (send lock)
+
+    /// Records a transmit completion for the next poll: the operation is done once its word is in
+    /// the peer's ring. The tx credits bound the FIFO, which holds `txQueueSize`.
+    @inline(__always)
+    private func complete(writeSlot: Int32) {
+        let posted = completionsPosted.pointee.load(ordering: .relaxed)
+        completionSlots[posted % costs.txQueueSize] = writeSlot
+        completionsPosted.pointee.store(posted + 1, ordering: .releasing)
+    }
+
+    /// Publishes `word` in the peer's ring, then rings its doorbell if it asked since the last ring.
+    @inline(__always)
+    private func post(_ word: UInt32) {
+        sendSide.pointee.producer.push(word)
+        // Pairs with the fence in the peer's `tryWait`: either it sees this word, or this sees its request.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let request = peerWakeRequest.pointee.load(ordering: .relaxed)
+        if request != sendSide.pointee.answeredWakeRequest {
+            sendSide.pointee.answeredWakeRequest = request
+            var one: UInt64 = 1
+            _ = Glibc.write(peerDoorbell, &one, 8) // EAGAIN: a ring is already pending
+        }
+    }
+
+    package func write(sendOffset: Int, length: Int, remoteOffset: Int, word: UInt32, writeSlot: Int) throws(RStreamError) -> WritePost {
+        // The engine placed the bytes in the peer's ring itself (the direct-write region).
+        assert(sendOffset == remoteOffset && remoteOffset + length <= peerRingSize, "direct write at \(sendOffset)/\(remoteOffset)")
+        complete(writeSlot: Int32(writeSlot))
+        post(word)
+        return .complete
+    }
+
+    package func sendDataWord(_ word: UInt32) throws(RStreamError) -> Bool {
+        preconditionFailure("the same-host transport posts a write's word with its bytes")
+    }
+
+    package func send(word: UInt32) throws(RStreamError) -> Bool {
+        complete(writeSlot: -1)
+        post(word)
+        return true
+    }
+
+    // MARK: Completions (progress lock)
+
+    package func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        if let error = progressSide.pointee.pendingError { throw error }
+        var n = 0
+        let posted = completionsPosted.pointee.load(ordering: .acquiring)
+        while n < events.count && progressSide.pointee.completionsTaken < posted {
+            let slot = completionSlots[progressSide.pointee.completionsTaken % costs.txQueueSize]
+            events[n] = .transmitted(writeSlot: slot < 0 ? nil : Int(slot))
+            progressSide.pointee.completionsTaken += 1
+            n += 1
+        }
+        while n < events.count {
+            do throws(RStreamError) {
+                guard case .word(let word) = try progressSide.pointee.consumer.next() else { break }
+                events[n] = .notified(word: word, consumedReceive: true)
+                n += 1
+            } catch {
+                guard n > 0 else { throw error }
+                progressSide.pointee.pendingError = error
+                break
+            }
+        }
+        if n > 0 { ownWaitSet.stateMayHaveChanged() }
+        return n
+    }
+
+    // MARK: Waiting and the connection
+
+    package var waitSet: WaitSet? { shape.waitDescriptor ? ownWaitSet : nil }
+
+    /// Raises this side's wake request (the peer rings the doorbell at its next word), then looks
+    /// at the word ring and the completions once more.
+    package func tryWait() -> Bool {
+        ownWakeRequest.pointee.add(1, ordering: .sequentiallyConsistent)
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if progressSide.pointee.consumer.hasNext() { return false }
+        return completionsPosted.pointee.load(ordering: .acquiring) == progressSide.pointee.completionsTaken
+    }
+
+    /// Looks at the set-up socket, at most once per tick of the coarse clock (a few milliseconds:
+    /// no system call per operation while busy-polling): its end, or anything on it, means the
+    /// peer is gone (its process died or closed). Reported once.
+    package func takePeerLeft() -> Bool {
+        guard !peerGone.load(ordering: .acquiring) else { return false }
+        let now = Liveness.nowTicks()
+        guard lastPeerCheck.exchange(now, ordering: .relaxed) != now else { return false }
+        var byte: UInt8 = 0
+        let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }
+        guard !peerGone.exchange(true, ordering: .acquiringAndReleasing) else { return false }
+        ownWaitSet.unwatch(socket) // it stays readable: sleepers would spin on it
+        return true
+    }
+
+    package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its end wakes sleepers
+
+    package func address(ofPeer: Bool) -> [UInt8]? { nil }
+
+    package func disconnect() {
+        _ = shutdown(socket, Int32(SHUT_RDWR))
+    }
+}

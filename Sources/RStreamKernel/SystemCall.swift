@@ -1,0 +1,47 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The one place where the same-host transport's system calls turn errno into an error (the
+// fabric path has `fabricCall`). Each call is wrapped once, where it is made; `EINTR` is retried.
+
+/// Runs `body` (a system call returning -1 with errno on failure) until it is not interrupted;
+/// throws the errno as an `RStreamError` whose context names the call.
+@inline(__always)
+package func systemCall<R: BinaryInteger>(_ what: @autoclosure () -> String, _ body: () -> R) throws(RStreamError) -> R {
+    while true {
+        let rc = body()
+        if rc >= 0 { return rc }
+        let code = errno
+        if code == EINTR { continue }
+        throw RStreamError.system(code, what())
+    }
+}
+
+/// `systemCall` for a call whose "would block" is an answer, not an error: nil on EAGAIN.
+@inline(__always)
+package func nonblockingSystemCall<R: BinaryInteger>(_ what: @autoclosure () -> String, _ body: () -> R) throws(RStreamError) -> R? {
+    while true {
+        let rc = body()
+        if rc >= 0 { return rc }
+        let code = errno
+        if code == EINTR { continue }
+        if code == EAGAIN || code == EWOULDBLOCK { return nil }
+        throw RStreamError.system(code, what())
+    }
+}
+
+extension RStreamError {
+    /// An error for errno `code`, classified like the fabric's codes.
+    package static func system(_ code: Int32, _ context: String) -> RStreamError {
+        let kind: Kind
+        switch code {
+        case ECONNREFUSED, ENOENT: kind = .connectionRefused
+        case ECONNRESET, EPIPE, ENOTCONN, ECONNABORTED: kind = .connectionReset
+        case ETIMEDOUT: kind = .timedOut
+        case ENOMEM: kind = .outOfMemory
+        default: kind = .system
+        }
+        return RStreamError(kind, code: code, context)
+    }
+}

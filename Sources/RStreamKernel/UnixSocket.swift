@@ -1,0 +1,114 @@
+import CSameHost
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The same-host transport's set-up socket: a Unix `SOCK_SEQPACKET` socket in the abstract
+/// namespace (no file to clean up; scoped, like a TCP port, to the network namespace), one wrapper
+/// per system call. Messages keep their boundaries, and descriptors travel with `SCM_RIGHTS`.
+package enum UnixSocket {
+    /// The abstract name where the listener of `port` serves same-host streams.
+    package static func name(port: UInt16) -> String { "rstream-shm:\(port)" }
+
+    private static func withAddress<R>(port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let name = Array(Self.name(port: port).utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { path in
+            path[0] = 0 // abstract: a leading zero byte, then the name (no terminator)
+            for (i, byte) in name.enumerated() { path[i + 1] = byte }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + 1 + name.count)
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+        }
+    }
+
+    package static func make() throws(RStreamError) -> Int32 {
+        try systemCall("socket(AF_UNIX, SOCK_SEQPACKET)") {
+            Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        }
+    }
+
+    /// Binds and listens on the name of `port`; false when another listener holds it.
+    package static func listen(_ fd: Int32, port: UInt16, backlog: Int) throws(RStreamError) -> Bool {
+        let rc = withAddress(port: port) { Glibc.bind(fd, $0, $1) }
+        if rc != 0 {
+            if errno == EADDRINUSE { return false }
+            throw RStreamError.system(errno, "bind(\(name(port: port)))")
+        }
+        _ = try systemCall("listen(\(name(port: port)))") { Glibc.listen(fd, Int32(clamping: backlog)) }
+        return true
+    }
+
+    /// Connects to the listener of `port`; false when nothing listens there.
+    package static func connect(_ fd: Int32, port: UInt16) throws(RStreamError) -> Bool {
+        while true {
+            let rc = withAddress(port: port) { Glibc.connect(fd, $0, $1) }
+            if rc == 0 { return true }
+            switch errno {
+            case EINTR: continue
+            case ECONNREFUSED, ENOENT: return false
+            case EAGAIN: throw RStreamError(.connectionRefused, code: EAGAIN, "the same-host listener of port \(port) has a full backlog")
+            default: throw RStreamError.system(errno, "connect(\(name(port: port)))")
+            }
+        }
+    }
+
+    /// The next connection waiting on a listening socket (non-blocking), or nil.
+    package static func accept(_ fd: Int32) throws(RStreamError) -> Int32? {
+        try nonblockingSystemCall("accept4(same-host listener)") {
+            rs_accept_nonblocking(fd)
+        }
+    }
+
+    package static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32] = []) throws(RStreamError) {
+        let sent = try systemCall("sendmsg(set-up message)") {
+            bytes.withUnsafeBytes { raw in
+                descriptors.withUnsafeBufferPointer { fds in
+                    rs_send_with_descriptors(fd, raw.baseAddress, raw.count, fds.baseAddress, Int32(fds.count))
+                }
+            }
+        }
+        guard sent == bytes.count else { throw RStreamError(.system, code: EMSGSIZE, "sendmsg sent \(sent) of \(bytes.count) bytes") }
+    }
+
+    /// One message received without waiting.
+    package struct Message {
+        package var bytes: [UInt8]
+        package var descriptors: [Int32]
+        /// Bytes or descriptors were cut (more than was room for); the extra descriptors are closed.
+        package var truncated: Bool
+        /// The peer closed its end (no message).
+        package var isEnd: Bool { bytes.isEmpty && descriptors.isEmpty }
+
+        package func closeDescriptors() { for fd in descriptors { close(fd) } }
+    }
+
+    /// The next message, or nil when none has arrived (the socket is non-blocking).
+    package static func receive(_ fd: Int32, capacity: Int = 512, maxDescriptors: Int = SameHostLayout.descriptorCount) throws(RStreamError) -> Message? {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var descriptors = [Int32](repeating: -1, count: max(maxDescriptors, 1))
+        var count: Int32 = 0
+        var truncated: Int32 = 0
+        let n = try nonblockingSystemCall("recvmsg(set-up message)") {
+            bytes.withUnsafeMutableBytes { raw in
+                descriptors.withUnsafeMutableBufferPointer { fds in
+                    rs_receive_with_descriptors(fd, raw.baseAddress, raw.count, fds.baseAddress, Int32(maxDescriptors), &count, &truncated, 1)
+                }
+            }
+        }
+        guard let n else { return nil }
+        return Message(bytes: Array(bytes[0..<Int(n)]), descriptors: Array(descriptors[0..<Int(count)]), truncated: truncated != 0)
+    }
+
+    /// Waits until `fd` is readable or `deadline` passes; false on the deadline.
+    package static func waitReadable(_ fd: Int32, until deadline: ContinuousClock.Instant?) throws(RStreamError) -> Bool {
+        while true {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let rc = try systemCall("poll(set-up socket)") { poll(&pfd, 1, WaitSet.milliseconds(until: deadline)) }
+            if rc > 0 { return true }
+            if let deadline, ContinuousClock.now >= deadline { return false }
+        }
+    }
+}
