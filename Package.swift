@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
         .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
-        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "rstream"]),
+        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "CSameHost", "rstream"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -93,6 +93,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         var consumer: WordRingConsumer
         var completionsTaken = 0
         var pendingError: RStreamError?
+        var leftReported = false
     }
 
     /// Private state on its own lines: send side, progress side, the completion FIFO's posted
@@ -106,6 +107,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let ownWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
 
     private let peerGone = Atomic<Bool>(false)
+    private let leftReportedAsEvent = Atomic<Bool>(false)
     private let lastPeerCheck = Atomic<Int64>(0)
 
     /// Joins this side's `offer` with the peer's checked `peer` block and its passed descriptors
@@ -268,6 +270,14 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
                 break
             }
         }
+        // The peer's leaving, once its last words are in: a failed receive (a reset unless its
+        // FIN came first), as a core reports a broken connection. Progress alone sees it, so a
+        // caller that only polls learns of it too.
+        if n == 0 && !progressSide.pointee.leftReported && peerHasLeft() {
+            progressSide.pointee.leftReported = true
+            events[0] = .failed(code: ECONNRESET, transmit: false)
+            n = 1
+        }
         if n > 0 { ownWaitSet.stateMayHaveChanged() }
         return n
     }
@@ -287,17 +297,24 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 
     /// Looks at the set-up socket, at most once per tick of the coarse clock (a few milliseconds:
     /// no system call per operation while busy-polling): its end, or anything on it, means the
-    /// peer is gone (its process died or closed). Reported once.
-    package func takePeerLeft() -> Bool {
-        guard !peerGone.load(ordering: .acquiring) else { return false }
+    /// peer is gone (its process died or closed).
+    private func peerHasLeft() -> Bool {
+        if peerGone.load(ordering: .acquiring) { return true }
         let now = Liveness.nowTicks()
         guard lastPeerCheck.exchange(now, ordering: .relaxed) != now else { return false }
         var byte: UInt8 = 0
         let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
         if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }
-        guard !peerGone.exchange(true, ordering: .acquiringAndReleasing) else { return false }
-        ownWaitSet.unwatch(socket) // it stays readable: sleepers would spin on it
+        if !peerGone.exchange(true, ordering: .acquiringAndReleasing) {
+            ownWaitSet.unwatch(socket) // it stays readable: sleepers would spin on it
+            ownWaitSet.ring()
+        }
         return true
+    }
+
+    /// The peer's leaving as a connection event, reported once.
+    package func takePeerLeft() -> Bool {
+        peerHasLeft() && !leftReportedAsEvent.exchange(true, ordering: .relaxed)
     }
 
     package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its end wakes sleepers

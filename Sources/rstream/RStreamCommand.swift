@@ -15,7 +15,7 @@ struct RStreamCommand: ParsableCommand {
 
 /// The stream options both ends take.
 struct StreamFlags: ParsableArguments {
-    @Option(help: "Core provider (default: RSTREAM_PROVIDER, else the best usable: verbs, tcp, sockets, then any other).")
+    @Option(help: "shm (shared memory, same host only) or a core provider (default: RSTREAM_PROVIDER, else shared memory to a local listener that serves it, else the best core: verbs, tcp, sockets, then any other).")
     var provider: String?
     @Option(name: .customLong("send-ring"), help: "Send ring bytes (4096...1048575).")
     var sendRing: Int = 32 * 1024
@@ -88,7 +88,7 @@ func drain(_ stream: StreamConnection, to fd: Int32) throws(RStreamError) -> Int
 }
 
 struct Info: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the core providers here that can carry a stream.")
+    static let configuration = CommandConfiguration(abstract: "List the transports here that can carry a stream: the core providers, and shm.")
 
     func run() throws {
         let cores = CoreProvider.available()
@@ -106,6 +106,7 @@ struct Info: ParsableCommand {
         for row in [header] + rows {
             print(row.indices.map { row[$0] + String(repeating: " ", count: widths[$0] - row[$0].count) }.joined(separator: "  "))
         }
+        print("shm: shared memory between processes of this host (--provider shm; chosen by itself for a local address whose listener serves it)")
     }
 }
 
@@ -180,6 +181,7 @@ struct Connect: ParsableCommand {
             throw ExitCode(1)
         }
         defer { stream.close() }
+        printError("connected to \(host):\(port) over \(stream.transport)")
         let sender = SenderThread(stream)
         do {
             _ = try drain(stream, to: 1)

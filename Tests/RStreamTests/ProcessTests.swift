@@ -127,10 +127,12 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
 @Suite(.serialized) struct KilledPeerTests {
     /// A peer process killed mid-stream: the survivor reports a reset after the bytes that arrived,
     /// and never hangs.
-    @Test func aKilledPeerIsAResetAfterTheBytesThatArrived() throws {
+    /// Over shared memory the set-up socket's end tells the survivor at once.
+    @Test(arguments: ["tcp", "shm"])
+    func aKilledPeerIsAResetAfterTheBytesThatArrived(transport: String) throws {
         signal(SIGPIPE, SIG_IGN)
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: loopbackOptions())
-        let connect = rstream(["connect", "127.0.0.1", String(listener.port), "--provider", "tcp"])
+        let connect = rstream(["connect", "127.0.0.1", String(listener.port), "--provider", transport])
         let feed = Pipe()
         connect.standardInput = feed
         connect.standardOutput = FileHandle.nullDevice
@@ -148,6 +150,7 @@ func startListener(stdout: FileHandle, extra: [String] = []) throws -> (Process,
             }
         }
         let stream = try listener.accept(timeout: .seconds(10))
+        #expect(stream.transport == transport)
         var received = 0
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var outcome = "no reset within 30 s"

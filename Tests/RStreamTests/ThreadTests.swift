@@ -120,8 +120,8 @@ final class Barrier: Sendable {
 
 @Suite(.serialized) struct ThreadSafetyTests {
     struct RecordMode: CustomTestStringConvertible, Sendable {
-        var recordSize: Int, iwarp: Bool
-        var testDescription: String { "\(recordSize) B records\(iwarp ? ", iWarp" : "")" }
+        var recordSize: Int, iwarp: Bool, sameHost = false
+        var testDescription: String { "\(recordSize) B records\(iwarp ? ", iWarp" : "")\(sameHost ? ", shared memory" : "")" }
     }
 
     /// 4 senders and 4 receivers on one stream: fixed-size self-describing records, each sent and
@@ -130,12 +130,15 @@ final class Barrier: Sendable {
     /// senders both passed the check and the second split its record (a trap). In iWarp mode the
     /// DATA word follows its write as a second post, which two threads once both made.
     @Test(arguments: [RecordMode(recordSize: 64, iwarp: false), RecordMode(recordSize: 100, iwarp: false),
-                      RecordMode(recordSize: 1000, iwarp: false), RecordMode(recordSize: 100, iwarp: true)])
+                      RecordMode(recordSize: 1000, iwarp: false), RecordMode(recordSize: 100, iwarp: true),
+                      RecordMode(recordSize: 100, iwarp: false, sameHost: true), RecordMode(recordSize: 1000, iwarp: false, sameHost: true)])
     func fourSendersFourReceivers(mode: RecordMode) throws {
         let perSender = 2000, recordSize = mode.recordSize
         let (client, server) = try connectedPair(loopbackOptions {
             $0.sendRingSize = 4096; $0.receiveRingSize = 4096; $0.iwarp = mode.iwarp
+            if mode.sameHost { $0.provider = "shm" }
         })
+        #expect(client.transport == (mode.sameHost ? "shm" : loopbackOptions().provider!))
         let senders = (0..<4).map { id in
             Background { () throws -> Void in
                 for seq in 0..<perSender {
@@ -180,9 +183,10 @@ final class Barrier: Sendable {
 
     /// Send, receive, peek and close racing from different threads: no crash, no hang, and every
     /// call after close reports `.closed`.
-    @Test func sendReceivePeekAndCloseRace() throws {
+    @Test(arguments: ["tcp", "shm"])
+    func sendReceivePeekAndCloseRace(transport: String) throws {
         for _ in 0..<20 {
-            let (client, server) = try connectedPair()
+            let (client, server) = try connectedPair(transport == "shm" ? sameHostOptions() : loopbackOptions())
             let stop = Atomic<Bool>(false)
             let workers = [
                 Background { () -> Void in while !stop.load(ordering: .relaxed) { _ = try? client.trySend([1, 2, 3]) } },
