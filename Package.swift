@@ -10,6 +10,7 @@ let package = Package(
         // libfabric loads it from FI_PROVIDER_PATH: the file is librstream-fi.so.
         .library(name: "rstream-fi", type: .dynamic, targets: ["RStreamProvider"]),
         .executable(name: "rstream-cperf", targets: ["rstream-cperf"]),
+        .executable(name: "rstream-shmfloor", targets: ["rstream-shmfloor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +37,8 @@ let package = Package(
         .target(name: "RStreamProvider", dependencies: ["RStreamKernel", "CProviderSupport", "CLibfabric", "CFabricShim"]),
         // Layer 3: the command, and the C program that measures the provider for `rstream perf`.
         .executableTarget(name: "rstream-cperf", linkerSettings: [.linkedLibrary("fabric")]),
+        // The same-host floor `rstream perf` compares with: a bare ping-pong in a shared mapping.
+        .executableTarget(name: "rstream-shmfloor"),
         .executableTarget(
             name: "rstream",
             dependencies: [

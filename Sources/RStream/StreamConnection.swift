@@ -34,15 +34,19 @@ public enum ReceiveResult: Equatable, Sendable {
 /// nobody drives holds up its peer; call `progress()` when idle for long. Every method may be called
 /// from any thread.
 public final class StreamConnection: Sendable {
-    /// The engine, swapped out by `close`. Calls copy the reference out and work on the engine's
-    /// own sharded locks, so a sender, a receiver and a progress driver run at once.
-    private let engine: Mutex<StreamEngine?>
+    /// The engine, for the stream's whole life: calls work on its own sharded locks, so a sender,
+    /// a receiver and a progress driver run at once, and take no lock of the stream's own (a lock
+    /// here would be two more locked instructions on every call). `close` ends the connection and
+    /// raises `closed`, after which every call reports `.closed`; the rings and registrations are
+    /// freed with the stream object, once no call can be using them.
+    private let engine: StreamEngine
+    private let closed = Atomic<Bool>(false)
     private let waitSet: WaitSet?
     public let options: StreamOptions
 
     init(engine: StreamEngine, options: StreamOptions) {
         waitSet = engine.transport.waitSet
-        self.engine = Mutex(engine)
+        self.engine = engine
         self.options = options
     }
 
@@ -78,12 +82,7 @@ public final class StreamConnection: Sendable {
         (try? withEngine { engine in engine.prepareToWait(for: interest) }) ?? false
     }
 
-    deinit {
-        engine.withLock { engine in
-            engine?.disconnect()
-            engine = nil
-        }
-    }
+    deinit { engine.disconnect() }
 
     /// Connects to `host:port` (IPv4, IPv6 or a name). To an address of this host whose listener
     /// serves same-host streams it connects over shared memory, unless `options.provider` names a
@@ -102,8 +101,9 @@ public final class StreamConnection: Sendable {
 
     private static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
 
+    @inline(__always)
     private func withEngine<R>(_ body: (StreamEngine) throws(RStreamError) -> R) throws(RStreamError) -> R {
-        guard let engine = engine.withCheckedLock(key: lockKey(self), { $0 }) else { throw Self.closedError }
+        guard !closed.load(ordering: .acquiring) else { throw Self.closedError }
         return try body(engine)
     }
 
@@ -296,8 +296,9 @@ public final class StreamConnection: Sendable {
     }
 
     /// Sends FIN if not yet sent, waits up to `linger` for it and every write to leave and for the
-    /// peer to have consumed every byte (so that closing loses no tail the peer still reads), ends
-    /// the core connection and frees the rings, registrations and queues.
+    /// peer to have consumed every byte (so that closing loses no tail the peer still reads), and
+    /// ends the connection; every later call reports `.closed`. The rings, registrations and
+    /// queues are freed when the stream object is released.
     public func close(linger: Duration = .seconds(2)) {
         _ = try? shutdown()
         // In slices of at most 50 ms: the peer's quiet period is a judgement of time, which a
@@ -310,11 +311,8 @@ public final class StreamConnection: Sendable {
                 return engine.hasFinishedClosing ? true : nil
             }) ?? false
         } while !finished && ContinuousClock.now < end && (try? withEngine { _ in }) != nil
-        let closed = engine.withCheckedLock(key: lockKey(self)) { (engine: inout StreamEngine?) -> StreamEngine? in
-            defer { engine = nil }
-            return engine
-        }
-        closed?.disconnect() // the engine is freed when the last call still using it returns
+        closed.store(true, ordering: .releasing)
+        engine.disconnect()
         waitSet?.ring() // sleepers wake and find the stream closed
     }
 }

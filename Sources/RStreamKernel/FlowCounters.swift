@@ -1,5 +1,15 @@
 import Synchronization
 
+extension Atomic where Value == Int {
+    /// Moves a counter that only the calling shard writes: a load and a releasing store, not a
+    /// read-modify-write (on x86 a locked instruction waits for every store before it, such as
+    /// the stores into a peer's cache lines just made, to complete).
+    @inline(__always)
+    func advance(by n: Int) {
+        store(load(ordering: .relaxed) &+ n, ordering: .releasing)
+    }
+}
+
 /// The counters only the send shard writes (under the send lock). Each group of counters lies on
 /// cache lines of its own (`FlowCounters.layout`), so that a sender's writes never evict the
 /// lines a progress driver or a receiver is writing.

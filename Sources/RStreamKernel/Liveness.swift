@@ -34,18 +34,24 @@ package struct Liveness: Sendable {
 
     /// nil: the peer may be silent for ever.
     package let peerTimeout: Duration?
-    private var lastHeard: Duration
-    private var lastPosted: Duration
-    private var lastCheck: Duration
+    // Nanoseconds of the liveness clock: compared on every progress step, so plain integers.
+    private let timeoutNanoseconds: Int64?
+    private var lastHeard: Int64
+    private var lastPosted: Int64
+    private var lastCheck: Int64
     private var postedSeen = 0
+
+    private static let beatNanoseconds = nanoseconds(beatInterval)
+    private static let longestGapNanoseconds = nanoseconds(longestGap)
+
+    private static func nanoseconds(_ d: Duration) -> Int64 {
+        let (seconds, attoseconds) = d.components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
 
     /// The liveness clock: monotonic, coarse, cheap.
     @inline(__always)
-    package static func now() -> Duration {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-        return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
-    }
+    package static func now() -> Duration { .nanoseconds(nowTicks()) }
 
     /// The same clock in nanoseconds: it moves once per tick (a few milliseconds), so a caller can
     /// do something at most once per tick without a system call.
@@ -57,28 +63,38 @@ package struct Liveness: Sendable {
     }
 
     package init(peerTimeout: Duration?, now: Duration) {
+        self.init(peerTimeout: peerTimeout, nowTicks: Self.nanoseconds(now))
+    }
+
+    package init(peerTimeout: Duration?, nowTicks now: Int64) {
         self.peerTimeout = peerTimeout
+        timeoutNanoseconds = peerTimeout.map(Self.nanoseconds)
         lastHeard = now
         lastPosted = now
         lastCheck = now
     }
 
     /// How long since the peer's last word (as of the last look).
-    package var silence: Duration { lastCheck - lastHeard }
+    package var silence: Duration { .nanoseconds(lastCheck - lastHeard) }
+
+    package mutating func check(heard: Bool, posted: Int, finished: Bool, now: Duration) -> Verdict {
+        check(heard: heard, posted: posted, finished: finished, nowTicks: Self.nanoseconds(now))
+    }
 
     /// One look: `heard` when a word arrived since the last look, `posted` the running count of
     /// operations this side has posted, `finished` when nothing more is owed either way (the
     /// peer's FIN has arrived, and this side's FIN has gone or the peer has disconnected): no
     /// heartbeat, no timeout.
-    package mutating func check(heard: Bool, posted: Int, finished: Bool, now: Duration) -> Verdict {
-        if heard || now - lastCheck > Self.longestGap { lastHeard = now }
+    @inline(__always)
+    package mutating func check(heard: Bool, posted: Int, finished: Bool, nowTicks now: Int64) -> Verdict {
+        if heard || now - lastCheck > Self.longestGapNanoseconds { lastHeard = now }
         lastCheck = now
         if posted != postedSeen {
             postedSeen = posted
             lastPosted = now
         }
         guard !finished else { return .quiet }
-        if let peerTimeout, now - lastHeard >= peerTimeout { return .peerSilent(now - lastHeard) }
-        return now - lastPosted >= Self.beatInterval ? .beatDue : .quiet
+        if let timeoutNanoseconds, now - lastHeard >= timeoutNanoseconds { return .peerSilent(.nanoseconds(now - lastHeard)) }
+        return now - lastPosted >= Self.beatNanoseconds ? .beatDue : .quiet
     }
 }

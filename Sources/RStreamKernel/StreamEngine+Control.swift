@@ -96,14 +96,14 @@ extension StreamEngine {
         // read by another thread at once.
         let before = (sc.pointee.reportedFreed.load(ordering: .relaxed), sc.pointee.reportedCredits.load(ordering: .relaxed),
                       sc.pointee.reportedDataCredits.load(ordering: .relaxed))
-        sc.pointee.txTaken.add(1, ordering: .releasing)
-        sc.pointee.peerReceivesTaken.add(1, ordering: .releasing)
-        sc.pointee.reportedFreed.add(returns.freed, ordering: .releasing)
+        sc.pointee.txTaken.advance(by: 1)
+        sc.pointee.peerReceivesTaken.advance(by: 1)
+        sc.pointee.reportedFreed.advance(by: returns.freed)
         sc.pointee.reportedCredits.store(returns.receivesUsedNow, ordering: .releasing)
         sc.pointee.reportedDataCredits.store(returns.dataReceivesUsedNow, ordering: .releasing)
         func undo() {
-            sc.pointee.txTaken.subtract(1, ordering: .releasing)
-            sc.pointee.peerReceivesTaken.subtract(1, ordering: .releasing)
+            sc.pointee.txTaken.advance(by: -1)
+            sc.pointee.peerReceivesTaken.advance(by: -1)
             sc.pointee.reportedFreed.store(before.0, ordering: .releasing)
             sc.pointee.reportedCredits.store(before.1, ordering: .releasing)
             sc.pointee.reportedDataCredits.store(before.2, ordering: .releasing)

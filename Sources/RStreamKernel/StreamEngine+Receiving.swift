@@ -28,7 +28,7 @@ extension StreamEngine {
         counters.progress.pointee.received.load(ordering: .acquiring) - counters.receive.pointee.consumed.load(ordering: .relaxed)
     }
 
-    private func consume(_ n: Int) { counters.receive.pointee.consumed.add(n, ordering: .releasing) }
+    private func consume(_ n: Int) { counters.receive.pointee.consumed.advance(by: n) }
 
     /// Copies received bytes into `buffer`; at least one byte, or would block, or end of stream
     /// after the peer's FIN and every byte before it. A failure is reported once the bytes that

@@ -34,12 +34,12 @@ extension StreamEngine {
                                 slot: ledger.pointee.push(length: n))
         s.writeOffset += n
         if s.writeOffset == sendCapacity { s.writeOffset = 0 }
-        sc.pointee.committed.add(n, ordering: .releasing)
-        sc.pointee.remoteWritten.add(n, ordering: .releasing)
+        sc.pointee.committed.advance(by: n)
+        sc.pointee.remoteWritten.advance(by: n)
         s.remoteOffset += n
         if s.remoteOffset == peer.ringSize { s.remoteOffset = 0 }
-        sc.pointee.txTaken.add(costs.txPerDataWrite, ordering: .releasing)
-        sc.pointee.peerReceivesTaken.add(costs.peerReceivesPerDataWrite, ordering: .releasing)
+        sc.pointee.txTaken.advance(by: costs.txPerDataWrite)
+        sc.pointee.peerReceivesTaken.advance(by: costs.peerReceivesPerDataWrite)
         if s.staged.isEmpty {
             // The usual case: posted at once, staged only if the transport refuses it.
             switch try transport.write(sendOffset: write.sendOffset, length: n, remoteOffset: write.remoteOffset,

@@ -146,7 +146,7 @@ package final class StreamEngine: @unchecked Sendable {
         receiveShard = (base + receiveAt).bindMemory(to: Mutex<ReceiveShard>.self, capacity: 1)
         receiveShard.initialize(to: Mutex(ReceiveShard()))
         progressShard = (base + progressAt).bindMemory(to: Mutex<ProgressShard>.self, capacity: 1)
-        progressShard.initialize(to: Mutex(ProgressShard(events: events, liveness: Liveness(peerTimeout: peerTimeout, now: Liveness.now()))))
+        progressShard.initialize(to: Mutex(ProgressShard(events: events, liveness: Liveness(peerTimeout: peerTimeout, nowTicks: Liveness.nowTicks()))))
         failureBox = (base + failureAt).bindMemory(to: Mutex<RStreamError?>.self, capacity: 1)
         failureBox.initialize(to: Mutex(nil))
         ledger = (base + ledgerAt).bindMemory(to: WriteLedger.self, capacity: 1)
@@ -243,7 +243,7 @@ package final class StreamEngine: @unchecked Sendable {
                 fail(error)
             }
             switch p.liveness.check(heard: notified, posted: counters.send.pointee.txTaken.load(ordering: .acquiring),
-                                    finished: isFinished, now: Liveness.now()) {
+                                    finished: isFinished, nowTicks: Liveness.nowTicks()) {
             case .quiet: break
             case .beatDue:
                 signals.pointee.beatDue.store(true, ordering: .releasing)
@@ -273,13 +273,13 @@ package final class StreamEngine: @unchecked Sendable {
                 fail(RStreamError(.fabric, code: EPROTO, "the transport reported more transmit completions than operations posted"))
                 return false
             }
-            pc.pointee.txReturned.add(1, ordering: .releasing)
+            pc.pointee.txReturned.advance(by: 1)
             if let slot {
                 guard let freed = ledger.pointee.complete(slot: slot) else {
                     fail(RStreamError(.fabric, code: EPROTO, "the transport completed write slot \(slot) out of order"))
                     return false
                 }
-                pc.pointee.sendFreed.add(freed, ordering: .releasing)
+                pc.pointee.sendFreed.advance(by: freed)
             }
             return false
         case .notified(let word, let usedReceive):
@@ -309,11 +309,11 @@ package final class StreamEngine: @unchecked Sendable {
                 case .placed(let n):
                     p.writeOffset += n
                     if p.writeOffset == receiveCapacity { p.writeOffset = 0 }
-                    pc.pointee.received.add(n, ordering: .releasing)
-                    if usedReceive { pc.pointee.dataReceivesUsed.add(1, ordering: .releasing) }
+                    pc.pointee.received.advance(by: n)
+                    if usedReceive { pc.pointee.dataReceivesUsed.advance(by: 1) }
                 case .returned(let freed, let credits, let fin):
-                    pc.pointee.peerReceivesReturned.add(credits, ordering: .releasing)
-                    pc.pointee.remoteFreed.add(freed, ordering: .releasing)
+                    pc.pointee.peerReceivesReturned.advance(by: credits)
+                    pc.pointee.remoteFreed.advance(by: freed)
                     if fin { pc.pointee.finReceived.store(true, ordering: .releasing) }
                 }
             } catch {

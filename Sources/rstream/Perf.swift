@@ -22,7 +22,7 @@ struct Perf: ParsableCommand {
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
-    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
+    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, rstream-shm, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
     var transports = "all"
     @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned.") var sendRing = 512 * 1024
     @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned.") var recvRing = 512 * 1024
@@ -48,9 +48,24 @@ struct Perf: ParsableCommand {
         return values.map { $0! }
     }
 
+    /// The fabric rows name their core (the one asked for, else the best here): a local address
+    /// would otherwise pick shared memory, which has rows of its own.
     var defaultOptions: StreamOptions {
         var options = StreamOptions()
-        options.provider = provider
+        options.provider = provider ?? CoreProvider.available().first?.name
+        return options
+    }
+
+    /// The same-host transport with default options, and busy-polling.
+    var sameHostOptions: StreamOptions {
+        var options = StreamOptions()
+        options.provider = "shm"
+        return options
+    }
+
+    var sameHostBusyPollOptions: StreamOptions {
+        var options = sameHostOptions
+        options.waitDescriptor = false
         return options
     }
 
@@ -235,8 +250,12 @@ struct Perf: ParsableCommand {
         let wanted = Set(transports.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         func runs(_ name: String) -> Bool { transports == "all" || wanted.contains(name) }
         var results: [Result] = []
+        // The same-host rows reach the same listeners (each serves shared memory too; the busy-poll
+        // one has no wait descriptor on its side either).
         for (name, port, options) in [("rstream", ports[0], defaultOptions), ("rstream-tuned", ports[1], tunedOptions),
-                                      ("rstream-busypoll", ports[5], busyPollOptions)] where runs(name) {
+                                      ("rstream-busypoll", ports[5], busyPollOptions),
+                                      ("rstream-shm", ports[0], sameHostOptions), ("rstream-shm-busypoll", ports[5], sameHostBusyPollOptions)]
+            where runs(name) && (client == nil || !name.hasPrefix("rstream-shm")) {
             var channel = StreamChannel(try StreamConnection.connect(host: host, port: port, options: options), maxMessage: maxMessage)
             results += try measure(&channel, transport: name, sizes: sizes)
             channel.stream.close()

@@ -36,27 +36,31 @@ struct PerfError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// An RStream connection, through the copying API (the protocol's two copies), busy-polled.
+/// An RStream connection, through the copying API (the protocol's copies), busy-polled. The
+/// buffer is handed over as one contiguous region per call, as a caller with its own buffer
+/// would (an `ArraySlice` of a shared array would be copied on write).
 struct StreamChannel: PerfChannel {
     let stream: StreamConnection
-    var buffer: [UInt8]
+    let buffer: UnsafeMutableRawBufferPointer
 
     init(_ stream: StreamConnection, maxMessage: Int) {
         self.stream = stream
-        buffer = [UInt8](repeating: 0x5A, count: max(maxMessage, 16))
+        buffer = .allocate(byteCount: max(maxMessage, 16), alignment: 64)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0x5A)
     }
 
-    mutating func send(_ size: Int) throws {
+    func send(_ size: Int) throws {
         var sent = 0
         while sent < size {
-            if case .sent(let n) = try stream.trySend(buffer[sent..<size]) { sent += n }
+            if case .sent(let n) = try stream.trySend(UnsafeRawBufferPointer(rebasing: buffer[sent..<size])) { sent += n }
         }
     }
 
-    mutating func receive(_ size: Int) throws {
+    func receive(_ size: Int) throws {
         var received = 0
         while received < size {
-            switch try stream.tryReceive(into: &buffer[0..<min(buffer.count, size - received)]) {
+            var region = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, size - received)])
+            switch try stream.tryReceive(into: &region) {
             case .received(let n): received += n
             case .wouldBlock: continue
             case .endOfStream: throw PerfError(description: "end of stream inside a message")
@@ -64,9 +68,9 @@ struct StreamChannel: PerfChannel {
         }
     }
 
-    mutating func sendHeader(_ header: PerfHeader) throws { try stream.sendAll(header.bytes) }
+    func sendHeader(_ header: PerfHeader) throws { try stream.sendAll(header.bytes) }
 
-    mutating func receiveHeader() throws -> PerfHeader? {
+    func receiveHeader() throws -> PerfHeader? {
         var bytes = [UInt8](repeating: 0, count: 12)
         var received = 0
         while received < 12 {
