@@ -261,6 +261,8 @@ struct Perf: ParsableCommand {
             channel.stream.close()
         }
         if client == nil && runs("provider-c") { results += try measureThroughProvider(sizes: sizes) }
+        if client == nil && runs("shm-floor") { results += try measureFloor(sizes: sizes) }
+        if client == nil && runs("ucx-stream") { results += measureUCX(sizes: sizes) }
         if runs("core-writedata") {
             var channel = CoreChannel(core: try CoreBaseline.connect(host: host, port: ports[2], provider: provider), window: 64)
             results += try measure(&channel, transport: "core-writedata", sizes: sizes)
@@ -372,6 +374,94 @@ struct Perf: ParsableCommand {
         return results
     }
 
+    /// The same-host floor: `rstream-shmfloor` (beside this binary), a bare ping-pong of each size
+    /// in a shared mapping between two processes pinned like the others. Round trips only.
+    func measureFloor(sizes: [Int]) throws -> [Result] {
+        let program = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("rstream-shmfloor")
+        guard FileManager.default.isExecutableFile(atPath: program.path) else {
+            FileHandle.standardError.write(Data("  shm-floor skipped: build the rstream-shmfloor product\n".utf8))
+            return []
+        }
+        var results: [Result] = []
+        for size in sizes {
+            let (warmup, measured) = iterations(for: size)
+            let process = Process()
+            process.executableURL = program
+            process.arguments = [String(size), String(warmup), String(measured)]
+                + (cpu.map { [String($0), String(serverCPU ?? $0)] } ?? [])
+            let out = Pipe()
+            process.standardOutput = out
+            try process.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            for line in text.split(separator: "\n") { if let sample = UInt64(line) { _ = histogram.record(sample) } }
+            results.append(Result(transport: "shm-floor", size: size, rtt: histogram))
+        }
+        FileHandle.standardError.write(Data("  shm-floor done\n".utf8))
+        return results
+    }
+
+    /// UCX's stream API over shared memory (`ucx_perftest -t stream_lat` and `stream_bw`,
+    /// UCX_TLS=posix,self, pinned like the others), when `ucx_perftest` is installed: its median
+    /// one-way latency doubled into a round trip (the row's every percentile is that one figure),
+    /// and its average bandwidth (MiB/s converted to MB/s).
+    func measureUCX(sizes: [Int]) -> [Result] {
+        guard let tool = ["/usr/bin/ucx_perftest", "/usr/local/bin/ucx_perftest"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            FileHandle.standardError.write(Data("  ucx-stream absent: ucx_perftest is not installed (Debian: ucx-utils)\n".utf8))
+            return []
+        }
+        func run(_ test: String, size: Int, count: Int) -> (p50: Double, bandwidth: Double)? {
+            let port = String(20_000 + Int(getpid() % 20_000))
+            func start(_ extra: [String], cpu: Int?) -> (Process, Pipe)? {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
+                let arguments = extra + ["-t", test, "-s", String(size), "-n", String(count), "-p", port]
+                if let cpu { process.arguments = ["-c", String(cpu), tool] + arguments } else {
+                    process.executableURL = URL(fileURLWithPath: tool)
+                    process.arguments = arguments
+                }
+                var environment = ProcessInfo.processInfo.environment
+                environment["UCX_TLS"] = "posix,self"
+                process.environment = environment
+                let out = Pipe()
+                process.standardOutput = out
+                process.standardError = FileHandle.nullDevice
+                guard (try? process.run()) != nil else { return nil }
+                return (process, out)
+            }
+            guard let (server, _) = start([], cpu: serverCPU ?? cpu) else { return nil }
+            defer { server.waitUntilExit() }
+            usleep(300_000)
+            guard let (client, out) = start(["127.0.0.1"], cpu: cpu) else { kill(server.processIdentifier, SIGKILL); return nil }
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            client.waitUntilExit()
+            guard let final = text.split(separator: "\n").first(where: { $0.hasPrefix("Final:") }) else {
+                kill(server.processIdentifier, SIGKILL)
+                return nil
+            }
+            let fields = final.split(separator: " ").compactMap { Double($0) }
+            // iterations, p50, average, overall (µs); bandwidth average, overall (MiB/s); rates
+            guard fields.count >= 6 else { return nil }
+            return (fields[1], fields[4] * 1.048576)
+        }
+        var results: [Result] = []
+        for size in sizes {
+            let (_, measured) = iterations(for: size)
+            guard let latency = run("stream_lat", size: size, count: measured),
+                  let bandwidth = run("stream_bw", size: size, count: max(1000, bandwidthCount(for: size) / 4)) else {
+                FileHandle.standardError.write(Data("  ucx-stream \(size) B failed\n".utf8))
+                continue
+            }
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            _ = histogram.record(UInt64(latency.p50 * 2 * 1000))
+            results.append(Result(transport: "ucx-stream", size: size, rtt: histogram, bandwidthMBps: bandwidth.bandwidth))
+        }
+        FileHandle.standardError.write(Data("  ucx-stream done\n".utf8))
+        return results
+    }
+
     private static func readPort(_ serverOut: Pipe) throws -> Int {
         var line = ""
         while !line.contains("\n") {
@@ -448,6 +538,18 @@ struct Perf: ParsableCommand {
             let p50 = { (r: Result) in Double(r.rtt!.valueAtPercentile(50)) }
             print(pad("\(size)", 8) + " B: rstream/core RTT \(fmt(p50(rs) / p50(core), 2))x (busy-poll \(fmt(p50(busy) / p50(core), 2))x), rstream/tcp-blocking RTT \(fmt(p50(rs) / p50(tcp), 2))x, "
                   + "bandwidth rstream/core \(fmt(rs.bandwidthMBps! / core.bandwidthMBps!, 2))x, rstream-tuned/core \(fmt(tuned.bandwidthMBps! / core.bandwidthMBps!, 2))x")
+        }
+        for size in Set(results.map(\.size)).sorted() {
+            guard let shm = find("rstream-shm", size) else { continue }
+            let p50 = { (r: Result) in Double(r.rtt!.valueAtPercentile(50)) }
+            var line = pad("\(size)", 8) + " B: rstream-shm RTT \(fmt(p50(shm) / 1000, 2)) µs"
+            if let busy = find("rstream-shm-busypoll", size) { line += " (busy-poll \(fmt(p50(busy) / 1000, 2)) µs)" }
+            if let floor = find("shm-floor", size) { line += ", /floor \(fmt(p50(shm) / p50(floor), 2))x" }
+            if let ucx = find("ucx-stream", size) {
+                line += ", /ucx RTT \(fmt(p50(shm) / p50(ucx), 2))x, bandwidth /ucx \(fmt(shm.bandwidthMBps! / ucx.bandwidthMBps!, 2))x"
+                if let busy = find("rstream-shm-busypoll", size) { line += " (busy-poll \(fmt(busy.bandwidthMBps! / ucx.bandwidthMBps!, 2))x)" }
+            }
+            print(line)
         }
         for size in Set(results.map(\.size)).sorted() {
             guard let swift = find("rstream", size) ?? find("rstream-inproc", size),
