@@ -82,22 +82,25 @@ package enum LocalAddress {
 }
 
 /// Both ends of the same-host set-up over the Unix socket. The active side sends its 24-byte
-/// block of protocol v4 (base 0 and key 0: offsets into its inbound ring) with its inbound
-/// segment, status segment and doorbell as `SCM_RIGHTS`; the passive side answers the same way, or
-/// refuses with a message of text alone (the reason). Everything received is checked before it
-/// is used: the block as on the fabric, the descriptors' kinds, seals and sizes by the transport.
+/// block of protocol v4 (base 0 and key 0: offsets into its inbound ring), then what the caller
+/// wants the peer to have (connection data, at most `userDataLimit` bytes), with its inbound
+/// segment, status segment and doorbell as `SCM_RIGHTS`; the passive side answers the same way,
+/// or refuses with a message of text alone (the reason). Everything received is checked before
+/// it is used: the block as on the fabric, the descriptors' kinds, seals and sizes by the transport.
 package enum SameHostHandshake {
-    /// Checks a connection request's message; the descriptors it carries are closed if it fails.
+    /// Connection data either side may add after its block.
+    package static let userDataLimit = 232
+
+    /// Checks a set-up message; the descriptors it carries are closed if it fails.
     static func checkedBlock(_ message: UnixSocket.Message, expecting what: String) throws(RStreamError) -> ConnectionBlock {
         do throws(RStreamError) {
             guard !message.truncated, message.descriptors.count == SameHostLayout.descriptorCount else {
                 throw RStreamError.protocolViolation("\(what) carried \(message.descriptors.count)\(message.truncated ? "+" : "") descriptors; \(SameHostLayout.descriptorCount) are due")
             }
-            let block = try ConnectionBlock.decode(message.bytes[...], expectIwarp: false)
-            guard message.bytes.count == ConnectionBlock.size else {
-                throw RStreamError.protocolViolation("\(what) has \(message.bytes.count) bytes; a connection block has \(ConnectionBlock.size)")
+            guard message.bytes.count <= ConnectionBlock.size + userDataLimit else {
+                throw RStreamError.protocolViolation("\(what) has \(message.bytes.count) bytes; a block and at most \(userDataLimit) more are allowed")
             }
-            return block
+            return try ConnectionBlock.decode(message.bytes[...], expectIwarp: false)
         } catch {
             message.closeDescriptors()
             throw error
@@ -107,62 +110,137 @@ package enum SameHostHandshake {
     /// Connects to the same-host listener of `port`; nil when nothing listens there. A refusal,
     /// a listener that closes, a bad answer and the deadline are distinct errors.
     package static func connect(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
-        let place = "the same-host listener of port \(port)"
-        let fd = try UnixSocket.make()
-        var owned = true // the socket is ours to close until the transport takes it
-        defer { if owned { close(fd) } }
-        guard try UnixSocket.connect(fd, port: port) else { return nil }
-        let offer = try SameHostOffer(shape: shape, socket: fd)
-        try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
-        var answer: UnixSocket.Message?
-        while answer == nil {
-            guard try UnixSocket.waitReadable(fd, until: deadline) else {
-                throw RStreamError(.timedOut, code: ETIMEDOUT, "connecting to \(place) timed out")
+        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape) else { return nil }
+        while true {
+            if let (engine, _) = try attempt.complete() { return engine }
+            guard try UnixSocket.waitReadable(attempt.socket, until: deadline) else {
+                throw RStreamError(.timedOut, code: ETIMEDOUT, "connecting to \(attempt.place) timed out")
             }
-            answer = try UnixSocket.receive(fd, capacity: 1024)
         }
-        let message = answer!
-        if message.isEnd { throw RStreamError(.connectionReset, code: ECONNRESET, "\(place) closed the connection while it was being made") }
-        if message.descriptors.isEmpty && !message.truncated {
-            throw RStreamError(.rejected, code: ECONNREFUSED, "\(place) refused the connection: \(String(decoding: message.bytes, as: UTF8.self))")
-        }
-        let peer: ConnectionBlock
-        do throws(RStreamError) { peer = try checkedBlock(message, expecting: "the answer") } catch {
-            throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
-        }
-        let transport = try SharedMemoryTransport(offer: offer, peer: peer, peerDescriptors: message.descriptors, socket: fd)
-        owned = false
-        return try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
     }
 
-    /// Answers a request that arrived on `fd` (a connection accepted from the listener): a stream,
-    /// or a refusal sent to the peer with its reason and thrown as `.protocolViolation`. The socket
-    /// is closed unless the stream took it.
-    static func answer(_ message: UnixSocket.Message, on fd: Int32, shape: EndpointShape) throws(RStreamError) -> StreamEngine {
+    /// Answers a checked request with a stream (this side's block and `userData`).
+    package static func answer(_ request: SameHostRequest, shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) -> StreamEngine {
+        guard let (fd, message) = request.claim() else { throw RStreamError(.closed, code: EINVAL, "the request was answered already") }
         var owned = true
         defer { if owned { close(fd) } }
-        func refuse(_ error: RStreamError) -> RStreamError {
-            try? UnixSocket.send(fd, Array(error.context.utf8.prefix(200)))
-            return RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)")
-        }
-        let peer: ConnectionBlock
-        do throws(RStreamError) { peer = try checkedBlock(message, expecting: "the request") } catch { throw refuse(error) }
         let offer: SameHostOffer
         do throws(RStreamError) { offer = try SameHostOffer(shape: shape, socket: fd) } catch {
             message.closeDescriptors()
-            throw refuse(error)
+            try? UnixSocket.send(fd, Array("the listener could not make its segments: \(error.context)".utf8.prefix(200)))
+            throw error
         }
-        let block = offer.block.encoded
+        let block = offer.block.encoded + userData.prefix(userDataLimit)
         let descriptors = offer.descriptors // owned by the transport from here on, open while it lives
         let transport: SharedMemoryTransport
         do throws(RStreamError) {
-            transport = try SharedMemoryTransport(offer: offer, peer: peer, peerDescriptors: message.descriptors, socket: fd)
+            transport = try SharedMemoryTransport(offer: offer, peer: request.peer, peerDescriptors: message.descriptors, socket: fd)
         } catch {
-            throw error.kind == .protocolViolation ? refuse(error) : error
+            try? UnixSocket.send(fd, Array(error.context.utf8.prefix(200)))
+            throw error.kind == .protocolViolation
+                ? RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)") : error
         }
         owned = false
         try UnixSocket.send(fd, block, descriptors: descriptors)
-        return try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
+        return try StreamEngine(transport: transport, peer: request.peer, peerTimeout: shape.peerTimeout)
+    }
+
+    /// Refuses a request, telling the peer why.
+    package static func refuse(_ request: SameHostRequest, reason: String) {
+        guard let (fd, message) = request.claim() else { return }
+        message.closeDescriptors()
+        try? UnixSocket.send(fd, Array(reason.utf8.prefix(200)))
+        close(fd)
+    }
+}
+
+/// A same-host connection request whose block passed its checks, until it is answered or refused
+/// (`SameHostHandshake`); one nobody answered is closed with it, which the peer sees as a refusal
+/// without a reason.
+///
+/// Invariant: the socket and the descriptors of the message are open, and owned here, until
+/// `claim` hands them out (once).
+package final class SameHostRequest: @unchecked Sendable {
+    package let peer: ConnectionBlock
+    /// What the peer sent after its block (connection data).
+    package let userData: [UInt8]
+    private let held: Mutex<(fd: Int32, message: UnixSocket.Message)?>
+
+    init(fd: Int32, message: UnixSocket.Message, peer: ConnectionBlock) {
+        self.peer = peer
+        userData = Array(message.bytes.dropFirst(ConnectionBlock.size))
+        held = Mutex((fd, message))
+    }
+
+    func claim() -> (fd: Int32, message: UnixSocket.Message)? {
+        held.withCheckedLock(key: lockKey(self)) { h in
+            defer { h = nil }
+            return h
+        }
+    }
+
+    deinit {
+        if let (fd, message) = claim() {
+            message.closeDescriptors()
+            close(fd)
+        }
+    }
+}
+
+/// The active side of one same-host set-up in flight: the request went out, the answer is read
+/// without waiting (`complete`), so a caller that drives the listener from the same thread (a C
+/// program) is never blocked by it.
+///
+/// Invariant: `socket` is open and owned here until the transport takes it in `complete`, or
+/// until deinit.
+package final class SameHostConnectAttempt: @unchecked Sendable {
+    package let socket: Int32
+    package let place: String
+    private let shape: EndpointShape
+    private let state: Mutex<SameHostOffer?>
+    private let socketTaken = Atomic<Bool>(false)
+
+    /// Sends the request to the same-host listener of `port`; nil when nothing listens there.
+    package init?(port: UInt16, shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) {
+        let fd = try UnixSocket.make()
+        do throws(RStreamError) {
+            guard try UnixSocket.connect(fd, port: port) else {
+                close(fd)
+                return nil
+            }
+            let offer = try SameHostOffer(shape: shape, socket: fd)
+            try UnixSocket.send(fd, offer.block.encoded + userData.prefix(SameHostHandshake.userDataLimit), descriptors: offer.descriptors)
+            state = Mutex(offer)
+        } catch {
+            close(fd)
+            throw error
+        }
+        socket = fd
+        place = "the same-host listener of port \(port)"
+        self.shape = shape
+    }
+
+    deinit { if !socketTaken.load(ordering: .acquiring) { close(socket) } }
+
+    /// The stream and the peer's connection data once the answer is in; nil while it is not.
+    package func complete() throws(RStreamError) -> (StreamEngine, [UInt8])? {
+        try state.withCheckedLock(key: lockKey(self)) { (offer: inout SameHostOffer?) throws(RStreamError) -> (StreamEngine, [UInt8])? in
+            guard offer != nil else { throw RStreamError(.closed, code: EINVAL, "the connection to \(place) was completed already") }
+            guard let message = try UnixSocket.receive(socket, capacity: 1024) else { return nil }
+            let mine = offer.take()!
+            if message.isEnd { throw RStreamError(.connectionReset, code: ECONNRESET, "\(place) closed the connection while it was being made") }
+            if message.descriptors.isEmpty && !message.truncated {
+                throw RStreamError(.rejected, code: ECONNREFUSED, "\(place) refused the connection: \(String(decoding: message.bytes, as: UTF8.self))")
+            }
+            let peer: ConnectionBlock
+            do throws(RStreamError) { peer = try SameHostHandshake.checkedBlock(message, expecting: "the answer") } catch {
+                throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
+            }
+            let transport = try SharedMemoryTransport(offer: mine, peer: peer, peerDescriptors: message.descriptors, socket: socket)
+            socketTaken.store(true, ordering: .releasing)
+            let engine = try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
+            return (engine, Array(message.bytes.dropFirst(ConnectionBlock.size)))
+        }
     }
 }
 
@@ -180,6 +258,8 @@ package final class SameHostListener: @unchecked Sendable {
     }
     private let pending = Mutex<[Pending]>([])
     private let waitSet: WaitSet?
+    /// More wait sets to wake (changed only under `pending`'s lock).
+    nonisolated(unsafe) private var extraWaitSets: [WaitSet] = []
     package static let requestTimeout: Duration = .seconds(10)
     package static let mostPending = 64
 
@@ -202,25 +282,33 @@ package final class SameHostListener: @unchecked Sendable {
 
     deinit {
         pending.withCheckedLock(key: lockKey(self)) { list in
-            for p in list { waitSet?.unwatch(p.fd); close(p.fd) }
+            for p in list { unwatch(p.fd); close(p.fd) }
             list = []
         }
-        waitSet?.unwatch(listenDescriptor)
+        unwatch(listenDescriptor)
         close(listenDescriptor)
     }
 
     /// The next same-host stream whose request has arrived, without waiting; nil when none has.
     /// A request that fails a check is refused with its reason and thrown as `.protocolViolation`.
     package func acceptReady(shape: EndpointShape) throws(RStreamError) -> StreamEngine? {
+        guard let request = try takeRequest() else { return nil }
+        return try SameHostHandshake.answer(request, shape: shape)
+    }
+
+    /// The next request that has arrived and whose block passed its checks, without waiting; nil
+    /// when none has. One whose block fails is refused with the reason and thrown as
+    /// `.protocolViolation` (the listener goes on).
+    package func takeRequest() throws(RStreamError) -> SameHostRequest? {
         let ready = try pending.withCheckedLock(key: lockKey(self)) { (list: inout [Pending]) throws(RStreamError) -> (Int32, UnixSocket.Message)? in
             while let fd = try UnixSocket.accept(listenDescriptor) {
                 if list.count >= Self.mostPending {
                     let oldest = list.removeFirst()
-                    waitSet?.unwatch(oldest.fd)
+                    unwatch(oldest.fd)
                     close(oldest.fd)
                 }
                 list.append(Pending(fd: fd, since: .now))
-                waitSet?.watch(fd)
+                watch(fd)
             }
             var i = 0
             while i < list.count {
@@ -229,12 +317,12 @@ package final class SameHostListener: @unchecked Sendable {
                 do throws(RStreamError) { message = try UnixSocket.receive(p.fd) } catch { message = UnixSocket.Message(bytes: [], descriptors: [], truncated: false) }
                 if let message, !message.isEnd {
                     list.remove(at: i)
-                    waitSet?.unwatch(p.fd)
+                    unwatch(p.fd)
                     return (p.fd, message)
                 }
                 if message != nil || ContinuousClock.now - p.since > Self.requestTimeout {
                     list.remove(at: i) // closed before it asked, or never asked
-                    waitSet?.unwatch(p.fd)
+                    unwatch(p.fd)
                     close(p.fd)
                     continue
                 }
@@ -243,6 +331,32 @@ package final class SameHostListener: @unchecked Sendable {
             return nil
         }
         guard let (fd, message) = ready else { return nil }
-        return try SameHostHandshake.answer(message, on: fd, shape: shape)
+        do throws(RStreamError) {
+            let peer = try SameHostHandshake.checkedBlock(message, expecting: "the request")
+            return SameHostRequest(fd: fd, message: message, peer: peer)
+        } catch {
+            try? UnixSocket.send(fd, Array(error.context.utf8.prefix(200)))
+            close(fd)
+            throw RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)")
+        }
+    }
+
+    /// Adds `waitSet` to those woken by a request arriving (a C program's event queue).
+    package func alsoWake(_ waitSet: WaitSet) {
+        pending.withCheckedLock(key: lockKey(self)) { list in
+            extraWaitSets.append(waitSet)
+            waitSet.watch(listenDescriptor)
+            for p in list { waitSet.watch(p.fd) }
+        }
+    }
+
+    private func watch(_ fd: Int32) {
+        waitSet?.watch(fd)
+        for w in extraWaitSets { w.watch(fd) }
+    }
+
+    private func unwatch(_ fd: Int32) {
+        waitSet?.unwatch(fd)
+        for w in extraWaitSets { w.unwatch(fd) }
     }
 }
