@@ -25,6 +25,24 @@ package enum SameHostSelection: Equatable {
     }
 }
 
+/// What a same-host stream reports as its addresses (`fi_getname`, `fi_getpeer`): no IP port
+/// carries it, so each process is named by the host address that was dialled (or the listener's)
+/// with a port made of its process id (49152 + pid mod 16384, the ephemeral range). The passive
+/// side's own address is its listener's. Both sides agree: the peer's process id comes from
+/// `SO_PEERCRED`.
+package enum SameHostAddress {
+    package static func port(ofProcess pid: Int32) -> UInt16 { UInt16(49152 + Int(pid) % 16384) }
+
+    /// `address` (a sockaddr_in or sockaddr_in6) with its port replaced.
+    package static func with(_ address: [UInt8], port: UInt16) -> [UInt8] {
+        guard address.count >= 4 else { return address }
+        var copy = address
+        copy[2] = UInt8(port >> 8)
+        copy[3] = UInt8(port & 0xFF)
+        return copy
+    }
+}
+
 /// Whether a host name is this host: a loopback address, or an address of one of its interfaces.
 package enum LocalAddress {
     package static func isLocal(_ host: String) -> Bool {
@@ -113,14 +131,20 @@ package enum SameHostHandshake {
         guard let attempt = try SameHostConnectAttempt(port: port, shape: shape) else { return nil }
         while true {
             if let (engine, _) = try attempt.complete() { return engine }
-            guard try UnixSocket.waitReadable(attempt.socket, until: deadline) else {
+            if let deadline, ContinuousClock.now >= deadline {
                 throw RStreamError(.timedOut, code: ETIMEDOUT, "connecting to \(attempt.place) timed out")
+            }
+            if attempt.requestSent {
+                _ = try UnixSocket.waitReadable(attempt.socket, until: deadline)
+            } else {
+                usleep(1000) // the listener's backlog is full: it drains as it accepts
             }
         }
     }
 
     /// Answers a checked request with a stream (this side's block and `userData`).
-    package static func answer(_ request: SameHostRequest, shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) -> StreamEngine {
+    package static func answer(_ request: SameHostRequest, shape: EndpointShape, userData: [UInt8] = [],
+                               localAddress: [UInt8]? = nil) throws(RStreamError) -> StreamEngine {
         guard let (fd, message) = request.claim() else { throw RStreamError(.closed, code: EINVAL, "the request was answered already") }
         var owned = true
         defer { if owned { close(fd) } }
@@ -141,15 +165,18 @@ package enum SameHostHandshake {
                 ? RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)") : error
         }
         owned = false
+        if let localAddress {
+            transport.addresses = (localAddress, transport.peerProcess.map { SameHostAddress.with(localAddress, port: SameHostAddress.port(ofProcess: $0)) })
+        }
         try UnixSocket.send(fd, block, descriptors: descriptors)
         return try StreamEngine(transport: transport, peer: request.peer, peerTimeout: shape.peerTimeout)
     }
 
-    /// Refuses a request, telling the peer why.
-    package static func refuse(_ request: SameHostRequest, reason: String) {
+    /// Refuses a request, telling the peer why (`data`: the caller's bytes, sent as they are).
+    package static func refuse(_ request: SameHostRequest, data: [UInt8]) {
         guard let (fd, message) = request.claim() else { return }
         message.closeDescriptors()
-        try? UnixSocket.send(fd, Array(reason.utf8.prefix(200)))
+        try? UnixSocket.send(fd, Array(data.prefix(userDataLimit)))
         close(fd)
     }
 }
@@ -187,49 +214,95 @@ package final class SameHostRequest: @unchecked Sendable {
     }
 }
 
-/// The active side of one same-host set-up in flight: the request went out, the answer is read
-/// without waiting (`complete`), so a caller that drives the listener from the same thread (a C
-/// program) is never blocked by it.
+/// The active side of one same-host set-up in flight: the request goes out as soon as the
+/// listener's backlog has room, and the answer is read without waiting (`complete`), so a caller
+/// that drives the listener from the same thread (a C program) is never blocked by it.
 ///
 /// Invariant: `socket` is open and owned here until the transport takes it in `complete`, or
 /// until deinit.
 package final class SameHostConnectAttempt: @unchecked Sendable {
     package let socket: Int32
     package let place: String
+    private let port: UInt16
     private let shape: EndpointShape
-    private let state: Mutex<SameHostOffer?>
-    private let socketTaken = Atomic<Bool>(false)
+    private let destination: [UInt8]?
+    private let started = ContinuousClock.now
+    /// How long a full backlog is retried before the attempt gives up.
+    package static let backlogPatience: Duration = .seconds(10)
 
-    /// Sends the request to the same-host listener of `port`; nil when nothing listens there.
-    package init?(port: UInt16, shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) {
+    private struct Progress: ~Copyable {
+        var offer: SameHostOffer?
+        var requestSent = false
+        let userData: [UInt8]
+    }
+    private let progress: Mutex<Progress>
+    private let socketTaken = Atomic<Bool>(false)
+    /// What the listener sent when it refused (the reason), once `complete` threw `.rejected`.
+    package private(set) nonisolated(unsafe) var refusal: [UInt8] = []
+
+    /// Starts a connection to the same-host listener of `port`; nil when nothing listens there.
+    /// `destination`: the sockaddr that was dialled, which the stream reports as its peer's address.
+    package init?(port: UInt16, shape: EndpointShape, userData: [UInt8] = [], destination: [UInt8]? = nil) throws(RStreamError) {
         let fd = try UnixSocket.make()
+        let sent: Bool
         do throws(RStreamError) {
-            guard try UnixSocket.connect(fd, port: port) else {
+            switch try UnixSocket.connect(fd, port: port) {
+            case .nobody:
                 close(fd)
                 return nil
+            case .backlogFull: sent = false
+            case .connected: sent = true
             }
             let offer = try SameHostOffer(shape: shape, socket: fd)
-            try UnixSocket.send(fd, offer.block.encoded + userData.prefix(SameHostHandshake.userDataLimit), descriptors: offer.descriptors)
-            state = Mutex(offer)
+            if sent {
+                try UnixSocket.send(fd, offer.block.encoded + userData.prefix(SameHostHandshake.userDataLimit), descriptors: offer.descriptors)
+            }
+            progress = Mutex(Progress(offer: offer, requestSent: sent, userData: userData))
         } catch {
             close(fd)
             throw error
         }
         socket = fd
+        self.port = port
         place = "the same-host listener of port \(port)"
         self.shape = shape
+        self.destination = destination
     }
 
     deinit { if !socketTaken.load(ordering: .acquiring) { close(socket) } }
 
+    /// False while the listener's backlog was full and the request has not gone out.
+    package var requestSent: Bool { progress.withCheckedLock(key: lockKey(self)) { $0.requestSent } }
+
     /// The stream and the peer's connection data once the answer is in; nil while it is not.
     package func complete() throws(RStreamError) -> (StreamEngine, [UInt8])? {
-        try state.withCheckedLock(key: lockKey(self)) { (offer: inout SameHostOffer?) throws(RStreamError) -> (StreamEngine, [UInt8])? in
-            guard offer != nil else { throw RStreamError(.closed, code: EINVAL, "the connection to \(place) was completed already") }
+        try progress.withCheckedLock(key: lockKey(self)) { (p: inout Progress) throws(RStreamError) -> (StreamEngine, [UInt8])? in
+            guard p.offer != nil else { throw RStreamError(.closed, code: EINVAL, "the connection to \(place) was completed already") }
+            if !p.requestSent {
+                switch try UnixSocket.connect(socket, port: port) {
+                case .nobody:
+                    p.offer = nil
+                    throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
+                case .backlogFull:
+                    guard ContinuousClock.now - started < Self.backlogPatience else {
+                        p.offer = nil
+                        throw RStreamError(.timedOut, code: ETIMEDOUT, "\(place) kept a full backlog for \(Self.backlogPatience)")
+                    }
+                    return nil
+                case .connected:
+                    let offer = p.offer.take()!
+                    let request = offer.block.encoded + p.userData.prefix(SameHostHandshake.userDataLimit)
+                    let descriptors = offer.descriptors
+                    p.offer = consume offer
+                    try UnixSocket.send(socket, request, descriptors: descriptors)
+                    p.requestSent = true
+                }
+            }
             guard let message = try UnixSocket.receive(socket, capacity: 1024) else { return nil }
-            let mine = offer.take()!
+            let mine = p.offer.take()!
             if message.isEnd { throw RStreamError(.connectionReset, code: ECONNRESET, "\(place) closed the connection while it was being made") }
             if message.descriptors.isEmpty && !message.truncated {
+                refusal = message.bytes
                 throw RStreamError(.rejected, code: ECONNREFUSED, "\(place) refused the connection: \(String(decoding: message.bytes, as: UTF8.self))")
             }
             let peer: ConnectionBlock
@@ -238,6 +311,9 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
             }
             let transport = try SharedMemoryTransport(offer: mine, peer: peer, peerDescriptors: message.descriptors, socket: socket)
             socketTaken.store(true, ordering: .releasing)
+            if let destination {
+                transport.addresses = (SameHostAddress.with(destination, port: SameHostAddress.port(ofProcess: getpid())), destination)
+            }
             let engine = try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
             return (engine, Array(message.bytes.dropFirst(ConnectionBlock.size)))
         }

@@ -318,8 +318,19 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     }
 
     package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its end wakes sleepers
+    /// The set-up socket: its end is the peer's leaving.
+    package var connectionEventDescriptor: Int32? { socket }
 
-    package func address(ofPeer: Bool) -> [UInt8]? { nil }
+    /// The addresses the set-up gave (`SameHostAddress`), set once before the engine shares it.
+    nonisolated(unsafe) package var addresses: (local: [UInt8]?, peer: [UInt8]?) = (nil, nil)
+
+    package func address(ofPeer: Bool) -> [UInt8]? { ofPeer ? addresses.peer : addresses.local }
+
+    /// The peer process's id (`SO_PEERCRED` of the set-up socket), or nil.
+    package var peerProcess: Int32? {
+        let pid = rs_peer_pid(socket)
+        return pid > 0 ? Int32(pid) : nil
+    }
 
     package func disconnect() {
         _ = shutdown(socket, Int32(SHUT_RDWR))

@@ -87,6 +87,9 @@ package protocol StreamTransport: AnyObject, Sendable {
     func takePeerLeft() -> Bool
     /// True when a connection event is waiting for `takePeerLeft`.
     var hasConnectionEvent: Bool { get }
+    /// A descriptor that becomes readable when a connection event may be waiting (for an event
+    /// loop that sleeps on connection events apart from the data), nil where there is none.
+    var connectionEventDescriptor: Int32? { get }
     /// This side's address (`ofPeer` false) or the peer's, as a `sockaddr`; nil where unknown.
     func address(ofPeer: Bool) -> [UInt8]?
     /// Ends the connection (no more words in either direction).

@@ -41,15 +41,23 @@ package enum UnixSocket {
         return true
     }
 
-    /// Connects to the listener of `port`; false when nothing listens there.
-    package static func connect(_ fd: Int32, port: UInt16) throws(RStreamError) -> Bool {
+    package enum Connected {
+        case connected
+        /// Nothing listens there.
+        case nobody
+        /// The listener's backlog is full: try again (a TCP client's SYN would be retried too).
+        case backlogFull
+    }
+
+    /// Connects to the listener of `port` (non-blocking).
+    package static func connect(_ fd: Int32, port: UInt16) throws(RStreamError) -> Connected {
         while true {
             let rc = withAddress(port: port) { Glibc.connect(fd, $0, $1) }
-            if rc == 0 { return true }
+            if rc == 0 { return .connected }
             switch errno {
             case EINTR: continue
-            case ECONNREFUSED, ENOENT: return false
-            case EAGAIN: throw RStreamError(.connectionRefused, code: EAGAIN, "the same-host listener of port \(port) has a full backlog")
+            case ECONNREFUSED, ENOENT: return .nobody
+            case EAGAIN: return .backlogFull
             default: throw RStreamError.system(errno, "connect(\(name(port: port)))")
             }
         }

@@ -23,6 +23,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     private enum Phase {
         case idle
         case connecting(FabricTransport, place: String)
+        /// A same-host request sent, its answer read without waiting.
+        case connectingSameHost(SameHostConnectAttempt)
         case accepting(FabricTransport, peer: ConnectionBlock)
         case connected
         case failed
@@ -111,6 +113,18 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 s.phase = .failed
                 post(.failure(fid: me, code: error.code == 0 ? EPROTO : error.code, data: []), s)
             }
+        case .connectingSameHost(let attempt):
+            do throws(RStreamError) {
+                guard let (engine, data) = try attempt.complete() else { return }
+                _ = self.engine.storeIfNil(engine)
+                s.phase = .connected
+                post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: data), s)
+            } catch {
+                s.eventQueue?.unwatch(attempt.socket)
+                s.phase = .failed
+                let code = error.kind == .rejected ? Int32(FI_ECONNREFUSED) : (error.code == 0 ? EPROTO : error.code)
+                post(.failure(fid: me, code: code, data: error.kind == .rejected ? attempt.refusal : []), s)
+            }
         case .accepting(let transport, let peer):
             guard let answer = try? transport.eventQueue.takeEvent(for: transport.eventKey) else { return }
             guard case .connected = answer else { return refused(answer, &s) }
@@ -136,6 +150,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 s.shutdownReported = true
                 post(.connection(event: UInt32(FI_SHUTDOWN), fid: me, info: nil, data: []), s)
             }
+            // A same-host stream's socket stays readable once the peer left: sleep on it no more.
+            if s.shutdownReported, facts.isSameHost, let fd = engine.transport.connectionEventDescriptor { s.eventQueue?.unwatch(fd) }
         }
     }
 
@@ -237,7 +253,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
 
     /// Bytes of the caller's own connection data that fit beside the protocol's block.
     private func coreDataLimit() -> Int {
-        max(0, ((try? CoreLimits.connectionData(facts.requirements)) ?? 0) - ConnectionBlock.size)
+        if facts.isSameHost { return SameHostHandshake.userDataLimit }
+        return max(0, ((try? CoreLimits.connectionData(facts.requirements)) ?? 0) - ConnectionBlock.size)
     }
 
     private static func bytes(_ param: UnsafeRawPointer?, _ length: Int) -> [UInt8] {
@@ -258,6 +275,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             guard s.eventQueue != nil else { return -Int32(FI_ENOEQ) }
             guard length <= (s.dataLimit ?? coreDataLimit()) else { return -Int32(FI_EINVAL) }
             s.enabled = true
+            if facts.isSameHost { return connectSameHost(place, destination: destination, userData: Self.bytes(param, length), &s) }
             do throws(RStreamError) {
                 let transport = try ActiveConnector.begin(host: place.host, port: place.port, shape: s.shape,
                                                           requirements: facts.requirements, userData: Self.bytes(param, length))
@@ -270,16 +288,62 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         }
     }
 
+    /// fi_connect over the same-host transport: the request goes out now and the answer is read
+    /// by `poll` (never waited for here: the listener may be driven by this very thread). Nothing
+    /// listening, or an address of another host, is an error entry as a core reports it.
+    private func connectSameHost(_ place: (host: String, port: UInt16), destination: [UInt8], userData: [UInt8], _ s: inout State) -> Int32 {
+        let me = fidOf(handle)
+        guard LocalAddress.isLocal(place.host) else {
+            s.phase = .failed
+            post(.failure(fid: me, code: Int32(FI_EHOSTUNREACH), data: []), s)
+            return 0
+        }
+        do throws(RStreamError) {
+            guard let attempt = try SameHostConnectAttempt(port: place.port, shape: s.shape, userData: userData, destination: destination) else {
+                s.phase = .failed
+                post(.failure(fid: me, code: Int32(FI_ECONNREFUSED), data: []), s)
+                return 0
+            }
+            s.phase = .connectingSameHost(attempt)
+            s.eventQueue?.watch(attempt.socket)
+            if !attempt.requestSent { s.eventQueue?.watch(nil) } // a full backlog: the queue ticks, and its reads retry
+            return 0
+        } catch {
+            return returnCode(error)
+        }
+    }
+
+    /// fi_accept of a same-host request: answered at once (the peer's segments are checked and
+    /// mapped here), and FI_CONNECTED is posted.
+    private func acceptSameHost(_ pending: SameHostRequest, userData: [UInt8], _ s: inout State) -> Int32 {
+        do throws(RStreamError) {
+            let engine = try SameHostHandshake.answer(pending, shape: s.shape, userData: userData, localAddress: request?.localAddress)
+            _ = self.engine.storeIfNil(engine)
+            s.phase = .connected
+            if let fd = engine.transport.connectionEventDescriptor { s.eventQueue?.watch(fd) }
+            post(.connection(event: UInt32(FI_CONNECTED), fid: fidOf(handle), info: nil, data: []), s)
+            return 0
+        } catch {
+            s.phase = .failed
+            return returnCode(error)
+        }
+    }
+
     private func accept(_ param: UnsafeRawPointer?, _ length: Int) -> Int32 {
         guard let request else { return -Int32(FI_EOPBADSTATE) }
         return state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
             guard case .idle = s.phase else { return -Int32(FI_EISCONN) }
             guard s.eventQueue != nil else { return -Int32(FI_ENOEQ) }
             guard length <= (s.dataLimit ?? coreDataLimit()) else { return -Int32(FI_EINVAL) }
-            guard let pending = request.claim() else { return -Int32(FI_EOPBADSTATE) }
+            if request.isSameHost {
+                guard let pending = request.claimSameHost() else { return -Int32(FI_EOPBADSTATE) }
+                s.enabled = true
+                return acceptSameHost(pending, userData: Self.bytes(param, length), &s)
+            }
+            guard let pending = request.claim(), let listener = request.listener else { return -Int32(FI_EOPBADSTATE) }
             s.enabled = true
             do throws(RStreamError) {
-                let transport = try request.listener.beginAccept(pending, peer: request.peer, shape: s.shape,
+                let transport = try listener.beginAccept(pending, peer: request.peer, shape: s.shape,
                                                                  userData: Self.bytes(param, length))
                 s.phase = .accepting(transport, peer: request.peer)
                 s.eventQueue?.watch(transport.eventQueue.waitDescriptor)

@@ -99,6 +99,9 @@ final class ProviderEventQueue: @unchecked Sendable {
         if let descriptor { waitSet?.watch(descriptor) } else { waitSet?.addTicker(milliseconds: 10) }
     }
 
+    /// Stops sleeping on `descriptor` (one that stays readable once its news was taken).
+    func unwatch(_ descriptor: Int32) { waitSet?.unwatch(descriptor) }
+
     /// Drops every queued event that names `fid` (an object about to be freed).
     func purge(_ fid: UnsafeMutablePointer<fid>) {
         let purged = state.withCheckedLock(key: lockKey(self)) { s -> [QueuedEvent] in

@@ -27,7 +27,7 @@ final class ProviderFabric {
         guard let attr, let out else { return -Int32(FI_EINVAL) }
         let name = attr.pointee.name.map { String(cString: $0) } ?? ""
         let core = name.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
-        guard FabricInfo.candidateProviders(explicit: nil).contains(core) else {
+        guard core == SameHostSelection.name || FabricInfo.candidateProviders(explicit: nil).contains(core) else {
             return -Int32(FI_ENODATA)
         }
         out.pointee = ProviderFabric(core: core, apiVersion: attr.pointee.api_version, context: context).handle

@@ -61,6 +61,8 @@ enum ProviderInfo {
         }
 
         var requirements: CoreRequirements { CoreRequirements(provider: core.isEmpty ? nil : core, iwarp: iwarp) }
+        /// The entry names the same-host transport (fabric `shm:...`).
+        var isSameHost: Bool { core == SameHostSelection.name }
     }
 
     /// A caller's hints, checked: nil when no entry of this provider can meet them.
@@ -138,9 +140,17 @@ enum ProviderInfo {
         let serviceText = service.map { String(cString: $0) }
         var head: UnsafeMutablePointer<fi_info>?
         var tail: UnsafeMutablePointer<fi_info>?
-        // A fabric name in the hints names its core: only that one is asked.
+        // A fabric name in the hints names its core: only that one is asked. "shm" (in the hints'
+        // fabric name or in RSTREAM_PROVIDER) is the same-host transport: its entries are the
+        // first core's, under the fabric name `shm:core-fabric-name` (the addresses are the
+        // same: a same-host listener serves the port its fabric listener holds). Otherwise the
+        // same-host entries follow every core's, so a program that takes the first entry gets
+        // the fabric unless it asks.
         let named = wanted.fabricName.flatMap { $0.split(separator: ":", maxSplits: 1).first.map(String.init) }
-        for core in FabricInfo.candidateProviders(explicit: nil) where named == nil || named == core {
+        let sameHostOnly = named == SameHostSelection.name || (named == nil && SameHostSelection(provider: nil) == .sameHostOnly)
+        var sameHostEntries: [UnsafeMutablePointer<fi_info>] = []
+        var sameHostCore: String?
+        for core in FabricInfo.candidateProviders(explicit: nil) where named == nil || named == core || sameHostOnly {
             guard let coreInfo = try? FabricInfo.queryCore(core, iwarp: wanted.iwarp, node: nodeText, service: serviceText,
                                                            flags: flags, customize: { coreHints in
                 copyAddresses(from: hints, to: coreHints, format: wanted.addressFormat)
@@ -148,11 +158,24 @@ enum ProviderInfo {
             var cursor: UnsafeMutablePointer<fi_info>? = coreInfo.head
             while let entry = cursor {
                 cursor = entry.pointee.next
-                let fabricName = "\(core):\(String(cString: entry.pointee.fabric_attr.pointee.name))"
-                guard wanted.accepts(entry, fabricName: fabricName), let info = make(from: entry, fabricName: fabricName, wanted) else { continue }
-                if let tail { tail.pointee.next = info } else { head = info }
-                tail = info
+                let coreFabric = String(cString: entry.pointee.fabric_attr.pointee.name)
+                let fabricName = "\(core):\(coreFabric)"
+                if !sameHostOnly, wanted.accepts(entry, fabricName: fabricName), let info = make(from: entry, fabricName: fabricName, wanted) {
+                    if let tail { tail.pointee.next = info } else { head = info }
+                    tail = info
+                }
+                // iWarp mode has no meaning between two processes of one host.
+                let sameHostName = "\(SameHostSelection.name):\(coreFabric)"
+                if !wanted.iwarp, sameHostCore == nil || sameHostCore == core, wanted.accepts(entry, fabricName: sameHostName),
+                   named == nil || sameHostOnly, let info = make(from: entry, fabricName: sameHostName, wanted) {
+                    sameHostCore = core
+                    sameHostEntries.append(info)
+                }
             }
+        }
+        for info in sameHostEntries {
+            if let tail { tail.pointee.next = info } else { head = info }
+            tail = info
         }
         guard let head else { return -Int32(FI_ENODATA) }
         result.pointee = head

@@ -14,20 +14,38 @@ import Glibc
 /// with its passive endpoint when nobody did.
 final class ProviderConnectionRequest: @unchecked Sendable {
     let handle: UnsafeMutablePointer<fid>
-    let listener: PassiveListener
+    /// The fabric listener a fabric request came through (nil for a same-host one).
+    let listener: PassiveListener?
     let peer: ConnectionBlock
+    /// The listener's bound address (what a same-host stream it accepts reports as its own).
+    let localAddress: [UInt8]?
     private let request: Mutex<ConnectionRequest?>
+    private let sameHost: Mutex<SameHostRequest?>
 
-    init(listener: PassiveListener, request: ConnectionRequest, peer: ConnectionBlock) {
+    private init(listener: PassiveListener?, request: ConnectionRequest?, sameHost: SameHostRequest?, peer: ConnectionBlock,
+                 localAddress: [UInt8]? = nil) {
         self.listener = listener
+        self.localAddress = localAddress
         self.peer = peer
         self.request = Mutex(request)
+        self.sameHost = Mutex(sameHost)
         handle = CHandle.allocate(fid.self)
         CHandle.attach(self, to: handle)
         handle.pointee = fid(fclass: Int(FI_CLASS_CONNREQ), context: nil, ops: Self.fidOps)
     }
 
-    /// Takes the request for an answer; nil when it was answered already. Frees the handle.
+    convenience init(listener: PassiveListener, request: ConnectionRequest, peer: ConnectionBlock) {
+        self.init(listener: listener, request: request, sameHost: nil, peer: peer)
+    }
+
+    convenience init(sameHost: SameHostRequest, localAddress: [UInt8]?) {
+        self.init(listener: nil, request: nil, sameHost: sameHost, peer: sameHost.peer, localAddress: localAddress)
+    }
+
+    var isSameHost: Bool { listener == nil }
+
+    /// Takes the fabric request for an answer; nil when it was answered already (or is a
+    /// same-host one). Frees the handle.
     func claim() -> ConnectionRequest? {
         let taken = request.withCheckedLock(key: lockKey(self)) { r -> ConnectionRequest? in
             defer { r = nil }
@@ -37,12 +55,25 @@ final class ProviderConnectionRequest: @unchecked Sendable {
         return taken
     }
 
+    /// Takes the same-host request for an answer; nil when it was answered already. Frees the handle.
+    func claimSameHost() -> SameHostRequest? {
+        let taken = sameHost.withCheckedLock(key: lockKey(self) + 1) { r -> SameHostRequest? in
+            defer { r = nil }
+            return r
+        }
+        if taken != nil { CHandle.free(UnsafeRawPointer(handle)) }
+        return taken
+    }
+
     /// True once `fi_accept` or `fi_reject` has taken the request.
-    var isAnswered: Bool { request.withCheckedLock(key: lockKey(self)) { $0 == nil } }
+    var isAnswered: Bool {
+        request.withCheckedLock(key: lockKey(self)) { $0 == nil } && sameHost.withCheckedLock(key: lockKey(self) + 1) { $0 == nil }
+    }
 
     /// Refuses the request if nobody answered it.
     func rejectIfUnanswered(_ data: [UInt8] = []) {
-        if let request = claim() { listener.reject(request, data: data) }
+        if let request = claim() { listener?.reject(request, data: data) }
+        if let request = claimSameHost() { SameHostHandshake.refuse(request, data: data) }
     }
 
     nonisolated(unsafe) static let fidOps = table(fi_ops(
@@ -63,6 +94,8 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
         var backlog = 128
         var name: [UInt8]?
         var listener: PassiveListener?
+        /// For a same-host entry: the Unix socket served beside the fabric listener.
+        var sameHost: SameHostListener?
         var eventQueue: ProviderEventQueue?
         var requests: [ObjectIdentifier: ProviderConnectionRequest] = [:]
         var dataLimit: Int?
@@ -122,6 +155,26 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 queue.post(.connection(event: UInt32(FI_CONNREQ), fid: fidOf(handle), info: announced,
                                        data: Array(request.peerData.dropFirst(ConnectionBlock.size))))
             }
+            guard let sameHost = s.sameHost else { return }
+            while true {
+                let request: SameHostRequest
+                do throws(RStreamError) {
+                    guard let next = try sameHost.takeRequest() else { break }
+                    request = next
+                } catch {
+                    continue // refused with its reason already; look at the next
+                }
+                let pending = ProviderConnectionRequest(sameHost: request, localAddress: listener.boundAddress)
+                s.requests[ObjectIdentifier(pending)] = pending
+                guard let announced = fi_dupinfo(info) else {
+                    pending.rejectIfUnanswered()
+                    continue
+                }
+                announced.pointee.handle = pending.handle
+                free(announced.pointee.src_addr)
+                (announced.pointee.src_addr, announced.pointee.src_addrlen) = ProviderInfo.duplicate(listener.boundAddress)
+                queue.post(.connection(event: UInt32(FI_CONNREQ), fid: fidOf(handle), info: announced, data: request.userData))
+            }
         }
     }
 
@@ -157,10 +210,20 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 bytes.withUnsafeBytes { numericAddress($0.baseAddress!, length: $0.count) }
             } ?? (host: "0.0.0.0", port: 0)
             do throws(RStreamError) {
-                let listener = try PassiveListener(host: place.host, port: place.port, backlog: s.backlog,
-                                                   requirements: facts.requirements)
+                // A same-host entry listens on the best core too (the port is the fabric's), and
+                // on the Unix socket named for that port.
+                var requirements = facts.requirements
+                if facts.isSameHost { requirements.provider = nil }
+                let listener = try PassiveListener(host: place.host, port: place.port, backlog: s.backlog, requirements: requirements)
                 s.listener = listener
                 queue.watch(listener.eventQueue.waitDescriptor)
+                if facts.isSameHost {
+                    guard let sameHost = try SameHostListener(port: listener.port, backlog: s.backlog, waitSet: queue.waitSet) else {
+                        s.listener = nil
+                        return -Int32(FI_EADDRINUSE)
+                    }
+                    s.sameHost = sameHost
+                }
                 return 0
             } catch {
                 return returnCode(error)
@@ -174,8 +237,13 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
         guard length <= connectionDataLimit() else { return -Int32(FI_EINVAL) }
         let data = param.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
         handOver(pending)
-        guard let request = pending.claim() else { return -Int32(FI_EOPBADSTATE) }
-        pending.listener.reject(request, data: data)
+        if pending.isSameHost {
+            guard let request = pending.claimSameHost() else { return -Int32(FI_EOPBADSTATE) }
+            SameHostHandshake.refuse(request, data: data)
+            return 0
+        }
+        guard let request = pending.claim(), let listener = pending.listener else { return -Int32(FI_EOPBADSTATE) }
+        listener.reject(request, data: data)
         return 0
     }
 
@@ -183,6 +251,7 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
     private func connectionDataLimit() -> Int {
         state.withCheckedLock(key: lockKey(self)) { s in
             if let limit = s.dataLimit { return limit }
+            if facts.isSameHost { return SameHostHandshake.userDataLimit }
             let limit = max(0, ((try? CoreLimits.connectionData(facts.requirements)) ?? 0) - ConnectionBlock.size)
             s.dataLimit = limit
             return limit

@@ -151,22 +151,29 @@ final class ServerSide {
             #expect(streams.output.contains("fabric: \(core):"), "over \(core): \(streams.output)")
         }
         #expect(!streams.output.contains("provider: tcp"), "only rstream answers FI_EP_SOCK_STREAM here")
+        // The same-host transport has entries of its own, after the cores' (and only those when asked).
+        #expect(streams.output.contains("fabric: shm:"), "\(streams.output)")
+        let sameHost = try run("/usr/bin/fi_info", ["-t", "FI_EP_SOCK_STREAM"], environment: providerEnvironment(core: "shm")).output
+        let fabrics = sameHost.split(separator: "\n").filter { $0.contains("fabric: ") }
+        #expect(!fabrics.isEmpty && fabrics.allSatisfy { $0.contains("fabric: shm:") }, "\(sameHost)")
         let iwarp = try run("/usr/bin/fi_info", ["-p", "rstream", "-v"], environment: providerEnvironment(core: "tcp"))
         #expect(iwarp.output.contains("FI_PROTO_RSTREAM") && iwarp.output.contains("FI_THREAD_SAFE")
                 && iwarp.output.contains("FI_PROGRESS_MANUAL"), "\(iwarp.output)")
     }
 
     @Test(arguments: [("tcp", false, nil), ("tcp", true, nil), ("sockets", false, nil), ("net", false, nil),
-                      ("tcp", false, "wildcard"), ("tcp", false, "0.0.0.0")])
+                      ("tcp", false, "wildcard"), ("tcp", false, "0.0.0.0"), ("shm", false, nil), ("shm", false, "wildcard")])
     func greetingBothWays(core: String, iwarp: Bool, listen: String?) throws {
         let (server, client) = try pair(["greeting-server"], { ["greeting-client", "127.0.0.1", String($0)] },
                                         environment: providerEnvironment(core: core, iwarp: iwarp, listen: listen))
         #expect(server.contains("server ok") && client.contains("client ok"))
     }
 
-    @Test(arguments: ["plain", "vector", "msg"])
-    func twoHundredFiftySixMiBEachWayWithChecksums(mode: String) throws {
-        let (server, client) = try pair(["bulk-server", mode, "256"], { ["bulk-client", "127.0.0.1", String($0), mode, "256"] })
+    /// Over the core and over shared memory (`shm`: the same-host entries).
+    @Test(arguments: ["plain", "vector", "msg"], ["tcp", "shm"])
+    func twoHundredFiftySixMiBEachWayWithChecksums(mode: String, core: String) throws {
+        let (server, client) = try pair(["bulk-server", mode, "256"], { ["bulk-client", "127.0.0.1", String($0), mode, "256"] },
+                                        environment: providerEnvironment(core: core))
         // Each side checked every byte; the checksums must also cross over exactly.
         let s = server.split(separator: " "), c = client.split(separator: " ")
         #expect(s.count >= 10 && c.count >= 10, "\(server) / \(client)")
@@ -176,8 +183,9 @@ final class ServerSide {
         #expect(c[4].dropLast() == s[9].trimmingCharacters(in: .whitespacesAndNewlines), "client's sent = server's received")
     }
 
-    @Test func pollOnTheWaitDescriptorThenPeek() throws {
-        let (_, client) = try pair(["peek-server"], { ["peek-client", "127.0.0.1", String($0)] })
+    @Test(arguments: ["tcp", "shm"])
+    func pollOnTheWaitDescriptorThenPeek(core: String) throws {
+        let (_, client) = try pair(["peek-server"], { ["peek-client", "127.0.0.1", String($0)] }, environment: providerEnvironment(core: core))
         #expect(client.contains("peek ok"))
     }
 
@@ -187,37 +195,43 @@ final class ServerSide {
         #expect(result.output.contains("options ok"))
     }
 
-    @Test func refusedAndRejectedConnectionsAreErrorEntries() throws {
-        let unused = try run(program.path, ["refused", "127.0.0.1", "1"], environment: providerEnvironment())
+    @Test(arguments: ["tcp", "shm"])
+    func refusedAndRejectedConnectionsAreErrorEntries(core: String) throws {
+        let unused = try run(program.path, ["refused", "127.0.0.1", "1"], environment: providerEnvironment(core: core))
         #expect(unused.status == 0 && unused.output.contains("refused ok"), "\(unused.errors)")
-        let (_, client) = try pair(["reject-server"], { ["reject-client", "127.0.0.1", String($0)] })
+        let (_, client) = try pair(["reject-server"], { ["reject-client", "127.0.0.1", String($0)] }, environment: providerEnvironment(core: core))
         #expect(client.contains("reject ok"))
     }
 
     // Before the purge at close the refusal stayed queued, fi_eq_read answered -FI_EAVAIL and
     // fi_eq_readerr read the freed fid. (valgrind 3.19 cannot read the Swift toolchain's DWARF 5,
     // so the provider is not run under it here; NOTES.md.)
-    @Test func aClosedEndpointsQueuedEventsGoWithIt() throws {
-        let result = try run(program.path, ["closed-with-events", "127.0.0.1", "1"], environment: providerEnvironment())
+    @Test(arguments: ["tcp", "shm"])
+    func aClosedEndpointsQueuedEventsGoWithIt(core: String) throws {
+        let result = try run(program.path, ["closed-with-events", "127.0.0.1", "1"], environment: providerEnvironment(core: core))
         #expect(result.status == 0 && result.output.contains("closed with events ok"), "\(result.output) \(result.errors)")
     }
 
     // libfabric 1.17's fabtests `stream_msg`, the one upstream test of FI_EP_SOCK_STREAM, asks for
     // automatic control progress; the provider used to answer -FI_ENODATA.
-    @Test func fabtestsStreamMsgHintsAndShape() throws {
-        let (server, client) = try pair(["stream-msg-server"], { ["stream-msg-client", "127.0.0.1", String($0)] })
+    @Test(arguments: ["tcp", "shm"])
+    func fabtestsStreamMsgHintsAndShape(core: String) throws {
+        let (server, client) = try pair(["stream-msg-server"], { ["stream-msg-client", "127.0.0.1", String($0)] }, environment: providerEnvironment(core: core))
         #expect(server.contains("stream_msg server ok") && client.contains("stream_msg client ok"))
     }
 
     // Protocol v4 through the provider: a peer that stops calling ends the stream with
     // -FI_ETIMEDOUT and an error entry; RSTREAM_PEER_TIMEOUT is checked where endpoints are made.
-    @Test func aSilentPeerIsATimeoutForC() throws {
-        let (_, client) = try pair(["silent-server"], { ["timeout-client", "127.0.0.1", String($0)] })
+    @Test(arguments: ["tcp", "shm"])
+    func aSilentPeerIsATimeoutForC(core: String) throws {
+        let (_, client) = try pair(["silent-server"], { ["timeout-client", "127.0.0.1", String($0)] }, environment: providerEnvironment(core: core))
         #expect(client.contains("timeout ok"), "\(client)")
     }
 
-    @Test func sixtyFourConnectionsOnOneEventQueue() throws {
-        let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] })
+    @Test(arguments: ["tcp", "shm"])
+    func sixtyFourConnectionsOnOneEventQueue(core: String) throws {
+        let (server, client) = try pair(["echo-server", "64"], { ["echo-clients", "127.0.0.1", String($0), "64", "1048576"] },
+                                        environment: providerEnvironment(core: core))
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))
     }
 
@@ -250,8 +264,9 @@ final class ServerSide {
         #expect(s.status == 0 && s.output.contains("echoed 1 connections"), "the server served the good client: \(s.errors)")
     }
 
-    @Test func fourSendersAndFourReceiversOnOneEndpoint() throws {
-        let (server, client) = try pair(["echo-server", "1"], { ["threads-client", "127.0.0.1", String($0)] })
+    @Test(arguments: ["tcp", "shm"])
+    func fourSendersAndFourReceiversOnOneEndpoint(core: String) throws {
+        let (server, client) = try pair(["echo-server", "1"], { ["threads-client", "127.0.0.1", String($0)] }, environment: providerEnvironment(core: core))
         #expect(server.contains("echoed 1 connections") && client.contains("threads ok"))
     }
 

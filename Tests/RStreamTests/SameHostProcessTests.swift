@@ -182,7 +182,7 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
 
     static func connect(port: UInt16) throws -> Session {
         let fd = try UnixSocket.make()
-        #expect(try UnixSocket.connect(fd, port: port))
+        #expect(try UnixSocket.connect(fd, port: port) == .connected)
         let offer = try SameHostOffer(shape: shape, socket: fd)
         try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
         var answer: UnixSocket.Message?
@@ -203,7 +203,7 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
     static func refusal(port: UInt16, block: [UInt8], descriptors: [Int32]) throws -> String {
         let fd = try UnixSocket.make()
         defer { close(fd) }
-        #expect(try UnixSocket.connect(fd, port: port))
+        #expect(try UnixSocket.connect(fd, port: port) == .connected)
         try UnixSocket.send(fd, block, descriptors: descriptors)
         var answer: UnixSocket.Message?
         while answer == nil {

@@ -24,5 +24,5 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
                                  int *count, int *truncated, int dontwait);
 /// accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), which needs _GNU_SOURCE.
 int rs_accept_nonblocking(int socket);
-/// The uid of the process at the other end of a Unix socket (SO_PEERCRED), or -1.
-long rs_peer_uid(int socket);
+/// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.
+long rs_peer_pid(int socket);

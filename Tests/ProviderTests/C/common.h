@@ -61,6 +61,11 @@ static inline struct fi_info *find_stream(const char *node, const char *service,
 	CHECK(fi_getinfo(FI_VERSION(1, 17), node, service, flags, hints, &info));
 	EXPECT(!strcmp(info->fabric_attr->prov_name, "rstream"), "provider %s", info->fabric_attr->prov_name);
 	EXPECT(info->ep_attr->type == FI_EP_SOCK_STREAM, "type %d", info->ep_attr->type);
+	/* RSTREAM_PROVIDER names the core (or shm) the first entry must be over. */
+	const char *core = getenv("RSTREAM_PROVIDER");
+	if (core && *core)
+		EXPECT(!strncmp(info->fabric_attr->name, core, strlen(core)) && info->fabric_attr->name[strlen(core)] == ':',
+		       "fabric %s over %s", info->fabric_attr->name, core);
 	fi_freeinfo(hints);
 	return info;
 }
