@@ -149,7 +149,7 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         for _ in 0..<10 { try cycle() } // the first ones make the process's lasting state
         let (fdsBefore, mapsBefore) = (descriptors(), mappings())
         for _ in 0..<1000 { try cycle() }
-        #expect(descriptors() == fdsBefore)
+        #expect(descriptors() <= fdsBefore) // fewer: something of an earlier test closed meanwhile
         #expect(mappings() <= mapsBefore + 4) // the allocator may map an arena of its own
     }
 }
