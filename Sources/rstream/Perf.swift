@@ -19,6 +19,7 @@ struct Perf: ParsableCommand {
     @Option(help: "Address the server listens on.") var host = "127.0.0.1"
     @Option(help: "Message sizes in bytes, comma-separated.") var sizes = "1,64,4096,65536,1048576"
     @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
+    @Option(name: .customLong("round-trips"), help: "Round trips per size (default: by size; --quick fewer).") var roundTrips: Int?
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
@@ -209,6 +210,7 @@ struct Perf: ParsableCommand {
     }
 
     func iterations(for size: Int) -> (warmup: Int, measured: Int) {
+        if let roundTrips { return (max(10, roundTrips / 100), roundTrips) }
         let base = quick ? 1000 : 10000
         let scaled = max(20, min(base, (quick ? 64 : 512) * (1 << 20) / max(size, 1) / 4))
         return (max(10, scaled / 10), scaled)

@@ -7,8 +7,11 @@ import Testing
 @Suite(.serialized) struct NUMATests {
     @Test func ringsArePlacedOnTheDefaultNodeAndOnAChosenOne() throws {
         let node = try #require(NUMAPlacement.nodes.first, "this test needs NUMA support")
-        for options in [loopbackOptions(), loopbackOptions { $0.numaNode = node }] {
+        // The same-host segments too: each side binds its inbound ring to the node before the first
+        // touch; the send "ring" is the peer's, mapped here.
+        for options in [loopbackOptions(), loopbackOptions { $0.numaNode = node }, sameHostOptions(), sameHostOptions { $0.numaNode = node }] {
             let (client, server) = try connectedPair(options)
+            #expect(client.transport == (options.provider == "shm" ? "shm" : loopbackOptions().provider!))
             for stream in [client, server] {
                 #expect(stream.ringNode == node)
                 let pages = stream.ringPageNodes

@@ -3,14 +3,15 @@ import Foundation
 import RStream
 @_spi(Benchmarks) import RStreamKernel
 
-/// A connected loopback pair over the tcp core; both ends driven from the benchmark's thread.
+/// A connected loopback pair over the tcp core (or, with `provider: "shm"`, over shared memory);
+/// both ends driven from the benchmark's thread.
 final class LoopbackPair: @unchecked Sendable {
     let client: StreamConnection
     let server: StreamConnection
 
-    init(ring: Int) throws {
+    init(ring: Int, provider: String? = nil) throws {
         var options = StreamOptions()
-        options.provider = ProcessInfo.processInfo.environment["RSTREAM_PROVIDER"] ?? "tcp"
+        options.provider = provider ?? ProcessInfo.processInfo.environment["RSTREAM_PROVIDER"] ?? "tcp"
         options.sendRingSize = ring
         options.receiveRingSize = ring
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
@@ -86,17 +87,21 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    for size in [64, 65536] {
-        Benchmark("SendReceive.\(size)B", configuration: .init(scalingFactor: .kilo)) { benchmark in
-            let pair = try LoopbackPair(ring: size == 64 ? 32 * 1024 : 512 * 1024)
-            let message = [UInt8](repeating: 1, count: size)
-            var buffer = [UInt8](repeating: 0, count: size)
-            for _ in 0..<100 { try pair.roundOneWay(message, into: &buffer) } // steady state
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations { try pair.roundOneWay(message, into: &buffer) }
-            benchmark.stopMeasurement()
-            pair.client.close(linger: .zero)
-            pair.server.close(linger: .zero)
+    // The same two calls over the tcp core and over shared memory (one copy in, one out; no
+    // system call while busy).
+    for (prefix, provider) in [("SendReceive", nil), ("SharedMemorySendReceive", "shm")] as [(String, String?)] {
+        for size in [64, 65536] {
+            Benchmark("\(prefix).\(size)B", configuration: .init(scalingFactor: .kilo)) { benchmark in
+                let pair = try LoopbackPair(ring: size == 64 ? 32 * 1024 : 512 * 1024, provider: provider)
+                let message = [UInt8](repeating: 1, count: size)
+                var buffer = [UInt8](repeating: 0, count: size)
+                for _ in 0..<100 { try pair.roundOneWay(message, into: &buffer) } // steady state
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations { try pair.roundOneWay(message, into: &buffer) }
+                benchmark.stopMeasurement()
+                pair.client.close(linger: .zero)
+                pair.server.close(linger: .zero)
+            }
         }
     }
 }
