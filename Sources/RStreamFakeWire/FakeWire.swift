@@ -74,6 +74,8 @@ package final class FakeTransport: StreamTransport, @unchecked Sendable {
     package var ringNode: Int? { nil }
     package var name: String { "fake" }
     package var sendRingIsPeerRing: Bool { false }
+    /// The completion queue is the only place to look (a poll is the look).
+    package var mayHaveNews: Bool { true }
     package var ringPageNodes: (send: [Int], receive: [Int]) { ([], []) }
     package var waitSet: WaitSet? { nil }
     package func tryWait() -> Bool { false }

@@ -11,16 +11,32 @@ struct ControlSchedule {
     let localRxCredits: Int
     /// Credits held back for CONTROL words on each side.
     let reserve: Int
+    // The thresholds, divided once: this rule runs on every receive.
+    private let halfRing: Int
+    private let sixteenthRing: Int
+    private let halfCredits: Int
 
-    func isDue(wantFin: Bool, beat: Bool, returns: UnreportedReturns, peerFinReceived: Bool, allConsumed: Bool) -> Bool {
+    init(receiveCapacity: Int, localRxCredits: Int, reserve: Int) {
+        self.receiveCapacity = receiveCapacity
+        self.localRxCredits = localRxCredits
+        self.reserve = reserve
+        halfRing = receiveCapacity / 2
+        sixteenthRing = receiveCapacity / 16
+        halfCredits = (localRxCredits + 1) / 2
+    }
+
+    /// `peerFinReceived` and `allConsumed` are asked only when the answer depends on them.
+    @inline(__always)
+    func isDue(wantFin: Bool, beat: Bool, returns: UnreportedReturns,
+               peerFinReceived: () -> Bool, allConsumed: () -> Bool) -> Bool {
         let freed = returns.freed, credits = returns.credits
         guard wantFin || beat || freed > 0 || credits > 0 else { return false }
         let rx = localRxCredits
         return wantFin || beat
-            || freed >= receiveCapacity / 2
-            || credits >= (rx + 1) / 2
+            || freed >= halfRing
+            || credits >= halfCredits
             || (returns.dataCredits > 0 && rx - credits <= reserve)
             || rx - credits <= 1
-            || (freed > 0 && peerFinReceived && (freed >= receiveCapacity / 16 || allConsumed))
+            || (freed > 0 && peerFinReceived() && (freed >= sixteenthRing || allConsumed()))
     }
 }

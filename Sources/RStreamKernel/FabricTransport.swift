@@ -97,6 +97,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package var name: String { attributes.provider }
     /// Bytes go from the local send ring, through the core, into the peer's ring.
     package var sendRingIsPeerRing: Bool { false }
+    /// The completion queue is the only place to look (a poll is the look).
+    package var mayHaveNews: Bool { true }
 
     /// Opens and enables an endpoint for `info` (fi_getinfo's answer, or a connection request's),
     /// and registers its rings. The caller posts the receives and makes the connection.

@@ -6,47 +6,46 @@ enum PeerWordEffect: Equatable {
     case returned(freed: Int, credits: Int, fin: Bool)
 }
 
-/// What this side knew when a word arrived: the bounds a word is checked against.
-struct PeerWordBounds {
-    /// The peer's FIN came earlier: only CONTROL words with FIN set may follow.
-    var finReceived: Bool
-    /// Free bytes of the receive ring from its write offset to the ring's end or the reader.
-    var contiguousFree: Int
-    var writeOffset: Int
-    /// Our words that used a peer receive and whose credits have not come back.
-    var peerReceivesInUse: Int
-    var peerRxCredits: Int
-    /// Bytes we wrote to the peer's ring whose space has not come back.
-    var peerBytesInUse: Int
-    var peerRingSize: Int
-}
-
-/// Protocol v4's checks of one word from the peer ("Protocol errors"), as a pure function: every
-/// word is refused or turned into what it does, and nothing of it is used before that.
+/// Protocol v4's checks of one word from the peer ("Protocol errors"), as pure functions: every
+/// word is refused or turned into what it does, and nothing of it is used before that. A word is
+/// decoded first (`check`), then checked against the bounds its kind needs (`checkData`,
+/// `checkControl`), so that the progress shard reads only those counters.
 enum PeerWordCheck {
-    static func check(_ word: UInt32, within bounds: PeerWordBounds) throws(RStreamError) -> PeerWordEffect {
+    /// The word decoded, refused if invalid or not allowed after the peer's FIN.
+    @inline(__always)
+    static func check(_ word: UInt32, finReceived: Bool) throws(RStreamError) -> NotificationWord {
         let decoded = try NotificationWord.decode(word)
         // After FIN the peer may still return credits and ring space for what we send
         // (half-close), but only in CONTROL words that repeat the FIN bit.
-        if bounds.finReceived {
+        if finReceived {
             guard case .control(_, _, true, _) = decoded else {
                 throw .protocolViolation("word 0x\(String(word, radix: 16)) after FIN")
             }
         }
-        switch decoded {
-        case .data(let n):
-            guard n <= bounds.contiguousFree else {
-                throw .protocolViolation("DATA of \(n) bytes at offset \(bounds.writeOffset) beyond the \(bounds.contiguousFree) free bytes of the receive ring")
-            }
-            return .placed(bytes: n)
-        case .control(let freed, let credits, let fin, _):
-            guard credits <= bounds.peerReceivesInUse else {
-                throw .protocolViolation("CONTROL returns \(credits) credits; \(bounds.peerReceivesInUse) of \(bounds.peerRxCredits) are in use")
-            }
-            guard freed <= bounds.peerBytesInUse else {
-                throw .protocolViolation("CONTROL frees \(freed) bytes; \(bounds.peerBytesInUse) of \(bounds.peerRingSize) are in use")
-            }
-            return .returned(freed: freed, credits: credits, fin: fin)
+        return decoded
+    }
+
+    /// DATA of `n` bytes must fit the free bytes of the receive ring from its write offset to the
+    /// ring's end or the reader (`contiguousFree`).
+    @inline(__always)
+    static func checkData(_ n: Int, contiguousFree: Int, writeOffset: Int) throws(RStreamError) -> PeerWordEffect {
+        guard n <= contiguousFree else {
+            throw .protocolViolation("DATA of \(n) bytes at offset \(writeOffset) beyond the \(contiguousFree) free bytes of the receive ring")
         }
+        return .placed(bytes: n)
+    }
+
+    /// CONTROL may return no more receives than our words use (`peerReceivesInUse` of the peer's
+    /// `peerRxCredits`) and no more ring bytes than we wrote and were not given back.
+    @inline(__always)
+    static func checkControl(freed: Int, credits: Int, fin: Bool, peerReceivesInUse: Int, peerRxCredits: Int,
+                             peerBytesInUse: Int, peerRingSize: Int) throws(RStreamError) -> PeerWordEffect {
+        guard credits <= peerReceivesInUse else {
+            throw .protocolViolation("CONTROL returns \(credits) credits; \(peerReceivesInUse) of \(peerRxCredits) are in use")
+        }
+        guard freed <= peerBytesInUse else {
+            throw .protocolViolation("CONTROL frees \(freed) bytes; \(peerBytesInUse) of \(peerRingSize) are in use")
+        }
+        return .returned(freed: freed, credits: credits, fin: fin)
     }
 }

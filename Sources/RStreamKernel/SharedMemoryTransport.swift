@@ -102,6 +102,16 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let sendSide: UnsafeMutablePointer<SendSide>
     private let progressSide: UnsafeMutablePointer<ProgressSide>
     private let completionsPosted: UnsafeMutablePointer<Atomic<Int>>
+    /// What the progress side has taken, published for `mayHaveNews` (written under the
+    /// progress lock only, on the progress side's lines).
+    private let published: UnsafeMutablePointer<PublishedProgress>
+    private struct PublishedProgress: ~Copyable {
+        let wordsTaken = Atomic<UInt64>(0)
+        let completionsTaken = Atomic<Int>(0)
+        let somethingHeldBack = Atomic<Bool>(false)
+    }
+    private let ownWordRing: UnsafeMutableRawPointer
+    private let ownWordRingCapacity: Int
     private let completionSlots: UnsafeMutablePointer<Int32>
     private let peerWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
     private let ownWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
@@ -141,6 +151,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         let sendAt = take(MemoryLayout<SendSide>.size)
         let progressAt = take(MemoryLayout<ProgressSide>.size)
         let postedAt = take(MemoryLayout<Atomic<Int>>.size)
+        let publishedAt = take(MemoryLayout<PublishedProgress>.size)
         let slotsAt = take(txSize * MemoryLayout<Int32>.stride)
         let region = try closing(from: 2) { () throws(RStreamError) in try PageAlignedRegion(byteCount: size, node: offer.shape.numaNode) }
         let base = region.base
@@ -152,6 +163,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
             base: offer.inbound.base, capacity: WordRing.capacity(forCredits: offer.shape.rxCredits))))
         completionsPosted = (base + postedAt).bindMemory(to: Atomic<Int>.self, capacity: 1)
         completionsPosted.initialize(to: Atomic(0))
+        published = (base + publishedAt).bindMemory(to: PublishedProgress.self, capacity: 1)
+        published.initialize(to: PublishedProgress())
+        ownWordRing = offer.inbound.base
+        ownWordRingCapacity = WordRing.capacity(forCredits: offer.shape.rxCredits)
         completionSlots = (base + slotsAt).bindMemory(to: Int32.self, capacity: txSize)
         completionSlots.initialize(repeating: -1, count: txSize)
         localRegion = region
@@ -174,6 +189,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         sendSide.deinitialize(count: 1)
         progressSide.deinitialize(count: 1)
         completionsPosted.deinitialize(count: 1)
+        published.deinitialize(count: 1)
         close(peerDoorbell)
         close(socket)
     }
@@ -267,9 +283,12 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
             } catch {
                 guard n > 0 else { throw error }
                 progressSide.pointee.pendingError = error
+                published.pointee.somethingHeldBack.store(true, ordering: .releasing)
                 break
             }
         }
+        published.pointee.wordsTaken.store(progressSide.pointee.consumer.taken, ordering: .releasing)
+        published.pointee.completionsTaken.store(progressSide.pointee.completionsTaken, ordering: .releasing)
         // The peer's leaving, once its last words are in: a failed receive (a reset unless its
         // FIN came first), as a core reports a broken connection. Progress alone sees it, so a
         // caller that only polls learns of it too.
@@ -280,6 +299,14 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         }
         if n > 0 { ownWaitSet.stateMayHaveChanged() }
         return n
+    }
+
+    /// Completions posted and not taken, a word in our ring, or an error held back.
+    package var mayHaveNews: Bool {
+        completionsPosted.pointee.load(ordering: .acquiring) != published.pointee.completionsTaken.load(ordering: .acquiring)
+            || WordRingConsumer.slotHoldsSomething(base: ownWordRing, capacity: ownWordRingCapacity,
+                                          position: published.pointee.wordsTaken.load(ordering: .acquiring))
+            || published.pointee.somethingHeldBack.load(ordering: .acquiring)
     }
 
     // MARK: Waiting and the connection
@@ -301,7 +328,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private func peerHasLeft() -> Bool {
         if peerGone.load(ordering: .acquiring) { return true }
         let now = Liveness.nowTicks()
-        guard lastPeerCheck.exchange(now, ordering: .relaxed) != now else { return false }
+        // A load and a store, not an exchange (a locked instruction on every empty poll): two
+        // threads that both look in one tick cost one more recv, nothing else.
+        guard lastPeerCheck.load(ordering: .relaxed) != now else { return false }
+        lastPeerCheck.store(now, ordering: .relaxed)
         var byte: UInt8 = 0
         let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
         if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }

@@ -9,10 +9,11 @@ extension StreamEngine {
         serveSendWork() // a request standing from before (a staged write, a heartbeat) too
     }
 
+    @inline(__always)
     private func isDue(wantFin: Bool, beat: Bool, _ returns: UnreportedReturns) -> Bool {
         schedule.isDue(wantFin: wantFin, beat: beat, returns: returns,
-                       peerFinReceived: counters.progress.pointee.finReceived.load(ordering: .acquiring),
-                       allConsumed: counters.readable == 0)
+                       peerFinReceived: { counters.progress.pointee.finReceived.load(ordering: .acquiring) },
+                       allConsumed: { counters.readable == 0 })
     }
 
     /// A lock-free look at whether a CONTROL word may be due (it may read a flush half done, which

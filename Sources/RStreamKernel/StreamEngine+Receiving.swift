@@ -35,7 +35,7 @@ extension StreamEngine {
     /// arrived before it have been read.
     package func receive(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
         precondition(buffer.count > 0, "receive into an empty buffer")
-        progress()
+        progressIfNews()
         let done = receiveShard.pointee.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
             let done = min(held, buffer.count)
             if done > 0 {
@@ -52,7 +52,7 @@ extension StreamEngine {
     /// Gives `body` the received bytes that lie contiguous in the ring; `body` returns how many it
     /// consumed. The result tells how many, or would block / end of stream when none were there.
     package func withReadableBytes(_ body: (UnsafeRawBufferPointer) -> Int) throws(RStreamError) -> ReceiveOutcome {
-        progress()
+        progressIfNews()
         let n = receiveShard.pointee.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
             let used = held
             guard used > 0 else { return -1 }
@@ -73,7 +73,7 @@ extension StreamEngine {
     /// there, up to `buffer.count`; an empty buffer only asks how many. Would block or end of
     /// stream as `receive` reports them.
     package func peek(into buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
-        progress()
+        progressIfNews()
         let available = receiveShard.pointee.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Int in
             let used = held
             let copied = min(used, buffer.count)
@@ -88,7 +88,7 @@ extension StreamEngine {
     /// end of stream (or the failure) once they can no longer come, even if a shorter tail is
     /// still readable (`receive(into:)` hands it out).
     package func receive(exactly buffer: UnsafeMutableRawBufferPointer) throws(RStreamError) -> ReceiveOutcome {
-        progress()
+        progressIfNews()
         let taken = receiveShard.pointee.withCheckedLock(key: receiveKey) { (r: inout ReceiveShard) -> Bool in
             guard held >= buffer.count else { return false }
             r.readOffset = copyOut(buffer.count, from: r.readOffset, to: buffer.baseAddress!)

@@ -4,6 +4,7 @@ import Glibc
 #endif
 
 /// What a receive found.
+@usableFromInline
 package enum ReceiveOutcome: Equatable, Sendable {
     case bytes(Int)
     case wouldBlock
@@ -39,6 +40,7 @@ package enum ReceiveOutcome: Equatable, Sendable {
 /// - staged writes are posted oldest first, before anything else the send shard posts; a new write
 ///   is staged behind them only within one whole record (`sendWhole`, at most three writes); a
 ///   write's DATA word always follows its bytes (iWarp posts them in two steps).
+@usableFromInline
 package final class StreamEngine: @unchecked Sendable {
     package let transport: any StreamTransport
     package let peer: ConnectionBlock
@@ -51,6 +53,8 @@ package final class StreamEngine: @unchecked Sendable {
     let receiveBase: UnsafeRawPointer
     let counters: FlowCounters
     let schedule: ControlSchedule
+    /// Empty looks skipped by `progressIfNews` (any thread, relaxed).
+    let quietSkipCount = Atomic<Int>(0)
 
     /// A data write fully accounted for whose post found the queue full; posted before anything
     /// else the send shard does. `bytesPosted`: its bytes went, its DATA word did not. (Rare: the
@@ -219,6 +223,25 @@ package final class StreamEngine: @unchecked Sendable {
         counters.checkInvariants()
     }
 
+    /// `progress` for a caller that only wants what may have arrived (a receive, a peek): skipped
+    /// when the transport says nothing can have (`mayHaveNews`) and no send-shard work stands,
+    /// except every `quietSkips`-th time, so that liveness (heartbeats, the peer timeout, a peer
+    /// gone) is still judged while a caller spins on an empty stream.
+    @inline(__always)
+    func progressIfNews() {
+        if transport.mayHaveNews || signals.pointee.sendWorkDue.load(ordering: .relaxed) {
+            progress()
+            return
+        }
+        // Racy on purpose: two spinners may count one skip twice, which only looks sooner.
+        let skipped = quietSkipCount.load(ordering: .relaxed) &+ 1
+        quietSkipCount.store(skipped, ordering: .relaxed)
+        if skipped & (Self.quietSkips - 1) == 0 { progress() }
+    }
+
+    /// Empty looks between two full progress steps of a spinning receiver (a power of two).
+    static var quietSkips: Int { 64 }
+
     /// `progress` for a caller that holds the send lock: it does the send-shard work itself when
     /// it releases (`withSendLock`), so it does not try the lock it holds.
     func progressHoldingSendLock() {
@@ -298,14 +321,18 @@ package final class StreamEngine: @unchecked Sendable {
                     ? "a message whose payload is not 4 bytes" : "a notification without a word"))
                 return false
             }
-            let inUse = counters.inUseForControl
-            let bounds = PeerWordBounds(
-                finReceived: pc.pointee.finReceived.load(ordering: .relaxed),
-                contiguousFree: min(counters.receiveFree, receiveCapacity - p.writeOffset), writeOffset: p.writeOffset,
-                peerReceivesInUse: inUse.receives, peerRxCredits: peer.rxCredits,
-                peerBytesInUse: inUse.bytes, peerRingSize: peer.ringSize)
             do throws(RStreamError) {
-                switch try PeerWordCheck.check(word, within: bounds) {
+                let effect: PeerWordEffect
+                switch try PeerWordCheck.check(word, finReceived: pc.pointee.finReceived.load(ordering: .relaxed)) {
+                case .data(let n):
+                    effect = try PeerWordCheck.checkData(n, contiguousFree: min(counters.receiveFree, receiveCapacity - p.writeOffset),
+                                                         writeOffset: p.writeOffset)
+                case .control(let freed, let credits, let fin, _):
+                    let inUse = counters.inUseForControl
+                    effect = try PeerWordCheck.checkControl(freed: freed, credits: credits, fin: fin, peerReceivesInUse: inUse.receives,
+                                                            peerRxCredits: peer.rxCredits, peerBytesInUse: inUse.bytes, peerRingSize: peer.ringSize)
+                }
+                switch effect {
                 case .placed(let n):
                     p.writeOffset += n
                     if p.writeOffset == receiveCapacity { p.writeOffset = 0 }

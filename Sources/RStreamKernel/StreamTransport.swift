@@ -73,6 +73,10 @@ package protocol StreamTransport: AnyObject, Sendable {
     /// Reads up to `events.count` completions; returns how many it stored. Whoever it finds armed
     /// on `waitSet` it rings.
     func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int
+    /// A lock-free hint from any thread: false only when `poll` would surely find nothing now (a
+    /// busy waiter then need not take the progress lock). A transport that cannot tell cheaply
+    /// answers true.
+    var mayHaveNews: Bool { get }
 
     // MARK: Waiting and the connection
 

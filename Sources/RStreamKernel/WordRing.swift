@@ -78,14 +78,25 @@ package struct WordRingConsumer {
         self.capacity = capacity
     }
 
+    /// The words taken so far.
+    package var taken: UInt64 { position }
+
     /// True when the slot at the position holds something (a word, or garbage to report).
     @inline(__always)
-    package func hasNext() -> Bool {
+    package func hasNext() -> Bool { Self.slotHoldsSomething(base: base, capacity: capacity, position: position) }
+
+    /// The same look from any thread, given a position published by the consumer: a hint for a
+    /// waiter deciding whether to take the lock under which words are read.
+    @inline(__always)
+    package static func slotHoldsSomething(base: UnsafeMutableRawPointer, capacity: Int, position: UInt64) -> Bool {
         let value = WordRing.slot(base, Int(truncatingIfNeeded: position) & (capacity - 1)).pointee.load(ordering: .acquiring)
-        return UInt32(truncatingIfNeeded: value >> 32) != emptySequence
+        return UInt32(truncatingIfNeeded: value >> 32) != emptySequence(position, capacity)
     }
 
-    private var emptySequence: UInt32 {
+    private var emptySequence: UInt32 { Self.emptySequence(position, capacity) }
+
+    @inline(__always)
+    private static func emptySequence(_ position: UInt64, _ capacity: Int) -> UInt32 {
         // The previous lap's sequence; in the first lap, zeroed memory.
         position < UInt64(capacity) ? 0 : UInt32(truncatingIfNeeded: position &+ 1 &- UInt64(capacity))
     }
