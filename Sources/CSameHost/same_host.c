@@ -69,3 +69,33 @@ long rs_peer_pid(int socket) {
     if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
     return (long)credentials.pid;
 }
+
+int rs_doorbell_pair(int ends[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends); }
+
+int rs_is_doorbell(int fd) {
+    int type = 0, domain = 0;
+    socklen_t length = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return 0;
+    length = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return 0;
+    return type == SOCK_SEQPACKET && domain == AF_UNIX;
+}
+
+long rs_ring_doorbell(int fd) {
+    char one = 1;
+    return send(fd, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+int rs_drain_doorbell(int fd) {
+    char bytes[64];
+    int rings = 0;
+    while (rings < 1 << 16 && recv(fd, bytes, sizeof bytes, MSG_DONTWAIT) > 0) rings++;
+    return rings;
+}
+
+long rs_peer_uid(int socket) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    return (long)credentials.uid;
+}

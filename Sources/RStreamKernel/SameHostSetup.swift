@@ -1,3 +1,4 @@
+import CSameHost
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -237,6 +238,8 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
     }
     private let progress: Mutex<Progress>
     private let socketTaken = Atomic<Bool>(false)
+    /// What the stream's waiters will sleep on (the answer's arrival wakes it too).
+    package let waitSet: WaitSet
     /// What the listener sent when it refused (the reason), once `complete` threw `.rejected`.
     package private(set) nonisolated(unsafe) var refusal: [UInt8] = []
 
@@ -251,9 +254,17 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                 close(fd)
                 return nil
             case .backlogFull: sent = false
-            case .connected: sent = true
+            case .connected:
+                // An abstract name has no permissions: a listener of another user (not root) may
+                // be squatting on this port's name. It is not ours to give memory to.
+                guard Self.listenerIsTrusted(fd) else {
+                    close(fd)
+                    return nil
+                }
+                sent = true
             }
             let offer = try SameHostOffer(shape: shape, socket: fd)
+            waitSet = offer.waitSet
             if sent {
                 try UnixSocket.send(fd, offer.block.encoded + userData.prefix(SameHostHandshake.userDataLimit), descriptors: offer.descriptors)
             }
@@ -270,6 +281,12 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
     }
 
     deinit { if !socketTaken.load(ordering: .acquiring) { close(socket) } }
+
+    /// The listener runs as this user or as root (`SO_PEERCRED`).
+    static func listenerIsTrusted(_ fd: Int32) -> Bool {
+        let uid = rs_peer_uid(fd)
+        return uid == Int(getuid()) || uid == 0
+    }
 
     /// False while the listener's backlog was full and the request has not gone out.
     package var requestSent: Bool { progress.withCheckedLock(key: lockKey(self)) { $0.requestSent } }
@@ -290,6 +307,10 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                     }
                     return nil
                 case .connected:
+                    guard Self.listenerIsTrusted(socket) else {
+                        p.offer = nil
+                        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "the same-host listener of port \(port) belongs to another user")
+                    }
                     let offer = p.offer.take()!
                     let request = offer.block.encoded + p.userData.prefix(SameHostHandshake.userDataLimit)
                     let descriptors = offer.descriptors
@@ -376,8 +397,17 @@ package final class SameHostListener: @unchecked Sendable {
     /// when none has. One whose block fails is refused with the reason and thrown as
     /// `.protocolViolation` (the listener goes on).
     package func takeRequest() throws(RStreamError) -> SameHostRequest? {
-        let ready = try pending.withCheckedLock(key: lockKey(self)) { (list: inout [Pending]) throws(RStreamError) -> (Int32, UnixSocket.Message)? in
-            while let fd = try UnixSocket.accept(listenDescriptor) {
+        var acceptFailure: RStreamError?
+        let ready = pending.withCheckedLock(key: lockKey(self)) { (list: inout [Pending]) -> (Int32, UnixSocket.Message)? in
+            // An accept that fails (out of descriptors) stops accepting, not serving the requests
+            // already pending; it is reported after them.
+            while true {
+                let next: Int32?
+                do throws(RStreamError) { next = try UnixSocket.accept(listenDescriptor) } catch {
+                    acceptFailure = error
+                    break
+                }
+                guard let fd = next else { break }
                 if list.count >= Self.mostPending {
                     let oldest = list.removeFirst()
                     unwatch(oldest.fd)
@@ -406,7 +436,10 @@ package final class SameHostListener: @unchecked Sendable {
             }
             return nil
         }
-        guard let (fd, message) = ready else { return nil }
+        guard let (fd, message) = ready else {
+            if let acceptFailure { throw acceptFailure }
+            return nil
+        }
         do throws(RStreamError) {
             let peer = try SameHostHandshake.checkedBlock(message, expecting: "the request")
             return SameHostRequest(fd: fd, message: message, peer: peer)

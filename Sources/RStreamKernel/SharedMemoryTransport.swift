@@ -13,7 +13,9 @@ import Glibc
 ///   nothing but ring bytes and words.
 /// - its *status* segment, which the peer can only map read-only (sealed against future writes):
 ///   the wake request, a counter this side raises each time it arms its descriptor to sleep.
-/// - its *doorbell*, the eventfd its waiters sleep on, which the peer writes once per wake request.
+/// - its *doorbell*: one end of a socket pair (the other end is in this side's wait set), which the
+///   peer rings with a non-blocking send once per wake request. A socket pair, not an eventfd: its
+///   two ends are separate open files, so the peer cannot change the flags of ours.
 package enum SameHostLayout {
     package static let wordRingBytes = 4096
     package static func inboundBytes(ringSize: Int) -> Int { wordRingBytes + ringSize }
@@ -30,6 +32,8 @@ package struct SameHostOffer: ~Copyable {
     /// Sleeps on the doorbell and on the set-up socket (whose end means the peer is gone).
     package let waitSet: WaitSet
     package let shape: EndpointShape
+    /// The doorbell: our end is in `waitSet`, the peer gets the other.
+    package let doorbell: DoorbellPair
 
     package init(shape: EndpointShape, socket: Int32) throws(RStreamError) {
         var shape = shape
@@ -41,13 +45,17 @@ package struct SameHostOffer: ~Copyable {
         WordRing.initialize(at: inbound.base, capacity: WordRing.capacity(forCredits: shape.rxCredits))
         let status = try SharedSegment(making: "rstream-status", byteCount: SameHostLayout.statusBytes, node: shape.numaNode, peerMayWrite: false)
         status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
-        guard let waitSet = WaitSet(waitDescriptors: [socket]) else {
+        var ends: [Int32] = [-1, -1]
+        _ = try systemCall("socketpair(doorbell)") { rs_doorbell_pair(&ends) }
+        guard let waitSet = WaitSet(waitDescriptors: [socket], doorbell: ends[0]) else {
+            close(ends[0]); close(ends[1])
             throw RStreamError.system(errno, "making the stream's wait set")
         }
         self.inbound = inbound
         self.status = status
         self.waitSet = waitSet
         self.shape = shape
+        doorbell = DoorbellPair(own: ends[0], peers: ends[1])
     }
 
     /// The block this side announces: offsets into its inbound ring (base 0, no key).
@@ -55,7 +63,17 @@ package struct SameHostOffer: ~Copyable {
         ConnectionBlock(baseAddress: 0, key: 0, ringSize: shape.receiveRingSize, rxCredits: shape.rxCredits, iwarp: false)
     }
 
-    package var descriptors: [Int32] { [inbound.descriptor, status.descriptor, waitSet.wakeDescriptor] }
+    package var descriptors: [Int32] { [inbound.descriptor, status.descriptor, doorbell.peers] }
+}
+
+/// Owner of a doorbell's two ends (a Unix socket pair): closed together when it goes.
+package struct DoorbellPair: ~Copyable {
+    package let own: Int32
+    package let peers: Int32
+    deinit {
+        close(own)
+        close(peers)
+    }
 }
 
 /// The shared-memory transport of one connection between two processes of this host: bytes go
@@ -76,6 +94,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let peerDoorbell: Int32
     private let socket: Int32
     private let ownWaitSet: WaitSet
+    private let doorbellEnds: DoorbellPair
     package let shape: EndpointShape
     package let costs: TransportCosts
     private let peerRingSize: Int
@@ -181,6 +200,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         shape = offer.shape
         costs = TransportCosts(txPerDataWrite: 1, peerReceivesPerDataWrite: 1, txQueueSize: txSize, postedReceives: offer.shape.rxCredits)
         ownWaitSet = offer.waitSet
+        doorbellEnds = offer.doorbell
         inbound = offer.inbound
         status = offer.status
     }
@@ -191,20 +211,16 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         completionsPosted.deinitialize(count: 1)
         published.deinitialize(count: 1)
         close(peerDoorbell)
+        ownWaitSet.unwatch(doorbellEnds.own) // its ends close as `doorbellEnds` goes
         close(socket)
     }
 
-    /// The doorbell must be an eventfd (a pipe nobody reads would block the ringer); it is made
-    /// non-blocking here, so a full counter is a ring already pending, never a wait.
+    /// The doorbell must be one end of a Unix socket pair: rung with a send that never blocks,
+    /// whatever flags the peer set on its file (an eventfd or a pipe would share them with us).
     private static func checkDoorbell(_ fd: Int32) throws(RStreamError) {
-        var target = [CChar](repeating: 0, count: 64)
-        let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
-        let name = n > 0 ? String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-        guard name == "anon_inode:[eventfd]" else {
-            throw RStreamError.protocolViolation("the peer's doorbell is not an eventfd (\(name.isEmpty ? "unknown" : name))")
+        guard rs_is_doorbell(fd) != 0 else {
+            throw RStreamError.protocolViolation("the peer's doorbell is not a Unix socket pair's end")
         }
-        let flags = fcntl(fd, F_GETFL)
-        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
 
     package var name: String { "shm" }
@@ -217,7 +233,13 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         UnsafeRawBufferPointer(start: inbound.base + SameHostLayout.wordRingBytes, count: shape.receiveRingSize)
     }
     package var ringPageNodes: (send: [Int], receive: [Int]) {
-        (NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(sendRing)), NUMAPlacement.nodes(ofPagesIn: receiveRing))
+        // The peer's pages are in this process's page tables only once touched: read each first.
+        var page = 0
+        while page < sendRing.count {
+            _ = sendRing.baseAddress!.advanced(by: page).assumingMemoryBound(to: Atomic<UInt8>.self).pointee.load(ordering: .relaxed)
+            page += PageAlignedRegion.pageSize
+        }
+        return (NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(sendRing)), NUMAPlacement.nodes(ofPagesIn: receiveRing))
     }
 
     // MARK: Posting (send lock)
@@ -229,6 +251,8 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         let posted = completionsPosted.pointee.load(ordering: .relaxed)
         completionSlots[posted % costs.txQueueSize] = writeSlot
         completionsPosted.pointee.store(posted + 1, ordering: .releasing)
+        // A thread asleep waiting for room learns of it (one load unless someone is armed).
+        ownWaitSet.stateMayHaveChanged()
     }
 
     /// Publishes `word` in the peer's ring, then rings its doorbell if it asked since the last ring.
@@ -240,8 +264,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         let request = peerWakeRequest.pointee.load(ordering: .relaxed)
         if request != sendSide.pointee.answeredWakeRequest {
             sendSide.pointee.answeredWakeRequest = request
-            var one: UInt64 = 1
-            _ = Glibc.write(peerDoorbell, &one, 8) // EAGAIN: a ring is already pending
+            _ = rs_ring_doorbell(peerDoorbell) // EAGAIN: rings already pending; never blocks
         }
     }
 
@@ -293,6 +316,9 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // FIN came first), as a core reports a broken connection. Progress alone sees it, so a
         // caller that only polls learns of it too.
         if n == 0 && !progressSide.pointee.leftReported && peerHasLeft() {
+            // Its last words may have landed between the look above and the socket's end (the
+            // end comes after its stores): they go first, the leaving at the next poll.
+            if progressSide.pointee.consumer.hasNext() { return try poll(into: events) }
             progressSide.pointee.leftReported = true
             events[0] = .failed(code: ECONNRESET, transmit: false)
             n = 1
@@ -342,9 +368,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         return true
     }
 
-    /// The peer's leaving as a connection event, reported once.
+    /// The peer's leaving as a connection event, reported once, and only once no word of it is
+    /// left unread (a caller handles the event after one progress step, which reads one batch).
     package func takePeerLeft() -> Bool {
-        peerHasLeft() && !leftReportedAsEvent.exchange(true, ordering: .relaxed)
+        peerHasLeft() && !mayHaveNews && !leftReportedAsEvent.exchange(true, ordering: .relaxed)
     }
 
     package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its end wakes sleepers

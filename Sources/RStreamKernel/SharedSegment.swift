@@ -12,8 +12,9 @@ import Glibc
 /// mapping can never be made writable). A segment the peer made is mapped only after its seals
 /// and size are checked: it is hostile input like a word off the wire.
 ///
-/// Invariant: `base` maps `count` bytes (a whole number of pages) of the memfd `descriptor` until
-/// deinit, which unmaps it and closes the descriptor.
+/// Invariant: `base` maps `count` bytes (a whole number of pages) until deinit, which unmaps it;
+/// `descriptor` is the memfd of a segment this side made (to pass to the peer), closed in deinit,
+/// or -1 for the peer's (closed once mapped).
 package struct SharedSegment: ~Copyable {
     package let base: UnsafeMutableRawPointer
     package let count: Int
@@ -71,13 +72,15 @@ package struct SharedSegment: ~Copyable {
             close(fd)
             throw error
         }
+        // The mapping keeps the memory; the descriptor is not needed again.
+        close(fd)
         self.count = count
-        descriptor = fd
+        descriptor = -1
     }
 
     deinit {
         munmap(base, count)
-        close(descriptor)
+        if descriptor >= 0 { close(descriptor) }
     }
 
     package var buffer: UnsafeMutableRawBufferPointer { .init(start: base, count: count) }

@@ -1,4 +1,5 @@
 import CLibfabric
+import CSameHost
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -31,8 +32,11 @@ public struct WaitInterest: OptionSet, Sendable {
 package final class WaitSet: @unchecked Sendable {
     package let descriptor: Int32
     private let wakeFD: Int32
-    /// The eventfd that wakes the set: rung here by takers of completions, and by a same-host peer
-    /// (its doorbell).
+    /// A same-host peer's doorbell: this side's end of a socket pair, in the set, drained with the
+    /// eventfd (-1: none). Never the eventfd itself: a peer holding that could clear its
+    /// O_NONBLOCK (a flag of the shared open file) and make our next read or write block.
+    private let doorbellFD: Int32
+    /// The private eventfd (tests use it as an eventfd to offer a hostile peer's listener).
     package var wakeDescriptor: Int32 { wakeFD }
     /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
     /// wakes every tick and looks. -1 when there is none.
@@ -40,12 +44,12 @@ package final class WaitSet: @unchecked Sendable {
     private let armed = Atomic<Bool>(false)
     private let sleepers = Atomic<Int>(0)
 
-    package init?(waitDescriptors: [Int32]) {
+    package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
         let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epoll >= 0 else { return nil }
         let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard wake >= 0 else { close(epoll); return nil }
-        for fd in waitDescriptors + [wake] {
+        for fd in waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []) {
             var event = epoll_event()
             event.events = EPOLLIN.rawValue
             event.data.fd = fd
@@ -56,6 +60,7 @@ package final class WaitSet: @unchecked Sendable {
         }
         descriptor = epoll
         wakeFD = wake
+        doorbellFD = doorbell
     }
 
     /// Adds one more descriptor to sleep on (a descriptor already in the set is left as it is).
@@ -101,6 +106,7 @@ package final class WaitSet: @unchecked Sendable {
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
+            if doorbellFD >= 0 { _ = rs_drain_doorbell(doorbellFD) }
         }
         if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 {
             var ticks: UInt64 = 0

@@ -178,7 +178,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     var isConnecting: Bool {
         state.withCheckedLock(key: lockKey(self)) { s in
             switch s.phase {
-            case .connecting, .accepting: return true
+            case .connecting, .accepting, .connectingSameHost: return true
             default: return false
             }
         }
@@ -199,6 +199,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     /// descriptor (sockets), a set that ticks every millisecond, so that `poll()` never sleeps
     /// through a change nobody signals.
     private func waitSet() -> WaitSet? {
+        if case .connectingSameHost(let attempt)? = state.withCheckedLock(key: lockKey(self), { $0.phase }) { return attempt.waitSet }
         guard let transport else { return nil }
         if let waitSet = transport.waitSet { return waitSet }
         return state.withCheckedLock(key: lockKey(self)) { s in
@@ -214,7 +215,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     /// the end of the stream, or an error) are readable now or a connection event is due.
     func tryWait() -> Int32 {
         guard let engine = connectedEngine() else {
-            return transport == nil ? -Int32(FI_EOPBADSTATE) : -Int32(FI_EAGAIN)
+            return transport == nil && !isConnecting ? -Int32(FI_EOPBADSTATE) : -Int32(FI_EAGAIN)
         }
         if engine.transport.waitSet != nil {
             return engine.prepareToWait(for: .readable) ? 0 : -Int32(FI_EAGAIN)

@@ -161,8 +161,10 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 do throws(RStreamError) {
                     guard let next = try sameHost.takeRequest() else { break }
                     request = next
-                } catch {
+                } catch where error.kind == .protocolViolation {
                     continue // refused with its reason already; look at the next
+                } catch {
+                    break // the listener itself failed (out of descriptors): look again at the next read
                 }
                 let pending = ProviderConnectionRequest(sameHost: request, localAddress: listener.boundAddress)
                 s.requests[ObjectIdentifier(pending)] = pending
@@ -222,6 +224,9 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                         s.listener = nil
                         return -Int32(FI_EADDRINUSE)
                     }
+                    // The passive endpoint's own descriptor (FI_GETWAIT, fi_trywait) wakes for
+                    // same-host requests too.
+                    if let own = listener.waitSet { sameHost.alsoWake(own) }
                     s.sameHost = sameHost
                 }
                 return 0

@@ -24,5 +24,16 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
                                  int *count, int *truncated, int dontwait);
 /// accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), which needs _GNU_SOURCE.
 int rs_accept_nonblocking(int socket);
+/// socketpair(AF_UNIX, SOCK_SEQPACKET, CLOEXEC | NONBLOCK) into `ends`: a doorbell whose ends are
+/// separate open files, so the peer holding one cannot change the other's flags. 0 or -1/errno.
+int rs_doorbell_pair(int ends[2]);
+/// 1 when `fd` is a Unix SOCK_SEQPACKET socket (a doorbell's end), else 0.
+int rs_is_doorbell(int fd);
+/// Rings a doorbell end without ever blocking (MSG_DONTWAIT | MSG_NOSIGNAL): 1 byte or -1/errno.
+long rs_ring_doorbell(int fd);
+/// Drains a doorbell end without blocking; returns how many rings were taken.
+int rs_drain_doorbell(int fd);
+/// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
+long rs_peer_uid(int socket);
 /// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_pid(int socket);
