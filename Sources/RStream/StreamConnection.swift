@@ -194,7 +194,8 @@ public final class StreamConnection: Sendable {
 
     // MARK: Receiving
 
-    /// Receives into the front of `buffer` without blocking.
+    /// Receives into the front of `buffer` without blocking. Pass a whole array, or an unsafe
+    /// buffer: `&array[range]` makes Swift copy the array on write (the whole of it) each call.
     @inlinable
     public func tryReceive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> ReceiveResult {
         precondition(!buffer.isEmpty, "receive into an empty buffer")
