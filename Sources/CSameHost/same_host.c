@@ -17,7 +17,6 @@ int rs_seal(int fd, int forbid_future_writes) {
 
 int rs_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
 int rs_seals_forbid_shrink(int seals) { return (seals & F_SEAL_SHRINK) != 0; }
-int rs_seals_forbid_future_write(int seals) { return (seals & (F_SEAL_FUTURE_WRITE | F_SEAL_WRITE)) != 0; }
 
 enum { max_passed = 8 };
 

@@ -44,10 +44,11 @@ package enum ReceiveOutcome: Equatable, Sendable {
 package final class StreamEngine: @unchecked Sendable {
     package let transport: any StreamTransport
     package let peer: ConnectionBlock
-    package let localRxCredits: Int
     package let costs: TransportCosts
-    let sendCapacity: Int
-    let receiveCapacity: Int
+    // The sizes, kept once in the flow counters' limits.
+    package var localRxCredits: Int { counters.limits.localRxCredits }
+    var sendCapacity: Int { counters.limits.sendCapacity }
+    var receiveCapacity: Int { counters.limits.receiveCapacity }
     /// The rings' base addresses, read once (the transport owns them for the engine's life).
     let sendBase: UnsafeMutableRawPointer
     let receiveBase: UnsafeRawPointer
@@ -109,9 +110,8 @@ package final class StreamEngine: @unchecked Sendable {
         self.costs = costs
         self.transport = transport
         self.peer = peer
-        localRxCredits = costs.postedReceives
-        sendCapacity = transport.sendRing.count
-        receiveCapacity = transport.receiveRing.count
+        let sendCapacity = transport.sendRing.count
+        let receiveCapacity = transport.receiveRing.count
         sendBase = transport.sendRing.baseAddress!
         receiveBase = transport.receiveRing.baseAddress!
         precondition(!transport.sendRingIsPeerRing || sendCapacity == peer.ringSize,

@@ -10,9 +10,8 @@ int rs_memfd_create(const char *name);
 int rs_seal(int fd, int forbid_future_writes);
 /// The seals of `fd` (fcntl F_GET_SEALS), or -1 with errno (EINVAL: not a memfd).
 int rs_get_seals(int fd);
-/// Whether `seals` forbids shrinking, and forbids writable mappings made from now on.
+/// Whether `seals` forbids shrinking.
 int rs_seals_forbid_shrink(int seals);
-int rs_seals_forbid_future_write(int seals);
 /// sendmsg(2) of `length` bytes with `count` descriptors as SCM_RIGHTS (MSG_NOSIGNAL): bytes
 /// sent, or -1 with errno.
 long rs_send_with_descriptors(int socket, const void *bytes, size_t length, const int *descriptors, int count);
