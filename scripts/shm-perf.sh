@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same-host figures of issue 10 as medians of ratios taken close together in time: on a VM
 # whose speed drifts by several times within a minute, rows measured a minute apart cannot be
-# compared. Each round measures, for each size, rstream-shm, rstream-shm-busypoll, shm-floor and
+# compared. Each round measures, for each size, rstream-shm(-tuned, -busypoll), shm-floor and
 # ucx-stream one right after another (`rstream perf --quick`, processes on CPUs 0 and 1), and the
 # ratios of that round are kept; the medians over ROUNDS rounds are printed.
 #   scripts/shm-perf.sh [path/to/rstream] [ROUNDS] [SIZES]
@@ -13,7 +13,7 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for round in $(seq 1 "$rounds"); do
   for size in ${sizes//,/ }; do
-    for t in rstream-shm rstream-shm-busypoll shm-floor ucx-stream; do
+    for t in rstream-shm rstream-shm-tuned rstream-shm-busypoll shm-floor ucx-stream; do
       "$rstream" perf --quick --transports "$t" --sizes "$size" --connections 0 --cpu 0 --server-cpu 1 \
         --json "$dir/$round-$size-$t.json" >/dev/null 2>&1 || true
     done
@@ -30,7 +30,7 @@ def row(r, s, t):
 print(f"medians over {rounds} rounds (ratios within a round); RTT p50 in µs, bandwidth in MB/s")
 print(f"{'size':>8} {'transport':<22} {'RTT':>8} {'MB/s':>8} {'RTT/ucx':>8} {'RTT/floor':>9} {'BW/ucx':>7}")
 for s in sizes:
-    for t in ['rstream-shm', 'rstream-shm-busypoll', 'shm-floor', 'ucx-stream']:
+    for t in ['rstream-shm', 'rstream-shm-tuned', 'rstream-shm-busypoll', 'shm-floor', 'ucx-stream']:
         rtt, bw, ru, rf, bu = [], [], [], [], []
         for r in range(1, rounds + 1):
             x, u, f = row(r, s, t), row(r, s, 'ucx-stream'), row(r, s, 'shm-floor')

@@ -23,10 +23,10 @@ struct Perf: ParsableCommand {
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
-    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, rstream-shm, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
+    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, rstream-shm, rstream-shm-tuned, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
     var transports = "all"
-    @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned.") var sendRing = 512 * 1024
-    @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned.") var recvRing = 512 * 1024
+    @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned and rstream-shm-tuned.") var sendRing = 512 * 1024
+    @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned and rstream-shm-tuned.") var recvRing = 512 * 1024
     @Option(help: "Core provider.") var provider: String?
     @Option(help: "Write every figure to this JSON file.") var json: String?
     @Option(help: "Pin to this CPU (client; the server takes --server-cpu or the same).") var cpu: Int?
@@ -60,6 +60,13 @@ struct Perf: ParsableCommand {
     /// The same-host transport with default options, and busy-polling.
     var sameHostOptions: StreamOptions {
         var options = StreamOptions()
+        options.provider = "shm"
+        return options
+    }
+
+    /// The same-host transport with rstream-tuned's rings.
+    var sameHostTunedOptions: StreamOptions {
+        var options = tunedOptions
         options.provider = "shm"
         return options
     }
@@ -256,7 +263,8 @@ struct Perf: ParsableCommand {
         // one has no wait descriptor on its side either).
         for (name, port, options) in [("rstream", ports[0], defaultOptions), ("rstream-tuned", ports[1], tunedOptions),
                                       ("rstream-busypoll", ports[5], busyPollOptions),
-                                      ("rstream-shm", ports[0], sameHostOptions), ("rstream-shm-busypoll", ports[5], sameHostBusyPollOptions)]
+                                      ("rstream-shm", ports[0], sameHostOptions), ("rstream-shm-tuned", ports[1], sameHostTunedOptions),
+                                      ("rstream-shm-busypoll", ports[5], sameHostBusyPollOptions)]
             where runs(name) && (client == nil || !name.hasPrefix("rstream-shm")) {
             var channel = StreamChannel(try StreamConnection.connect(host: host, port: port, options: options), maxMessage: maxMessage)
             results += try measure(&channel, transport: name, sizes: sizes)
