@@ -8,6 +8,17 @@ public typealias RStreamError = RStreamKernel.RStreamError
 public typealias WaitInterest = RStreamKernel.WaitInterest
 public typealias NUMAPlacement = RStreamKernel.NUMAPlacement
 
+/// A host (numeric, IPv4 or IPv6) and a port: where one end of a stream is.
+public struct StreamAddress: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
 /// What a non-blocking send did.
 public enum SendResult: Equatable, Sendable {
     /// This many bytes were accepted (perhaps fewer than offered); they stay contiguous in the stream.
@@ -53,6 +64,21 @@ public final class StreamConnection: Sendable {
     /// What carries the stream: "shm" for the same-host transport, else the core provider's name
     /// ("tcp", "verbs", ...).
     public var transport: String { (try? withEngine { $0.transport.name }) ?? "closed" }
+
+    /// This side's address: the core's (for tcp the socket's host and port); over shared memory
+    /// the host address the stream was made for, with a port that names this process. Nil once
+    /// closed, or where the core does not tell.
+    public var localAddress: StreamAddress? { address(ofPeer: false) }
+
+    /// The peer's address, told the same way as `localAddress`.
+    public var peerAddress: StreamAddress? { address(ofPeer: true) }
+
+    private func address(ofPeer: Bool) -> StreamAddress? {
+        guard let bytes = try? withEngine({ $0.transport.address(ofPeer: ofPeer) }), !bytes.isEmpty else { return nil }
+        return bytes.withUnsafeBytes { raw in
+            numericAddress(raw.baseAddress!, length: raw.count).map { StreamAddress(host: $0.host, port: $0.port) }
+        }
+    }
 
     /// The NUMA node the rings were placed on (nil: no NUMA support here).
     public var ringNode: Int? { (try? withEngine { $0.transport.ringNode }) ?? nil }
@@ -101,6 +127,10 @@ public final class StreamConnection: Sendable {
 
     @usableFromInline static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
 
+    /// Raised by `close` before it rings the descriptor, and read sequentially consistent after
+    /// a waiter arms it: either the waiter sees the close, or the ring wakes it.
+    private var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
+
     // The hot generic calls are inlinable, so that they specialise for the caller's collection
     // (unspecialised, each call went through value witnesses: ~150 instructions more).
     @inlinable @inline(__always)
@@ -109,35 +139,23 @@ public final class StreamConnection: Sendable {
         return try body(engine)
     }
 
-    /// Retries `attempt` until it yields: busy-polls for the options' window, then sleeps on the
-    /// descriptor (armed for `interest`), or in short steps where the core has none.
+    /// Retries `attempt` until it yields, through the kernel's one wait (`BlockingWait`): busy-polls
+    /// for the options' window, then sleeps on the descriptor. A `close` from another thread ends
+    /// it with `.closed`.
     private func block<R>(
         for interest: WaitInterest, deadline: ContinuousClock.Instant? = nil,
         _ attempt: (StreamEngine) throws(RStreamError) -> R?
     ) throws(RStreamError) -> R {
-        let clock = ContinuousClock()
-        let busyUntil = clock.now + options.busyPollWindow
-        var round = 0
-        while true {
-            if let value = try withEngine({ (engine) throws(RStreamError) -> R? in
+        let engine = engine
+        let wait = BlockingWait(deadline: deadline, busyWindow: options.busyPollWindow, waitSet: waitSet,
+                                what: "the stream to become ready")
+        return try wait.run(
+            interruption: { isClosed ? Self.closedError : nil },
+            prepare: { engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
+            attempt: { (round) throws(RStreamError) -> R? in
                 if round & 63 == 63 { engine.pollConnectionEvents() }
                 return try attempt(engine)
-            }) {
-                return value
-            }
-            if let deadline, clock.now >= deadline {
-                throw RStreamError(.timedOut, code: 110, "the stream did not become ready in time")
-            }
-            round += 1
-            guard clock.now >= busyUntil else { continue }
-            if let waitSet {
-                let mayWait = try withEngine { engine in engine.prepareToWait(for: interest, sleeper: true) }
-                if mayWait { waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline)) }
-            } else {
-                _ = try withEngine { engine in engine.pollConnectionEvents() }
-                usleep(round < 4096 ? 10 : 100)
-            }
-        }
+            })
     }
 
     // MARK: Sending
@@ -301,25 +319,18 @@ public final class StreamConnection: Sendable {
         }
     }
 
-    /// Sends FIN if not yet sent, waits up to `linger` for it and every write to leave and for the
-    /// peer to have consumed every byte (so that closing loses no tail the peer still reads), and
-    /// ends the connection; every later call reports `.closed`. The rings, registrations and
-    /// queues are freed when the stream object is released.
-    public func close(linger: Duration = .seconds(2)) {
-        _ = try? shutdown()
-        // In slices of at most 50 ms: the peer's quiet period is a judgement of time, which a
-        // sleep on the descriptor (woken only by the peer's words) would not make.
-        let end = ContinuousClock.now + linger
-        var finished = false
-        repeat {
-            finished = (try? block(for: [], deadline: min(end, ContinuousClock.now + .milliseconds(50))) { (engine) -> Bool? in
-                engine.progress()
-                return engine.hasFinishedClosing ? true : nil
-            }) ?? false
-        } while !finished && ContinuousClock.now < end && (try? withEngine { _ in }) != nil
-        closed.store(true, ordering: .releasing)
-        engine.disconnect()
-        waitSet?.ring() // sleepers wake and find the stream closed
+    /// Closes the stream: every call made after it, and every call blocked in another thread (a
+    /// receive, a send, a wait), ends with `.closed` at once. Then sends FIN if not yet sent and
+    /// waits up to `linger` for it and every write to leave and for the peer to consume every byte
+    /// (so that closing loses no tail the peer still reads), and ends the connection. True when all
+    /// of that happened in time; false when the linger ran out, the peer went quiet with bytes
+    /// unread, the stream had failed, or it was closed before. The rings, registrations and queues
+    /// are freed when the stream object is released.
+    @discardableResult
+    public func close(linger: Duration = .seconds(2)) -> Bool {
+        guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return false }
+        waitSet?.ring() // sleepers of other threads wake and find the stream closed
+        return engine.closeLingering(for: linger)
     }
 }
 

@@ -36,6 +36,12 @@ public final class StreamListener: Sendable {
         let engine = try passive.accept(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
         return StreamConnection(engine: engine, options: options)
     }
+
+    /// Stops listening: an `accept` blocked in another thread (or awaiting, in a task) ends with
+    /// `.closed`, and so does every later one; once none is inside, the port and the same-host
+    /// socket are released, so a new listener can take them. Streams already accepted go on. A
+    /// second close does nothing.
+    public func close() { passive.close() }
 }
 
 /// A core provider on this machine that can carry a stream, and what it says of itself.

@@ -19,7 +19,7 @@ package func numericAddress(_ address: UnsafeRawPointer, length: Int) -> (host: 
 /// Owner of a passive endpoint listening on one address, with the event queue it shares with every
 /// endpoint it accepts and the domain they are opened in.
 ///
-/// Invariant: `pep` is open and bound to `eventQueue` until deinit; requests taken from the queue
+/// Invariant: `pep` is open and bound to `eventQueue` until `stopListening` (at the latest deinit); requests taken from the queue
 /// are either accepted (their `fi_info` then belongs to the endpoint) or rejected and freed.
 package final class PassiveListener: @unchecked Sendable {
     private let info: FabricInfo
@@ -65,17 +65,26 @@ package final class PassiveListener: @unchecked Sendable {
         if let waitSet { eventQueue.registerRequestWaker(waitSet) }
     }
 
-    deinit { closeFabricObject(fidOf(pep), "passive endpoint") }
+    deinit { stopListening() }
+
+    private let pepClosed = Atomic<Bool>(false)
+
+    /// Closes the passive endpoint (once): the port is free again. Only `StreamAcceptor.close`
+    /// calls it before deinit, once no call is inside.
+    package func stopListening() {
+        guard !pepClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        closeFabricObject(fidOf(pep), "passive endpoint")
+    }
 
 
     /// True when the caller may sleep on `waitSet` until a request comes; false when one is
-    /// already queued (or there is no descriptor).
-    package func prepareToWait(sleeper: Bool = false) -> Bool {
+    /// already queued (or there is no descriptor, or `interrupted` answers true after arming).
+    package func prepareToWait(sleeper: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
         guard let waitSet else { return false }
         return acceptLock.withCheckedLock(key: lockKey(self)) { _ in
             for _ in 0..<8 {
                 waitSet.arm()
-                if eventQueue.hasRequest { return false }
+                if eventQueue.hasRequest || interrupted() { return false }
                 if eventQueue.tryWait() == 0 {
                     if sleeper { waitSet.willSleep() }
                     return true
@@ -88,18 +97,11 @@ package final class PassiveListener: @unchecked Sendable {
     /// Serialises arming against other waiters on this listener (the role a stream's lock plays).
     private let acceptLock = Mutex(())
 
+    /// Waits for the next request, through the kernel's one wait.
     private func nextRequest(deadline: ContinuousClock.Instant?) throws(RStreamError) -> ConnectionRequest {
-        while true {
-            if let request = try eventQueue.takeRequest() { return request }
-            if let deadline, ContinuousClock.now >= deadline {
-                throw RStreamError(.timedOut, code: FI_ETIMEDOUT, "timed out waiting for a connection request")
-            }
-            if let waitSet, prepareToWait(sleeper: true) {
-                waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline))
-            } else if waitSet == nil {
-                usleep(200)
-            }
-        }
+        try BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request").run(
+            prepare: { prepareToWait(sleeper: true) },
+            attempt: { (_) throws(RStreamError) in try eventQueue.takeRequest() })
     }
 
     /// Refuses a request, telling the peer why (truncated to what connection data can carry).
@@ -321,8 +323,10 @@ package enum StreamConnector {
         deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
-        if selection != .fabricOnly && !shape.iwarp && LocalAddress.isLocal(host) {
-            if let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline) { return engine }
+        if selection != .fabricOnly && !shape.iwarp, let destination = LocalAddress.socketAddress(ofLocal: host, port: port) {
+            if let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline, destination: destination) {
+                return engine
+            }
         }
         switch selection {
         case .sameHostOnly:
@@ -361,19 +365,60 @@ package final class StreamAcceptor: @unchecked Sendable {
 
     /// Waits for the next connection of either kind and returns its stream. A request that breaks
     /// the protocol is refused with its reason and thrown as `.protocolViolation`; the listener
-    /// goes on.
+    /// goes on. A `close` from another thread ends the wait with `.closed`.
     package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine {
-        while true {
-            if let sameHost, let engine = try sameHost.acceptReady(shape: shape) { return engine }
-            if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
-            if let deadline, ContinuousClock.now >= deadline {
-                throw RStreamError(.timedOut, code: FI_ETIMEDOUT, "timed out waiting for a connection request")
-            }
-            if let waitSet {
-                if prepareToWait(sleeper: true) { waitSet.sleep(timeoutMilliseconds: WaitSet.milliseconds(until: deadline)) }
-            } else {
-                usleep(200)
-            }
+        try withOpenListener { () throws(RStreamError) -> StreamEngine in
+            let isClosed = { self.closed.load(ordering: .sequentiallyConsistent) }
+            return try BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request").run(
+                interruption: { isClosed() ? Self.closedError : nil },
+                prepare: { prepareToWait(sleeper: true, unless: isClosed) },
+                attempt: { (_) throws(RStreamError) -> StreamEngine? in
+                    if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
+                        return engine
+                    }
+                    if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
+                    return nil
+                })
         }
+    }
+
+    /// True when the caller may sleep on `waitSet` until a request comes (the same-host sockets in
+    /// it are level-triggered: one with a request waiting wakes the sleeper at once).
+    package func prepareToWait(sleeper: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
+        fabric.prepareToWait(sleeper: sleeper, unless: { closed.load(ordering: .sequentiallyConsistent) || interrupted() })
+    }
+
+    // MARK: Closing
+
+    static let closedError = RStreamError(.closed, code: EBADF, "the listener is closed")
+    private let closed = Atomic<Bool>(false)
+    /// Calls inside the listener's objects, counted so that `close` frees them only once none is.
+    private let callsInside = Atomic<Int>(0)
+
+    /// Runs `body` unless the listener is closed (then `.closed`); `close` waits for it to leave.
+    /// (Raised before `closed` is read, and `close` reads it after raising `closed`, both
+    /// sequentially consistent: either the call sees the close, or the close sees the call.)
+    private func withOpenListener<R>(_ body: () throws(RStreamError) -> R) throws(RStreamError) -> R {
+        callsInside.add(1, ordering: .sequentiallyConsistent)
+        defer { callsInside.subtract(1, ordering: .sequentiallyConsistent) }
+        guard !closed.load(ordering: .sequentiallyConsistent) else { throw Self.closedError }
+        return try body()
+    }
+
+    package var isClosed: Bool { closed.load(ordering: .acquiring) }
+
+    /// Stops listening: a blocked `accept` in another thread ends with `.closed` (its sleep is rung),
+    /// later ones too; once no call is inside, the port and the same-host socket are released
+    /// (requests not yet accepted are refused by the peer's core as the listener goes). Streams
+    /// already accepted are not touched. A second close does nothing.
+    package func close() {
+        guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        waitSet?.ring()
+        while callsInside.load(ordering: .sequentiallyConsistent) > 0 {
+            waitSet?.ring()
+            usleep(100)
+        }
+        sameHost?.stopListening()
+        fabric.stopListening()
     }
 }

@@ -208,20 +208,12 @@ package final class EventQueue: @unchecked Sendable {
         }
     }
 
-    /// Polls `body` until it yields a value or `deadline` passes (nil: wait for ever); spins
-    /// briefly, then sleeps in short steps so that a waiting thread does not burn a core.
+    /// Polls `body` until it yields a value or `deadline` passes (nil: wait for ever), through the
+    /// kernel's one wait (naps: no wait set is armed for one connection's event).
     package static func wait<T>(
         until deadline: ContinuousClock.Instant?, _ what: @autoclosure () -> String,
         _ body: () throws(RStreamError) -> T?
     ) throws(RStreamError) -> T {
-        var spins = 0
-        while true {
-            if let value = try body() { return value }
-            if let deadline, ContinuousClock.now >= deadline {
-                throw RStreamError(.timedOut, code: FI_ETIMEDOUT, "timed out waiting for \(what())")
-            }
-            spins += 1
-            if spins < 64 { sched_yield() } else { usleep(spins < 1024 ? 20 : 200) }
-        }
+        try BlockingWait(deadline: deadline, waitSet: nil, what: what()).run { (_) throws(RStreamError) in try body() }
     }
 }

@@ -46,22 +46,27 @@ package enum SameHostAddress {
 
 /// Whether a host name is this host: a loopback address, or an address of one of its interfaces.
 package enum LocalAddress {
-    package static func isLocal(_ host: String) -> Bool {
+    package static func isLocal(_ host: String) -> Bool { socketAddress(ofLocal: host, port: 0) != nil }
+
+    /// The first address `host` resolves to that is this host's, as a `sockaddr` with `port`
+    /// (what a same-host stream reports as the address it dialled); nil when none is.
+    package static func socketAddress(ofLocal host: String, port: UInt16) -> [UInt8]? {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &list) == 0, let list else { return false }
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let list else { return nil }
         defer { freeaddrinfo(list) }
         let own = interfaceAddresses()
         var entry: UnsafeMutablePointer<addrinfo>? = list
         while let e = entry {
-            if let address = e.pointee.ai_addr, let bytes = Self.bytes(of: address) {
-                if isLoopback(bytes) || own.contains(bytes) { return true }
+            if let address = e.pointee.ai_addr, let bytes = Self.bytes(of: address), isLoopback(bytes) || own.contains(bytes) {
+                let whole = Array(UnsafeRawBufferPointer(start: address, count: Int(e.pointee.ai_addrlen)))
+                return SameHostAddress.with(whole, port: port)
             }
             entry = e.pointee.ai_next
         }
-        return false
+        return nil
     }
 
     /// An IPv4 or IPv6 address's bytes (an IPv4-mapped IPv6 address as IPv4), nil for others.
@@ -128,19 +133,15 @@ package enum SameHostHandshake {
 
     /// Connects to the same-host listener of `port`; nil when nothing listens there. A refusal,
     /// a listener that closes, a bad answer and the deadline are distinct errors.
-    package static func connect(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
-        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape) else { return nil }
-        while true {
-            if let (engine, _) = try attempt.complete() { return engine }
-            if let deadline, ContinuousClock.now >= deadline {
-                throw RStreamError(.timedOut, code: ETIMEDOUT, "connecting to \(attempt.place) timed out")
-            }
-            if attempt.requestSent {
-                _ = try UnixSocket.waitReadable(attempt.socket, until: deadline)
-            } else {
-                usleep(1000) // the listener's backlog is full: it drains as it accepts
-            }
-        }
+    /// `destination` is the address dialled, as a `sockaddr` (the stream's peer address).
+    package static func connect(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?,
+                                destination: [UInt8]? = nil) throws(RStreamError) -> StreamEngine? {
+        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape, destination: destination) else { return nil }
+        // Until the request is sent (the listener's backlog is full: it drains as it accepts) the
+        // wait naps; then it sleeps on the socket for the answer.
+        return try BlockingWait(deadline: deadline, waitSet: nil, what: "the answer of \(attempt.place)").run(
+            readable: { attempt.requestSent ? attempt.socket : nil },
+            attempt: { (_) throws(RStreamError) in try attempt.complete()?.0 })
     }
 
     /// Answers a checked request with a stream (this side's block and `userData`).
@@ -345,7 +346,7 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
 /// accepted from it whose request has not arrived yet (so a client that connects and says
 /// nothing holds up nobody; it is dropped after `requestTimeout`).
 ///
-/// Invariant: `listenDescriptor` is open until deinit; every pending descriptor is open, watched by
+/// Invariant: `listenDescriptor` is open until `stopListening` (at the latest deinit); every pending descriptor is open, watched by
 /// the wait set, and closed when it leaves the list.
 package final class SameHostListener: @unchecked Sendable {
     package let listenDescriptor: Int32
@@ -377,7 +378,14 @@ package final class SameHostListener: @unchecked Sendable {
         waitSet?.watch(fd)
     }
 
-    deinit {
+    deinit { stopListening() }
+
+    private let released = Atomic<Bool>(false)
+
+    /// Stops listening (once): the pending sockets and the named socket are closed, so the name is
+    /// free again. Called before deinit only once no call is inside (`StreamAcceptor.close`).
+    package func stopListening() {
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         pending.withCheckedLock(key: lockKey(self)) { list in
             for p in list { unwatch(p.fd); close(p.fd) }
             list = []
@@ -388,9 +396,9 @@ package final class SameHostListener: @unchecked Sendable {
 
     /// The next same-host stream whose request has arrived, without waiting; nil when none has.
     /// A request that fails a check is refused with its reason and thrown as `.protocolViolation`.
-    package func acceptReady(shape: EndpointShape) throws(RStreamError) -> StreamEngine? {
+    package func acceptReady(shape: EndpointShape, localAddress: [UInt8]? = nil) throws(RStreamError) -> StreamEngine? {
         guard let request = try takeRequest() else { return nil }
-        return try SameHostHandshake.answer(request, shape: shape)
+        return try SameHostHandshake.answer(request, shape: shape, localAddress: localAddress)
     }
 
     /// The next request that has arrived and whose block passed its checks, without waiting; nil

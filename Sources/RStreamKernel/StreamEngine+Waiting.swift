@@ -12,7 +12,9 @@ extension StreamEngine {
     /// `interest` (an empty interest waits for any completion) and the transport's `tryWait`. True
     /// when the caller may sleep; false when it should look again (or when the transport offers
     /// no descriptor). A `sleeper` is counted, and must call `transport.waitSet!.sleep` next.
-    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false) -> Bool {
+    /// `unless` is asked after arming (a close from another thread: it rings after raising what
+    /// `unless` reads, so either this sees it or the sleep is rung awake).
+    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
         guard let waitSet = transport.waitSet else { return false }
         for _ in 0..<8 {
             progress()
@@ -21,6 +23,7 @@ extension StreamEngine {
                 // Armed before the last look: whatever happens after it rings the wait set.
                 waitSet.arm()
                 if transport.hasConnectionEvent { return nil }
+                if interrupted() { return false }
                 if interest.contains(.readable) && isReadable { return false }
                 if interest.contains(.writable) && mayBeWritable { return false }
                 guard transport.tryWait() else { return nil }
@@ -49,6 +52,32 @@ extension StreamEngine {
         if peerHasConsumedEverything { return true }
         let silence = progressShard.pointee.withCheckedLock(key: progressKey) { (p: inout ProgressShard) -> Duration in p.liveness.silence }
         return silence >= Self.closeQuietPeriod
+    }
+
+    /// What a lingering close reports: the FIN and every write left and the peer consumed every
+    /// byte, and nothing failed (the peer's leaving after that is no failure).
+    package var hasDeliveredEverything: Bool {
+        failure == nil && hasSentFin && isQuiescent && peerHasConsumedEverything
+    }
+
+    /// The lingering close of both faces (the Swift API's `close`, the provider's `fi_close`):
+    /// starts the FIN, waits up to `linger` for `hasFinishedClosing`, then ends the connection and
+    /// wakes any sleeper. Its sleeps last at most 50 ms: the peer's quiet period is a judgement of
+    /// time, which a sleep on the descriptor (woken only by the peer's words) would not make.
+    /// True when everything was delivered (`hasDeliveredEverything`).
+    @discardableResult
+    package func closeLingering(for linger: Duration) -> Bool {
+        shutdown()
+        let wait = BlockingWait(deadline: ContinuousClock.now + linger, waitSet: transport.waitSet, longestSleep: 50,
+                                what: "the close")
+        let finished = (try? wait.run(prepare: { prepareToWait(for: [], sleeper: true) }) { _ in
+            progress()
+            return hasFinishedClosing ? true : nil
+        }) ?? false
+        let delivered = finished && hasDeliveredEverything
+        disconnect()
+        transport.waitSet?.ring()
+        return delivered
     }
 
     /// Ends the connection once this side is done with it.

@@ -109,14 +109,4 @@ package enum UnixSocket {
         guard let n else { return nil }
         return Message(bytes: Array(bytes[0..<Int(n)]), descriptors: Array(descriptors[0..<Int(count)]), truncated: truncated != 0)
     }
-
-    /// Waits until `fd` is readable or `deadline` passes; false on the deadline.
-    package static func waitReadable(_ fd: Int32, until deadline: ContinuousClock.Instant?) throws(RStreamError) -> Bool {
-        while true {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let rc = try systemCall("poll(set-up socket)") { poll(&pfd, 1, WaitSet.milliseconds(until: deadline)) }
-            if rc > 0 { return true }
-            if let deadline, ContinuousClock.now >= deadline { return false }
-        }
-    }
 }

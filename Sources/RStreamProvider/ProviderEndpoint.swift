@@ -375,14 +375,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         // not hand them out (libfabric's own providers purge them too).
         queue?.purge(fidOf(handle))
         if let engine = engine.load() {
-            engine.shutdown()
-            let deadline = ContinuousClock.now + Self.linger
-            while !engine.hasFinishedClosing && ContinuousClock.now < deadline {
-                engine.progress()
-                engine.shutdown()
-                usleep(200) // not a spin: the peer being waited for may need this core
-            }
-            engine.disconnect()
+            engine.closeLingering(for: Self.linger)
         } else {
             switch phase {
             case .connecting(let transport, _), .accepting(let transport, _): transport.disconnect()

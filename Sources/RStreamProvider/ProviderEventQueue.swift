@@ -193,34 +193,33 @@ final class ProviderEventQueue: @unchecked Sendable {
         return length
     }
 
-    /// `fi_eq_sread`: reads, sleeping on the descriptor between looks, up to `timeout` ms (<0:
-    /// for ever). Sleeps are cut into short slices: a kernel queue's signal may be taken by a
-    /// data call of a bound endpoint, which then cannot ring this queue.
+    /// `fi_eq_sread`: reads, sleeping on the descriptor between looks (the kernel's one wait), up
+    /// to `timeout` ms (<0: for ever). Sleeps last at most 10 ms: a kernel queue's signal may be
+    /// taken by a data call of a bound endpoint, which then cannot ring this queue.
     func blockingRead(_ event: UnsafeMutablePointer<UInt32>?, _ buffer: UnsafeMutableRawPointer?, _ length: Int,
                       _ timeout: Int32, _ flags: UInt64) -> Int {
         let deadline = timeout >= 0 ? ContinuousClock.now + .milliseconds(Int(timeout)) : nil
-        while true {
-            let rc = read(event, buffer, length, flags)
-            if rc != -Int(FI_EAGAIN) { return rc }
-            if let deadline, ContinuousClock.now >= deadline { return -Int(FI_EAGAIN) }
-            let slice = min(10, deadline.map { Int32(max(0, ($0 - .now) / .milliseconds(1))) + 1 } ?? 10)
-            if let waitSet, tryWait() == 0 {
-                var pfd = pollfd(fd: waitSet.descriptor, events: Int16(POLLIN), revents: 0)
-                _ = poll(&pfd, 1, slice)
-            } else if waitSet == nil {
-                usleep(UInt32(slice) * 100)
+        let wait = BlockingWait(deadline: deadline, waitSet: waitSet, longestSleep: 10, what: "an event")
+        do {
+            return try wait.run(prepare: { tryWait(sleeper: true) == 0 }) { _ -> Int? in
+                let rc = read(event, buffer, length, flags)
+                return rc == -Int(FI_EAGAIN) ? nil : rc
             }
+        } catch {
+            return -Int(FI_EAGAIN)
         }
     }
 
     /// The arming step for the descriptor: 0 when nothing is queued (and the eventfd has been
-    /// drained), -FI_EAGAIN when an event is waiting.
-    func tryWait() -> Int32 {
+    /// drained), -FI_EAGAIN when an event is waiting. A `sleeper` is counted (it sleeps next).
+    func tryWait(sleeper: Bool = false) -> Int32 {
         pollSources()
         guard let waitSet else { return -Int32(FI_ENOSYS) }
         return state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
             waitSet.arm()
-            return s.events.isEmpty ? 0 : -Int32(FI_EAGAIN)
+            guard s.events.isEmpty else { return -Int32(FI_EAGAIN) }
+            if sleeper { waitSet.willSleep() }
+            return 0
         }
     }
 

@@ -210,17 +210,18 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         deinit { close(doorbell); close(socket) }
     }
 
+    /// The listener's answer on the set-up socket `fd`, waited for as the library waits.
+    static func answer(on fd: Int32) throws -> UnixSocket.Message {
+        try BlockingWait(deadline: .now + .seconds(10), waitSet: nil, what: "the listener's answer")
+            .run(readable: { fd }) { (_) throws(RStreamError) in try UnixSocket.receive(fd) }
+    }
+
     static func connect(port: UInt16) throws -> Session {
         let fd = try UnixSocket.make()
         #expect(try UnixSocket.connect(fd, port: port) == .connected)
         let offer = try SameHostOffer(shape: shape, socket: fd)
         try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
-        var answer: UnixSocket.Message?
-        while answer == nil {
-            _ = try UnixSocket.waitReadable(fd, until: .now + .seconds(10))
-            answer = try UnixSocket.receive(fd)
-        }
-        let message = answer!
+        let message = try answer(on: fd)
         try #require(message.descriptors.count == 3, "\(String(decoding: message.bytes, as: UTF8.self))")
         let peer = try ConnectionBlock.decode(message.bytes, expectIwarp: false)
         let inbound = try SharedSegment(mapping: message.descriptors[0], byteCount: SameHostLayout.inboundBytes(ringSize: peer.ringSize),
@@ -235,14 +236,10 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         defer { close(fd) }
         #expect(try UnixSocket.connect(fd, port: port) == .connected)
         try UnixSocket.send(fd, block, descriptors: descriptors)
-        var answer: UnixSocket.Message?
-        while answer == nil {
-            _ = try UnixSocket.waitReadable(fd, until: .now + .seconds(10))
-            answer = try UnixSocket.receive(fd)
-        }
-        answer!.closeDescriptors()
-        #expect(answer!.descriptors.isEmpty)
-        return String(decoding: answer!.bytes, as: UTF8.self)
+        let answer = try answer(on: fd)
+        answer.closeDescriptors()
+        #expect(answer.descriptors.isEmpty)
+        return String(decoding: answer.bytes, as: UTF8.self)
     }
 
     static let data1 = NotificationWord.data(length: 1).encoded

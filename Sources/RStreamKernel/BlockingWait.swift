@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one way RStream blocks a thread: every blocking call of the Swift API, `wait(for:)`, the
+/// listeners' accept, the lingering closes (the façade's and the provider's) and the provider's
+/// blocking reads retry their attempt through `run`.
+///
+/// A round tries the attempt; then, past the busy-poll window, the caller sleeps on the wait set
+/// if `prepare` (which arms it under the owner's lock) says nothing can arrive unseen, for at most
+/// `longestSleep`: a library wait never sleeps through protocol v4's heartbeat duty, since the
+/// next attempt drives progress at least that often. Without a wait set it sleeps until the
+/// descriptor `readable` names is (a set-up socket's answer), or naps (10 µs, then 100 µs after a
+/// few thousand rounds: not a spin, as the peer being waited for may need this core). `interruption` is asked every round and thrown as it is: a `close` from another thread
+/// (which also rings the wait set, so a sleeper wakes at once).
+package struct BlockingWait {
+    package var deadline: ContinuousClock.Instant?
+    package var busyWindow: Duration
+    package var waitSet: WaitSet?
+    /// The longest one sleep lasts (milliseconds), at most `WaitSet.longestSleepMilliseconds`.
+    package var longestSleep: Int32
+    /// What was waited for, for the `.timedOut` error ("the stream to become ready").
+    package var what: String
+
+    package init(deadline: ContinuousClock.Instant?, busyWindow: Duration = .zero, waitSet: WaitSet?,
+                 longestSleep: Int32 = WaitSet.longestSleepMilliseconds, what: String) {
+        precondition(longestSleep >= 0 && longestSleep <= WaitSet.longestSleepMilliseconds,
+                     "a wait sleeps at most \(WaitSet.longestSleepMilliseconds) ms at a time")
+        self.deadline = deadline
+        self.busyWindow = busyWindow
+        self.waitSet = waitSet
+        self.longestSleep = longestSleep
+        self.what = what
+    }
+
+    /// Rounds of `attempt` until it yields a value (returned), `interruption` answers an error, or
+    /// the deadline passes (`.timedOut`). `prepare` is asked only where there is a wait set; a
+    /// `prepare` that answers true has announced the caller as a sleeper (`WaitSet.willSleep`).
+    /// `readable` is asked only where there is none.
+    package func run<R>(
+        interruption: () -> RStreamError? = { nil },
+        prepare: () -> Bool = { false },
+        readable: () -> Int32? = { nil },
+        attempt: (_ round: Int) throws(RStreamError) -> R?
+    ) throws(RStreamError) -> R {
+        let busyUntil = ContinuousClock.now + busyWindow
+        var round = 0
+        while true {
+            if let error = interruption() { throw error }
+            if let value = try attempt(round) { return value }
+            let now = ContinuousClock.now
+            if let deadline, now >= deadline {
+                throw RStreamError(.timedOut, code: ETIMEDOUT, "timed out waiting for \(what)")
+            }
+            round += 1
+            guard now >= busyUntil else { continue }
+            if let waitSet {
+                if prepare() {
+                    waitSet.sleep(timeoutMilliseconds: min(longestSleep, WaitSet.milliseconds(until: deadline)))
+                }
+            } else if let fd = readable() {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, min(longestSleep, WaitSet.milliseconds(until: deadline)))
+            } else {
+                usleep(round < 4096 ? 10 : 100)
+            }
+        }
+    }
+}

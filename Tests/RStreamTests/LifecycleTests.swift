@@ -1,0 +1,157 @@
+import Foundation
+import RStream
+import Synchronization
+import Testing
+
+/// A stream's and a listener's whole life: a close from another thread ends each kind of blocked
+/// call, the listener closes and frees its port, a lingering close reports whether everything
+/// left, and each end tells its own and the peer's address. Over tcp and over shared memory.
+@Suite(.serialized) struct LifecycleTests {
+    static let transports = ["core", "shm"]
+
+    static func options(_ transport: String) -> StreamOptions {
+        loopbackOptions { if transport == "shm" { $0.provider = "shm" } }
+    }
+
+    /// Orders events across threads: each `stamp` is later than every one before it.
+    final class Sequence: Sendable {
+        private let next = Atomic<Int>(0)
+        func stamp() -> Int { next.add(1, ordering: .sequentiallyConsistent).newValue }
+    }
+
+    /// Fills the send direction of `stream` until nothing more is accepted (the peer reads nothing).
+    static func fill(_ stream: StreamConnection) throws {
+        let chunk = [UInt8](repeating: 7, count: 4096)
+        while case .sent = try stream.trySend(chunk) {}
+    }
+
+    final class Flag: Sendable {
+        private let value = Atomic<Bool>(false)
+        func raise() { value.store(true, ordering: .releasing) }
+        var isRaised: Bool { value.load(ordering: .acquiring) }
+    }
+
+    /// Keeps `peer` talking (a byte every 20 ms) without reading, so the closing side never
+    /// judges it quiet: its lingering close then lasts the whole linger.
+    static func keepTalking(_ peer: StreamConnection, until stop: Flag) -> Background<Void> {
+        Background {
+            while !stop.isRaised {
+                _ = try? peer.trySend([1])
+                peer.progress()
+                usleep(20_000)
+            }
+        }
+    }
+
+    enum Blocked: String, CaseIterable { case receive, send, waitReadable, waitWritable }
+
+    /// The blocked call ends with `.closed` while the close is still lingering (before, it ended
+    /// only once the linger was over).
+    @Test(arguments: transports, Blocked.allCases)
+    func closeFromAnotherThreadEndsABlockedCall(transport: String, call: Blocked) throws {
+        let (client, server) = try connectedPair(Self.options(transport))
+        try Self.fill(client) // the server reads nothing: a send blocks, and the close lingers
+        let stop = Flag()
+        let talker = Self.keepTalking(server, until: stop)
+        defer { stop.raise(); try? talker.value() }
+        let order = Sequence()
+        let blocked = Background { () -> (error: RStreamError?, stamp: Int) in
+            do {
+                switch call {
+                case .receive:
+                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                    while true { _ = try client.receive(into: &buffer) } // the talker's byte, then blocked again
+                case .send: _ = try client.send([UInt8](repeating: 1, count: 4096))
+                case .waitReadable:
+                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                    while true {
+                        while case .received = try client.tryReceive(into: &buffer) {}
+                        _ = try client.wait(for: .readable)
+                    }
+                case .waitWritable: while try !client.wait(for: .writable) {}
+                }
+            } catch let error as RStreamError {
+                return (error, order.stamp())
+            } catch {
+                return (nil, order.stamp())
+            }
+            return (nil, order.stamp())
+        }
+        usleep(100_000) // let it block
+        let delivered = client.close(linger: .milliseconds(1500))
+        let closeReturned = order.stamp()
+        let (error, ended) = try blocked.value()
+        #expect(error?.kind == .closed, "\(call): \(String(describing: error))")
+        #expect(ended < closeReturned, "\(call) ended only after the close was over")
+        #expect(!delivered, "the server read nothing, yet the close reported everything delivered")
+    }
+
+    @Test(arguments: transports)
+    func aLingeringCloseReportsWhetherEverythingLeft(transport: String) throws {
+        let (client, server) = try connectedPair(Self.options(transport))
+        let bytes = [UInt8](repeating: 3, count: 100_000)
+        let reader = Background { () -> Int in
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            var total = 0
+            while case let n = try server.receive(into: &buffer), n > 0 { total += n }
+            return total
+        }
+        try client.sendAll(bytes)
+        #expect(client.close(linger: .seconds(10)), "the server read everything, yet the close reported a loss")
+        #expect(try reader.value() == bytes.count)
+        #expect(!client.close(), "a second close reports nothing delivered")
+        expectError(.closed) { _ = try client.trySend([1]) }
+    }
+
+    @Test(arguments: transports)
+    func eachEndTellsItsAndThePeersAddress(transport: String) throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: Self.options(transport))
+        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
+        let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: Self.options(transport))
+        let server = try accepted.value()
+        let clientLocal = try #require(client.localAddress), clientPeer = try #require(client.peerAddress)
+        let serverLocal = try #require(server.localAddress), serverPeer = try #require(server.peerAddress)
+        #expect(clientPeer == serverLocal)
+        #expect(serverPeer == clientLocal)
+        #expect(clientPeer.host == "127.0.0.1" && clientLocal.host == "127.0.0.1")
+        if transport != "shm" { #expect(clientPeer.port == listener.port) }
+        client.close(linger: .zero)
+        #expect(client.localAddress == nil && client.peerAddress == nil)
+    }
+
+    @Test(arguments: transports)
+    func closingTheListenerEndsABlockedAcceptAndFreesThePort(transport: String) throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: Self.options(transport))
+        let port = listener.port
+        let order = Sequence()
+        let blocked = Background { () -> (error: RStreamError?, stamp: Int) in
+            do {
+                _ = try listener.accept()
+                return (nil, order.stamp())
+            } catch let error as RStreamError {
+                return (error, order.stamp())
+            }
+        }
+        usleep(100_000) // let it block
+        listener.close()
+        let closed = order.stamp()
+        let (error, ended) = try blocked.value()
+        #expect(error?.kind == .closed, "\(String(describing: error))")
+        #expect(ended < closed, "close returned before the blocked accept had left")
+        expectError(.closed) { _ = try listener.accept(timeout: .zero) }
+        listener.close() // a second close does nothing
+
+        // The port and the same-host name are free again, and a new listener serves both.
+        let again = try StreamListener(host: "127.0.0.1", port: port, options: Self.options(transport))
+        #expect(again.port == port && again.servesSameHost)
+        let accepted = Background { try again.accept(timeout: .seconds(10)) }
+        let client = try StreamConnection.connect(host: "127.0.0.1", port: port, options: Self.options(transport))
+        let server = try accepted.value()
+        try client.sendAll([9, 8, 7])
+        var buffer = [UInt8](repeating: 0, count: 3)
+        #expect(try server.receive(into: &buffer) > 0 && buffer[0] == 9)
+        again.close()
+        try client.sendAll([6]) // accepted streams outlive their listener
+        #expect(try server.receive(into: &buffer) > 0)
+    }
+}
