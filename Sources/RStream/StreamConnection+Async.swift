@@ -1,36 +1,50 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import RStreamKernel
 
-/// async/await on a stream, without a thread per connection and without any thread of the
-/// library's: a waiting task busy-polls for the options' window, then arms the stream's descriptor
-/// and checks it between short `Task.sleep`s (20 µs growing to 1 ms). Cancelling a waiting task
-/// throws `CancellationError` and leaves the stream as it was: bytes are only taken by a call that
-/// returns them.
+/// async/await on a stream, through the kernel's one wait (`BlockingWait.runAsync`): a waiting
+/// task busy-polls (yielding) for the options' window, then arms the stream's descriptor and
+/// suspends on the process's reactor (one thread, started by the first async wait, asleep in
+/// `epoll_wait` while nothing happens) until the descriptor is readable, at most half a second
+/// (the heartbeat duty of protocol v4). An idle waiting task costs no CPU between those looks.
+///
+/// Cancelling a waiting task resumes it at once and throws `CancellationError`, leaving the stream
+/// as it was: bytes are only taken by a call that returns them. A `close` from anywhere ends a
+/// waiting task with `.closed`.
 extension StreamConnection {
-    private func waitAsync(for interest: WaitInterest, round: inout Int, busyUntil: ContinuousClock.Instant) async throws {
-        try Task.checkCancellation()
-        round += 1
-        if ContinuousClock.now < busyUntil {
-            await Task.yield()
-            return
-        }
-        let backoff = Duration.microseconds(min(1000, 20 << min(round / 64, 6)))
-        if prepareToWait(for: interest), let fd = descriptor {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, 0) > 0 { return }
-        }
-        try await Task.sleep(for: backoff)
+    /// Connects as `connect(host:port:options:timeout:)` does, suspending the task, not its
+    /// thread, while the answer is awaited.
+    public static func connect(
+        host: String, port: UInt16, options: StreamOptions = StreamOptions(), timeout: Duration? = .seconds(10)
+    ) async throws -> StreamConnection {
+        try options.validate()
+        let engine = try await StreamConnector.connectAsync(
+            host: host, port: port, shape: options.shape, requirements: options.requirements,
+            deadline: timeout.map { ContinuousClock.now + $0 })
+        return StreamConnection(engine: engine, options: options)
+    }
+
+    /// Retries `attempt` until it yields, suspending the task between tries.
+    private func blockAsync<R>(
+        for interest: WaitInterest, deadline: ContinuousClock.Instant? = nil,
+        _ attempt: (StreamEngine) throws(RStreamError) -> R?
+    ) async throws -> R {
+        let engine = engine
+        let wait = BlockingWait(deadline: deadline, busyWindow: options.busyPollWindow, waitSet: waitSet,
+                                what: "the stream to become ready")
+        return try await wait.runAsync(
+            interruption: { isClosed ? Self.closedError : nil },
+            prepare: { engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
+            attempt: { (round) throws(RStreamError) -> R? in
+                if round & 63 == 63 { engine.pollConnectionEvents() }
+                return try attempt(engine)
+            })
     }
 
     /// Sends at least one byte of `bytes`, suspending while the stream cannot take any.
     public func send(_ bytes: some Collection<UInt8> & Sendable) async throws -> Int {
         guard !bytes.isEmpty else { return 0 }
-        var round = 0
-        let busyUntil = ContinuousClock.now + options.busyPollWindow
-        while true {
-            if case .sent(let n) = try trySend(bytes) { return n }
-            try await waitAsync(for: .writable, round: &round, busyUntil: busyUntil)
+        return try await blockAsync(for: .writable) { (engine) throws(RStreamError) -> Int? in
+            let n = try engine.send(contentsOf: bytes)
+            return n > 0 ? n : nil
         }
     }
 
@@ -39,20 +53,22 @@ extension StreamConnection {
     public func sendAll(_ bytes: some Collection<UInt8> & Sendable) async throws {
         var rest = bytes[...]
         while !rest.isEmpty {
-            let n = try await send(Array(rest.prefix(1 << 20)))
+            let n = try await blockAsync(for: .writable) { (engine) throws(RStreamError) -> Int? in
+                let n = try engine.send(contentsOf: rest)
+                return n > 0 ? n : nil
+            }
             rest = rest.dropFirst(n)
         }
     }
 
     /// Receives at least one byte into the front of `buffer`; 0 at end of stream.
     public func receive(into buffer: inout [UInt8]) async throws -> Int {
-        var round = 0
-        let busyUntil = ContinuousClock.now + options.busyPollWindow
-        while true {
-            switch try tryReceive(into: &buffer) {
-            case .received(let n): return n
+        precondition(!buffer.isEmpty, "receive into an empty buffer")
+        return try await blockAsync(for: .readable) { (engine) throws(RStreamError) -> Int? in
+            switch try engine.receive(into: &buffer) {
+            case .bytes(let n): return n
             case .endOfStream: return 0
-            case .wouldBlock: try await waitAsync(for: .readable, round: &round, busyUntil: busyUntil)
+            case .wouldBlock: return nil
             }
         }
     }
@@ -63,6 +79,37 @@ extension StreamConnection {
         let n = try await receive(into: &buffer)
         buffer.removeSubrange(n...)
         return buffer
+    }
+
+    /// Suspends until the stream is ready for `interest`; false if `timeout` passed first.
+    public func wait(for interest: WaitInterest, timeout: Duration? = nil) async throws -> Bool {
+        do {
+            return try await blockAsync(for: interest, deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) -> Bool? in
+                engine.progress()
+                if interest.contains(.readable) && engine.isReadable { return true }
+                if interest.contains(.writable) && (engine.writableCount > 0 || engine.failure != nil) { return true }
+                return nil
+            }
+        } catch let error as RStreamError where error.kind == .timedOut {
+            return false
+        }
+    }
+
+    /// Suspends until every byte accepted so far and the FIN (if sent) have left this side.
+    public func flush(timeout: Duration? = nil) async throws {
+        _ = try await blockAsync(for: [], deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) throws(RStreamError) -> Bool? in
+            engine.progress()
+            if let failure = engine.failure { throw failure }
+            return engine.isQuiescent && (!engine.isShutdown || engine.hasSentFin) ? true : nil
+        }
+    }
+
+    /// `close(linger:)` for a task: the linger suspends the task, not its thread. Every call
+    /// blocked or awaiting on the stream ends with `.closed` at once.
+    @discardableResult
+    public func close(linger: Duration = .seconds(2)) async -> Bool {
+        guard beginClose() else { return false }
+        return await engine.closeLingeringAsync(for: linger)
     }
 
     /// The received bytes as an asynchronous sequence of chunks of up to `maxBytes`, ending at
@@ -88,4 +135,13 @@ public struct ReceivedChunks: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(stream: stream, maxBytes: maxBytes) }
+}
+
+extension StreamListener {
+    /// Suspends until the next connection and returns its stream (as `accept(timeout:)`). A
+    /// `close` of the listener ends it with `.closed`.
+    public func accept(timeout: Duration? = nil) async throws -> StreamConnection {
+        let engine = try await passive.acceptAsync(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
+        return StreamConnection(engine: engine, options: options)
+    }
 }

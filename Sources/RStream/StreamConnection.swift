@@ -52,7 +52,7 @@ public final class StreamConnection: Sendable {
     /// freed with the stream object, once no call can be using them.
     @usableFromInline let engine: StreamEngine
     @usableFromInline let closed = Atomic<Bool>(false)
-    private let waitSet: WaitSet?
+    let waitSet: WaitSet?
     public let options: StreamOptions
 
     init(engine: StreamEngine, options: StreamOptions) {
@@ -129,7 +129,7 @@ public final class StreamConnection: Sendable {
 
     /// Raised by `close` before it rings the descriptor, and read sequentially consistent after
     /// a waiter arms it: either the waiter sees the close, or the ring wakes it.
-    private var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
+    var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
 
     // The hot generic calls are inlinable, so that they specialise for the caller's collection
     // (unspecialised, each call went through value witnesses: ~150 instructions more).
@@ -328,9 +328,16 @@ public final class StreamConnection: Sendable {
     /// are freed when the stream object is released.
     @discardableResult
     public func close(linger: Duration = .seconds(2)) -> Bool {
-        guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return false }
-        waitSet?.ring() // sleepers of other threads wake and find the stream closed
+        guard beginClose() else { return false }
         return engine.closeLingering(for: linger)
+    }
+
+    /// Raises `closed` (false when it was raised before) and wakes the sleepers of other threads
+    /// and tasks, which then find the stream closed.
+    func beginClose() -> Bool {
+        guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return false }
+        waitSet?.ring()
+        return true
     }
 }
 

@@ -4,7 +4,7 @@ import RStreamKernel
 /// processes of this host, over shared memory (a Unix socket named for the port). Many accepted
 /// fabric streams live at once on the listener's single event queue, each matched to its own endpoint.
 public final class StreamListener: Sendable {
-    private let passive: StreamAcceptor
+    let passive: StreamAcceptor
     public let options: StreamOptions
 
     /// The address actually bound (the real port when 0 was asked).

@@ -67,3 +67,46 @@ package struct BlockingWait {
         }
     }
 }
+
+extension BlockingWait {
+    /// `run` for a task: the same rounds, but within the busy-poll window the task yields between
+    /// them, and a sleep suspends it on the process's `Reactor` (until the wait set's descriptor,
+    /// or the one `readable` names, is readable; at most `longestSleep`) instead of blocking its
+    /// thread. With neither, it naps with `Task.sleep` (20 µs growing to 1 ms). Cancelling the
+    /// task ends the wait with `CancellationError` at the next round; a sleeping task is resumed
+    /// at once to see it. Nothing is taken from the stream by a wait: bytes are only taken by an
+    /// attempt that returns them.
+    package func runAsync<R>(
+        interruption: () -> RStreamError? = { nil },
+        prepare: () -> Bool = { false },
+        readable: () -> Int32? = { nil },
+        attempt: (_ round: Int) throws(RStreamError) -> R?
+    ) async throws -> R {
+        let busyUntil = ContinuousClock.now + busyWindow
+        var round = 0
+        while true {
+            try Task.checkCancellation()
+            if let error = interruption() { throw error }
+            if let value = try attempt(round) { return value }
+            let now = ContinuousClock.now
+            if let deadline, now >= deadline {
+                throw RStreamError(.timedOut, code: ETIMEDOUT, "timed out waiting for \(what)")
+            }
+            round += 1
+            if now < busyUntil {
+                await Task.yield()
+                continue
+            }
+            let wakeBy = min(now + .milliseconds(Int(longestSleep)), deadline ?? now + .seconds(3600))
+            var slept = false
+            if let waitSet {
+                guard prepare() else { continue }
+                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy)
+                waitSet.endSleep()
+            } else if let fd = readable() {
+                slept = await Reactor.shared.sleep(on: fd, until: wakeBy)
+            }
+            if !slept { try await Task.sleep(for: .microseconds(min(1000, 20 << min(round / 64, 6)))) }
+        }
+    }
+}

@@ -287,6 +287,26 @@ package enum ActiveConnector {
         let offered = try offer(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
         return try complete(offered.transport, answer: offered.event, place: place(host, port)).engine
     }
+
+    /// `connect` for a task: the answer is awaited with the task suspended (napping: one
+    /// connection's event is not worth arming a wait set for).
+    package static func connectAsync(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        deadline: ContinuousClock.Instant?
+    ) async throws -> StreamEngine {
+        let place = place(host, port)
+        let transport = try begin(host: host, port: port, shape: shape, requirements: requirements)
+        let key = transport.eventKey
+        let event: ConnectionEvent
+        do {
+            event = try await BlockingWait(deadline: deadline, waitSet: nil, what: "the connection to \(place)").runAsync {
+                (_) throws(RStreamError) in try transport.eventQueue.takeEvent(for: key)
+            }
+        } catch let error as RStreamError where error.kind == .timedOut {
+            throw RStreamError(.timedOut, code: error.code, "connecting to \(place) timed out")
+        }
+        return try complete(transport, answer: event, place: place).engine
+    }
 }
 
 /// What a core lets connection set-up carry, read from the core itself.
@@ -323,21 +343,43 @@ package enum StreamConnector {
         deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
-        if selection != .fabricOnly && !shape.iwarp, let destination = LocalAddress.socketAddress(ofLocal: host, port: port) {
-            if let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline, destination: destination) {
-                return engine
-            }
+        if let destination = sameHostDestination(host: host, port: port, shape: shape, selection: selection),
+           let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline, destination: destination) {
+            return engine
         }
-        switch selection {
-        case .sameHostOnly:
-            if shape.iwarp { throw RStreamError(.invalidOption, code: EINVAL, "iWarp mode has no meaning for the same-host transport") }
-            guard LocalAddress.isLocal(host) else {
-                throw RStreamError(.invalidOption, code: EINVAL, "\(host) is not an address of this host: the same-host transport cannot reach it")
-            }
-            throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
-        case .fabricOnly, .automatic:
-            return try ActiveConnector.connect(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+        try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
+        return try ActiveConnector.connect(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+    }
+
+    /// `connect` for a task: the answer is awaited with the task suspended, not its thread.
+    package static func connectAsync(
+        host: String, port: UInt16, shape: EndpointShape, requirements: CoreRequirements,
+        deadline: ContinuousClock.Instant?
+    ) async throws -> StreamEngine {
+        let selection = SameHostSelection(provider: requirements.provider)
+        if let destination = sameHostDestination(host: host, port: port, shape: shape, selection: selection),
+           let engine = try await SameHostHandshake.connectAsync(port: port, shape: shape, deadline: deadline, destination: destination) {
+            return engine
         }
+        try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
+        return try await ActiveConnector.connectAsync(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+    }
+
+    /// The address to dial over shared memory, when the selection allows it and `host` is this
+    /// host's.
+    private static func sameHostDestination(host: String, port: UInt16, shape: EndpointShape, selection: SameHostSelection) -> [UInt8]? {
+        guard selection != .fabricOnly && !shape.iwarp else { return nil }
+        return LocalAddress.socketAddress(ofLocal: host, port: port)
+    }
+
+    /// Throws why a stream that shared memory did not carry cannot go over the fabric either.
+    private static func checkFabricAllowed(host: String, port: UInt16, shape: EndpointShape, selection: SameHostSelection) throws(RStreamError) {
+        guard selection == .sameHostOnly else { return }
+        if shape.iwarp { throw RStreamError(.invalidOption, code: EINVAL, "iWarp mode has no meaning for the same-host transport") }
+        guard LocalAddress.isLocal(host) else {
+            throw RStreamError(.invalidOption, code: EINVAL, "\(host) is not an address of this host: the same-host transport cannot reach it")
+        }
+        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
     }
 }
 
@@ -359,33 +401,45 @@ package final class StreamAcceptor: @unchecked Sendable {
     package var host: String { fabric.host }
     package var port: UInt16 { fabric.port }
 
-    /// True when the caller may sleep on `waitSet` until a request comes (the same-host sockets in
-    /// it are level-triggered: one with a request waiting wakes the sleeper at once).
-    package func prepareToWait(sleeper: Bool = false) -> Bool { fabric.prepareToWait(sleeper: sleeper) }
-
     /// Waits for the next connection of either kind and returns its stream. A request that breaks
     /// the protocol is refused with its reason and thrown as `.protocolViolation`; the listener
     /// goes on. A `close` from another thread ends the wait with `.closed`.
     package func accept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine {
-        try withOpenListener { () throws(RStreamError) -> StreamEngine in
-            let isClosed = { self.closed.load(ordering: .sequentiallyConsistent) }
-            return try BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request").run(
-                interruption: { isClosed() ? Self.closedError : nil },
-                prepare: { prepareToWait(sleeper: true, unless: isClosed) },
-                attempt: { (_) throws(RStreamError) -> StreamEngine? in
-                    if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
-                        return engine
-                    }
-                    if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
-                    return nil
-                })
+        try acceptWait(deadline).run(
+            interruption: { isClosed ? Self.closedError : nil },
+            prepare: { prepareToWait(sleeper: true) },
+            attempt: { (_) throws(RStreamError) in try tryAccept(shape: shape, deadline: deadline) })
+    }
+
+    /// `accept` for a task: it suspends on the reactor between tries.
+    package func acceptAsync(shape: EndpointShape, deadline: ContinuousClock.Instant?) async throws -> StreamEngine {
+        try await acceptWait(deadline).runAsync(
+            interruption: { isClosed ? Self.closedError : nil },
+            prepare: { prepareToWait(sleeper: true) },
+            attempt: { (_) throws(RStreamError) in try tryAccept(shape: shape, deadline: deadline) })
+    }
+
+    private func acceptWait(_ deadline: ContinuousClock.Instant?) -> BlockingWait {
+        BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request")
+    }
+
+    /// One look for a request of either kind; the stream when one was there. (A fabric request
+    /// is then completed here: the core's `FI_CONNECTED` follows the answer within a round trip.)
+    private func tryAccept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
+        try withOpenListener { () throws(RStreamError) -> StreamEngine? in
+            if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
+                return engine
+            }
+            if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
+            return nil
         }
     }
 
     /// True when the caller may sleep on `waitSet` until a request comes (the same-host sockets in
-    /// it are level-triggered: one with a request waiting wakes the sleeper at once).
-    package func prepareToWait(sleeper: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
-        fabric.prepareToWait(sleeper: sleeper, unless: { closed.load(ordering: .sequentiallyConsistent) || interrupted() })
+    /// it are level-triggered: one with a request waiting wakes the sleeper at once). Never once
+    /// closed: `close` raises `closed` before it rings, and this reads it after arming.
+    package func prepareToWait(sleeper: Bool = false) -> Bool {
+        fabric.prepareToWait(sleeper: sleeper, unless: { isClosed })
     }
 
     // MARK: Closing
@@ -405,19 +459,19 @@ package final class StreamAcceptor: @unchecked Sendable {
         return try body()
     }
 
-    package var isClosed: Bool { closed.load(ordering: .acquiring) }
+    package var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
 
-    /// Stops listening: a blocked `accept` in another thread ends with `.closed` (its sleep is rung),
-    /// later ones too; once no call is inside, the port and the same-host socket are released
-    /// (requests not yet accepted are refused by the peer's core as the listener goes). Streams
-    /// already accepted are not touched. A second close does nothing.
+    /// Stops listening: a blocked or awaiting `accept` ends with `.closed` (its sleep is rung),
+    /// later ones too; once no look for a request is inside the listener's objects, the port and
+    /// the same-host socket are released (requests not yet accepted are refused by the peer's
+    /// core as the listener goes). Streams already accepted are not touched. A second close does
+    /// nothing.
     package func close() {
         guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return }
         waitSet?.ring()
-        while callsInside.load(ordering: .sequentiallyConsistent) > 0 {
-            waitSet?.ring()
-            usleep(100)
-        }
+        // A look in progress never sleeps (the sleep is outside `withOpenListener`): it ends
+        // within a core call or, for a fabric request it found, one connection round trip.
+        while callsInside.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
         sameHost?.stopListening()
         fabric.stopListening()
     }

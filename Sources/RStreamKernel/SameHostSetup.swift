@@ -139,9 +139,22 @@ package enum SameHostHandshake {
         guard let attempt = try SameHostConnectAttempt(port: port, shape: shape, destination: destination) else { return nil }
         // Until the request is sent (the listener's backlog is full: it drains as it accepts) the
         // wait naps; then it sleeps on the socket for the answer.
-        return try BlockingWait(deadline: deadline, waitSet: nil, what: "the answer of \(attempt.place)").run(
+        return try answerWait(attempt, deadline).run(
             readable: { attempt.requestSent ? attempt.socket : nil },
             attempt: { (_) throws(RStreamError) in try attempt.complete()?.0 })
+    }
+
+    /// `connect` for a task: the answer is awaited with the task suspended on the reactor.
+    package static func connectAsync(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?,
+                                     destination: [UInt8]? = nil) async throws -> StreamEngine? {
+        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape, destination: destination) else { return nil }
+        return try await answerWait(attempt, deadline).runAsync(
+            readable: { attempt.requestSent ? attempt.socket : nil },
+            attempt: { (_) throws(RStreamError) in try attempt.complete()?.0 })
+    }
+
+    private static func answerWait(_ attempt: SameHostConnectAttempt, _ deadline: ContinuousClock.Instant?) -> BlockingWait {
+        BlockingWait(deadline: deadline, waitSet: nil, what: "the answer of \(attempt.place)")
     }
 
     /// Answers a checked request with a stream (this side's block and `userData`).

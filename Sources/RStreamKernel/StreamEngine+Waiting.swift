@@ -62,18 +62,35 @@ extension StreamEngine {
 
     /// The lingering close of both faces (the Swift API's `close`, the provider's `fi_close`):
     /// starts the FIN, waits up to `linger` for `hasFinishedClosing`, then ends the connection and
-    /// wakes any sleeper. Its sleeps last at most 50 ms: the peer's quiet period is a judgement of
-    /// time, which a sleep on the descriptor (woken only by the peer's words) would not make.
-    /// True when everything was delivered (`hasDeliveredEverything`).
+    /// wakes any sleeper. True when everything was delivered (`hasDeliveredEverything`).
     @discardableResult
     package func closeLingering(for linger: Duration) -> Bool {
         shutdown()
-        let wait = BlockingWait(deadline: ContinuousClock.now + linger, waitSet: transport.waitSet, longestSleep: 50,
-                                what: "the close")
-        let finished = (try? wait.run(prepare: { prepareToWait(for: [], sleeper: true) }) { _ in
-            progress()
-            return hasFinishedClosing ? true : nil
-        }) ?? false
+        let finished = (try? lingerWait(linger).run(prepare: { prepareToWait(for: [], sleeper: true) }) { _ in lingerRound() }) ?? false
+        return endClose(finished: finished)
+    }
+
+    /// `closeLingering` for a task: its sleeps suspend the task, not its thread. A cancelled task
+    /// ends the linger early (the connection is then ended at once, as a linger that ran out).
+    @discardableResult
+    package func closeLingeringAsync(for linger: Duration) async -> Bool {
+        shutdown()
+        let finished = (try? await lingerWait(linger).runAsync(prepare: { prepareToWait(for: [], sleeper: true) }) { _ in lingerRound() }) ?? false
+        return endClose(finished: finished)
+    }
+
+    /// Sleeps of at most 50 ms: the peer's quiet period is a judgement of time, which a sleep on
+    /// the descriptor (woken only by the peer's words) would not make.
+    private func lingerWait(_ linger: Duration) -> BlockingWait {
+        BlockingWait(deadline: ContinuousClock.now + linger, waitSet: transport.waitSet, longestSleep: 50, what: "the close")
+    }
+
+    private func lingerRound() -> Bool? {
+        progress()
+        return hasFinishedClosing ? true : nil
+    }
+
+    private func endClose(finished: Bool) -> Bool {
         let delivered = finished && hasDeliveredEverything
         disconnect()
         transport.waitSet?.ring()

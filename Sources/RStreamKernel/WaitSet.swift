@@ -150,6 +150,12 @@ package final class WaitSet: @unchecked Sendable {
     package func sleep(timeoutMilliseconds: Int32) {
         var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         _ = poll(&pfd, 1, timeoutMilliseconds)
+        endSleep()
+    }
+
+    /// Called by a counted sleeper once it is awake (`sleep` does it; a task the reactor resumed
+    /// does it itself).
+    package func endSleep() {
         sleepers.subtract(1, ordering: .sequentiallyConsistent)
     }
 }

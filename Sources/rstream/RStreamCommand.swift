@@ -9,7 +9,7 @@ struct RStreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rstream",
         abstract: "Byte streams over libfabric RMA (the rstream protocol, version 4).",
-        subcommands: [Info.self, Listen.self, Connect.self, Perf.self]
+        subcommands: [Info.self, Listen.self, Connect.self, Perf.self, AsyncCost.self]
     )
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import RStream
 import Testing
+@testable import RStreamKernel
 
 @Suite struct AsyncTests {
     @Test func asyncSendAndChunksCarryAStream() async throws {
@@ -19,8 +20,8 @@ import Testing
         }
         try await sender.value
         #expect(received == total)
-        client.close()
-        server.close()
+        await client.close()
+        await server.close()
     }
 
     @Test func cancellingAWaitingReceiveLosesNoByte() async throws {
@@ -36,7 +37,140 @@ import Testing
         var got: [UInt8] = []
         for try await chunk in server.chunks() { got += chunk }
         #expect(String(decoding: got, as: UTF8.self) == "after the cancel")
-        client.close()
-        server.close()
+        await client.close()
+        await server.close()
+    }
+}
+
+/// The async lifecycle over tcp and shared memory: connect and accept, a listener's and a
+/// stream's close ending an awaiting task, cancellation while bytes flow, and idle readers
+/// suspended on the reactor rather than polling.
+@Suite(.serialized) struct AsyncLifecycleTests {
+    static let transports = LifecycleTests.transports
+
+    @Test(arguments: transports)
+    func asyncConnectAndAcceptMakeAStream(transport: String) async throws {
+        let options = LifecycleTests.options(transport)
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
+        async let accepted = listener.accept(timeout: .seconds(10))
+        let client = try await StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: options)
+        let server = try await accepted
+        #expect(client.transport == server.transport)
+        #expect((client.transport == "shm") == (transport == "shm"))
+        try await client.sendAll(Array("hello over \(transport)".utf8))
+        try client.shutdown()
+        var got: [UInt8] = []
+        for try await chunk in server.chunks() { got += chunk }
+        #expect(String(decoding: got, as: UTF8.self) == "hello over \(transport)")
+        #expect(await client.close())
+        await server.close()
+        listener.close()
+    }
+
+    @Test(arguments: transports)
+    func closingTheListenerEndsAnAwaitingAccept(transport: String) async throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: LifecycleTests.options(transport))
+        let waiting = Task { try await listener.accept() }
+        try await Self.untilSomeoneWaitsOnTheReactor()
+        listener.close()
+        let outcome = await waiting.result
+        #expect(throws: RStreamError.self) { _ = try outcome.get() }
+        if case .failure(let error as RStreamError) = outcome { #expect(error.kind == .closed, "\(error)") }
+    }
+
+    @Test(arguments: transports)
+    func closeEndsAnAwaitingReceive(transport: String) async throws {
+        let (client, server) = try connectedPair(LifecycleTests.options(transport))
+        let waiting = Task { try await server.receive(maxBytes: 100) }
+        try await Self.untilSomeoneWaitsOnTheReactor()
+        let closer = Background { server.close(linger: .zero) } // from another thread
+        _ = try closer.value()
+        let outcome = await waiting.result
+        if case .failure(let error as RStreamError) = outcome {
+            #expect(error.kind == .closed, "\(error)")
+        } else {
+            Issue.record("the awaiting receive ended with \(outcome)")
+        }
+        await client.close(linger: .zero)
+    }
+
+    /// The receiving task is cancelled while the sender keeps sending; every byte then arrives, in
+    /// order, through the next receives.
+    @Test(arguments: transports)
+    func cancellingWhileBytesAreInFlightLosesNoByte(transport: String) async throws {
+        let (client, server) = try connectedPair(LifecycleTests.options(transport))
+        let total = 8 << 20
+        let pattern = PatternStream(seed: 11)
+        let sender = Background {
+            var chunk = [UInt8](repeating: 0, count: 64 << 10)
+            var sent = 0
+            while sent < total {
+                pattern.fill(&chunk, count: chunk.count, from: UInt64(sent))
+                try client.sendAll(chunk)
+                sent += chunk.count
+                usleep(500) // paced, so the receiver also waits between arrivals
+            }
+            try client.shutdown()
+        }
+        let received = Locked((count: 0, mismatch: Int?.none))
+        let receiver = Task {
+            var buffer = [UInt8](repeating: 0, count: 100_000)
+            while true {
+                let n = try await server.receive(into: &buffer)
+                if n == 0 { return }
+                received.withLock { r in
+                    if r.mismatch == nil, let bad = pattern.firstMismatch(buffer, count: n, from: UInt64(r.count)) { r.mismatch = r.count + bad }
+                    r.count += n
+                }
+            }
+        }
+        while received.withLock({ $0.count }) < 1 << 20 { try await Task.sleep(for: .milliseconds(1)) }
+        receiver.cancel()
+        let outcome = await receiver.result
+        #expect(throws: CancellationError.self) { try outcome.get() }
+        // The rest, through plain receives: nothing was taken by the cancelled wait.
+        var buffer = [UInt8](repeating: 0, count: 100_000)
+        while case let n = try await server.receive(into: &buffer), n > 0 {
+            received.withLock { r in
+                if r.mismatch == nil, let bad = pattern.firstMismatch(buffer, count: n, from: UInt64(r.count)) { r.mismatch = r.count + bad }
+                r.count += n
+            }
+        }
+        try sender.value()
+        let (count, mismatch) = received.withLock { ($0.count, $0.mismatch) }
+        #expect(count == total)
+        #expect(mismatch == nil, "byte \(mismatch ?? 0) differs")
+        await client.close()
+        await server.close()
+    }
+
+    /// Idle async readers are suspended on the reactor (they cost nothing until their descriptor
+    /// is readable), and each wakes for its own bytes.
+    @Test(arguments: [("core", 40), ("shm", 300)])
+    func idleAsyncReadersWaitOnTheReactor(transport: String, count: Int) async throws {
+        let options = LifecycleTests.options(transport) { $0.busyPollWindow = .zero }
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
+        var pairs: [(client: StreamConnection, server: StreamConnection)] = []
+        for _ in 0..<count {
+            let accepted = Background { try listener.accept(timeout: .seconds(10)) }
+            let client = try await StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: options)
+            pairs.append((client, try accepted.value()))
+        }
+        let before = Reactor.shared.waiting
+        let readers = pairs.map { pair in Task { try await pair.server.receive(maxBytes: 16) } }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Reactor.shared.waiting < before + count && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(Reactor.shared.waiting >= before + count, "\(Reactor.shared.waiting - before) of \(count) readers wait on the reactor")
+        for (i, pair) in pairs.enumerated() { try await pair.client.sendAll([UInt8(i & 0xFF)]) }
+        for (i, reader) in readers.enumerated() { #expect(try await reader.value == [UInt8(i & 0xFF)]) }
+        for pair in pairs { await pair.client.close(linger: .zero); await pair.server.close(linger: .zero) }
+        listener.close()
+    }
+
+    /// Until at least one task waits on the reactor (the awaiting call under test is suspended).
+    static func untilSomeoneWaitsOnTheReactor() async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Reactor.shared.waiting == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        try #require(Reactor.shared.waiting > 0)
     }
 }

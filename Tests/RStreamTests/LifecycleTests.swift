@@ -9,8 +9,11 @@ import Testing
 @Suite(.serialized) struct LifecycleTests {
     static let transports = ["core", "shm"]
 
-    static func options(_ transport: String) -> StreamOptions {
-        loopbackOptions { if transport == "shm" { $0.provider = "shm" } }
+    static func options(_ transport: String, _ configure: (inout StreamOptions) -> Void = { _ in }) -> StreamOptions {
+        loopbackOptions {
+            if transport == "shm" { $0.provider = "shm" }
+            configure(&$0)
+        }
     }
 
     /// Orders events across threads: each `stamp` is later than every one before it.
