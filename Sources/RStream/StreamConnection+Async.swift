@@ -33,6 +33,8 @@ extension StreamConnection {
         return try await wait.runAsync(
             interruption: { isClosed ? Self.closedError : nil },
             prepare: { engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
+            stillIdle: { [self] in engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
+            onTick: { [self] in !engine.tickWhileWaiting(for: interest) && !isClosed },
             attempt: { (round) throws(RStreamError) -> R? in
                 if round & 63 == 63 { engine.pollConnectionEvents() }
                 return try attempt(engine)

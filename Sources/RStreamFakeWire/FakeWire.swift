@@ -78,7 +78,7 @@ package final class FakeTransport: StreamTransport, @unchecked Sendable {
     package var mayHaveNews: Bool { true }
     package var ringPageNodes: (send: [Int], receive: [Int]) { ([], []) }
     package var waitSet: WaitSet? { nil }
-    package func tryWait() -> Bool { false }
+    package func tryWait(for interest: WaitInterest) -> Bool { false }
     package func takePeerLeft() -> Bool { false }
     package var hasConnectionEvent: Bool { false }
     package func address(ofPeer: Bool) -> [UInt8]? { nil }

@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -69,16 +70,28 @@ package struct BlockingWait {
 }
 
 extension BlockingWait {
+    /// How often a task asleep on the reactor has its `stillIdle` check run: protocol v4's
+    /// heartbeat duty (a driven stream sends a heartbeat after a second of silence).
+    package static let idleCheckInterval: Duration = .seconds(1)
+
     /// `run` for a task: the same rounds, but within the busy-poll window the task yields between
     /// them, and a sleep suspends it on the process's `Reactor` (until the wait set's descriptor,
     /// or the one `readable` names, is readable; at most `longestSleep`) instead of blocking its
-    /// thread. With neither, it naps with `Task.sleep` (20 µs growing to 1 ms). Cancelling the
+    /// thread. With neither, it naps with `Task.sleep` (20 µs growing to 5 ms). Cancelling the
     /// task ends the wait with `CancellationError` at the next round; a sleeping task is resumed
     /// at once to see it. Nothing is taken from the stream by a wait: bytes are only taken by an
     /// attempt that returns them.
+    ///
+    /// `stillIdle`, where given, is `prepare` as the reactor's thread may run it when the
+    /// descriptor fires: while it answers true (the caller was counted as a sleeper again) the
+    /// task sleeps on, so a heartbeat or credits from the peer cost no task switch. `onTick` runs
+    /// there every `idleCheckInterval` (this side's heartbeat duty: drive progress, say whether
+    /// the stream became ready). With them, the sleep lasts until the deadline, not `longestSleep`.
     package func runAsync<R>(
         interruption: () -> RStreamError? = { nil },
         prepare: () -> Bool = { false },
+        stillIdle: (@Sendable () -> Bool)? = nil,
+        onTick: (@Sendable () -> Bool)? = nil,
         readable: () -> Int32? = { nil },
         attempt: (_ round: Int) throws(RStreamError) -> R?
     ) async throws -> R {
@@ -97,16 +110,38 @@ extension BlockingWait {
                 await Task.yield()
                 continue
             }
-            let wakeBy = min(now + .milliseconds(Int(longestSleep)), deadline ?? now + .seconds(3600))
+            let far = deadline ?? now + .seconds(3600)
             var slept = false
             if let waitSet {
                 guard prepare() else { continue }
-                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy)
-                waitSet.endSleep()
+                let counted = SleeperCount()
+                let recheck = stillIdle.map { check in
+                    { @Sendable () -> Bool in
+                        // The check re-counts the task (or not): it stops being a sleeper first, so
+                        // that the arming it makes may drain the wait set.
+                        waitSet.endSleep()
+                        counted.set(false)
+                        let idle = check()
+                        counted.set(idle)
+                        return idle
+                    }
+                }
+                let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
+                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy,
+                                                   checkEvery: Self.idleCheckInterval, stillIdle: recheck, onTick: onTick)
+                if counted.isCounted { waitSet.endSleep() }
             } else if let fd = readable() {
-                slept = await Reactor.shared.sleep(on: fd, until: wakeBy)
+                slept = await Reactor.shared.sleep(on: fd, until: min(now + .milliseconds(Int(longestSleep)), far))
             }
-            if !slept { try await Task.sleep(for: .microseconds(min(1000, 20 << min(round / 64, 6)))) }
+            if !slept { try await Task.sleep(for: .microseconds(min(5000, 20 << min(round / 64, 8)))) }
         }
     }
+}
+
+/// Whether a task asleep on the reactor is still counted as its wait set's sleeper (its checks,
+/// on the reactor's thread, change that; the task reads it once resumed).
+private final class SleeperCount: Sendable {
+    private let counted = Atomic<Bool>(true)
+    func set(_ value: Bool) { counted.store(value, ordering: .releasing) }
+    var isCounted: Bool { counted.load(ordering: .acquiring) }
 }

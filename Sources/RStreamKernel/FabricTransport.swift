@@ -347,7 +347,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`.
-    package func tryWait() -> Bool { fabricTryWait() == 0 }
+    package func tryWait(for interest: WaitInterest) -> Bool { fabricTryWait() == 0 }
 
     /// This endpoint's connection event, if one is queued: a shutdown or a failure is the peer's leaving.
     package func takePeerLeft() -> Bool {

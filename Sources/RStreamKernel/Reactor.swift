@@ -9,16 +9,27 @@ import Glibc
 /// becomes readable, or when its deadline comes. It is started by the first async wait; a
 /// program that only makes blocking calls never has it.
 ///
-/// A descriptor is watched one-shot (`EPOLLONESHOT`) while a task waits on it: a readiness
-/// resumes every waiter of that descriptor together, and the next wait re-arms it. Arming is
-/// level-triggered, so a descriptor that became readable between its owner's last look and the
-/// registration fires at once: no wake-up is lost in between. A waiter whose deadline passes is
-/// resumed by the reactor's own clock (its loop then drives progress: protocol v4's heartbeat
-/// duty), and a cancelled one at once by `cancel`.
+/// A descriptor is watched one-shot (`EPOLLONESHOT`) while a task waits on it, and re-armed for
+/// the next wait. Arming is level-triggered, so a descriptor that became readable between its
+/// owner's last look and the registration fires at once: no wake-up is lost in between.
 ///
-/// Invariants: every pending waiter is in `state.waiters` exactly once, filed under its
-/// descriptor; a waiter leaves it, under the lock, before it is resumed, so it is resumed exactly
-/// once, by whoever removed it. `wakeFD` is in the epoll set for ever.
+/// A waiter may bring two checks, run on the reactor's thread off its lock. `stillIdle` runs when
+/// the descriptor fires (a stream's: drive progress, re-arm, is there still nothing for the
+/// task?): while it answers true the task stays suspended and the descriptor is re-armed, so
+/// credits or a FIN the task does not wait for cost no task switch. `onTick` runs every
+/// `checkEvery` with the waiter left filed (a stream's heartbeat duty of protocol v4: drive
+/// progress, is the stream ready now?). A waiter is resumed when a check answers false, at its
+/// deadline, or at once when `cancel` takes it.
+///
+/// Timers are buckets on a 5 ms grid (ticks on a 50 ms one), so a wake-up of the reactor costs
+/// what is due then, not a look at every waiter.
+///
+/// Invariants: every pending waiter is either filed (in `waiters`, its token under its
+/// descriptor in `byDescriptor`, and in the timer bucket of its `checkAt`) or out for its fired
+/// check (in `checking`), never both; a waiter is resumed exactly once, by whoever removed it
+/// from there under the lock. A cancel that finds its waiter out for its check marks it, and the
+/// check's end resumes it. A bucket may name tokens gone since, or filed again at another time:
+/// they are skipped. `wakeFD` is in the epoll set for ever.
 package final class Reactor: @unchecked Sendable {
     package typealias Token = UInt64
 
@@ -26,18 +37,24 @@ package final class Reactor: @unchecked Sendable {
     package static let shared = Reactor()
 
     private struct Waiter {
-        let token: Token
+        let fd: Int32
+        /// When the task is resumed whatever the checks say (its wait's deadline).
         let deadline: ContinuousClock.Instant
+        /// When the waiter's timer fires next: its next tick, or its deadline.
+        var checkAt: ContinuousClock.Instant
+        let checkEvery: Duration
+        let stillIdle: (@Sendable () -> Bool)?
+        let onTick: (@Sendable () -> Bool)?
         let resume: @Sendable () -> Void
     }
 
     private struct State {
-        var waiters: [Int32: [Waiter]] = [:]
-        var descriptorOf: [Token: Int32] = [:]
+        var waiters: [Token: Waiter] = [:]
+        var byDescriptor: [Int32: [Token]] = [:]
+        var timers: [ContinuousClock.Instant: [Token]] = [:]
+        /// Waiters out for their fired check, and whether a cancel came meanwhile.
+        var checking: [Token: Bool] = [:]
         var nextToken: Token = 1
-        /// The earliest deadline of any waiter (`.distantFuture`-like when none): the reactor
-        /// sleeps no longer than until it.
-        var nextDeadline: ContinuousClock.Instant?
         /// When the reactor's current sleep ends (nil while it is awake or not started).
         var sleepingUntil: ContinuousClock.Instant?
         var started = false
@@ -58,47 +75,72 @@ package final class Reactor: @unchecked Sendable {
         }
     }
 
-    /// Calls `resume` once `fd` is readable or `deadline` passes, on the reactor's thread; returns
-    /// the token that `cancel` takes. Nil when the descriptor cannot be watched (the reactor could
-    /// not be made, or `epoll_ctl` refused the descriptor): the caller then naps instead.
-    package func whenReadable(_ fd: Int32, deadline: ContinuousClock.Instant,
+    // MARK: Registering
+
+    /// Calls `resume` on the reactor's thread once `fd` is readable and `stillIdle` (if given)
+    /// answers false, `onTick` (run every `checkEvery`) answers false, or `deadline` passes.
+    /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
+    /// reactor could not be made, or `epoll_ctl` refused the descriptor): the caller then naps.
+    package func whenReadable(_ fd: Int32, deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+                              stillIdle: (@Sendable () -> Bool)? = nil, onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
         guard epoll >= 0, wakeFD >= 0 else { return nil }
-        let (token, startThread, wakeReactor) = state.withCheckedLock(key: lockKey(self)) { s -> (Token?, Bool, Bool) in
-            let first = s.waiters[fd] == nil
-            if first && !watch(fd) { return (nil, false, false) }
+        var waiter = Waiter(fd: fd, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
+                            stillIdle: stillIdle, onTick: onTick, resume: resume)
+        waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
+        let checkAt = waiter.checkAt
+        let (token, startThread) = state.withCheckedLock(key: lockKey(self)) { s -> (Token?, Bool) in
             let token = s.nextToken
+            guard file(token, waiter, &s) else { return (nil, false) }
             s.nextToken += 1
-            s.waiters[fd, default: []].append(Waiter(token: token, deadline: deadline, resume: resume))
-            s.descriptorOf[token] = fd
-            s.nextDeadline = min(s.nextDeadline ?? deadline, deadline)
             let startThread = !s.started
             s.started = true
-            // A sleeping reactor that would wake after this deadline must wake to sleep shorter.
-            let wake = s.sleepingUntil.map { deadline < $0 } ?? false
-            return (token, startThread, wake)
+            return (token, startThread)
         }
         if startThread { startLoop() }
-        if wakeReactor { ring() }
+        if token != nil { wakeIfSleepingPast(checkAt) }
         return token
     }
 
     /// Takes back a waiter not yet resumed and returns its `resume` (the caller runs it), or nil
-    /// when the reactor has resumed it already or is about to.
+    /// when the reactor has resumed it already or will (one out for its check is marked, and
+    /// resumed when the check ends).
     package func cancel(_ token: Token) -> (@Sendable () -> Void)? {
         state.withCheckedLock(key: lockKey(self)) { s -> (@Sendable () -> Void)? in
-            guard let fd = s.descriptorOf.removeValue(forKey: token), var list = s.waiters[fd],
-                  let i = list.firstIndex(where: { $0.token == token }) else { return nil }
-            let waiter = list.remove(at: i)
-            s.waiters[fd] = list.isEmpty ? nil : list
-            return waiter.resume
+            if s.checking[token] != nil {
+                s.checking[token] = true
+                return nil
+            }
+            return unfile(token, &s)?.resume
         }
     }
 
-    /// How many tasks wait now (for tests).
-    package var waiting: Int { state.withCheckedLock(key: lockKey(self)) { $0.descriptorOf.count } }
+    /// How many tasks wait now, filed or out for their check (for tests and `rstream async-cost`).
+    package var waiting: Int { state.withCheckedLock(key: lockKey(self)) { $0.waiters.count + $0.checking.count } }
 
-    /// Arms `fd` one-shot for readability (under the lock): re-armed if the set knows it, else added.
+    // MARK: Filing (lock held)
+
+    /// Files a waiter: arms its descriptor if it is the first there; false when the descriptor
+    /// cannot be watched.
+    private func file(_ token: Token, _ waiter: Waiter, _ s: inout State) -> Bool {
+        if s.byDescriptor[waiter.fd] == nil && !watch(waiter.fd) { return false }
+        s.waiters[token] = waiter
+        s.byDescriptor[waiter.fd, default: []].append(token)
+        s.timers[waiter.checkAt, default: []].append(token)
+        return true
+    }
+
+    /// Unfiles a waiter (its timer entry is left, and skipped when it fires).
+    private func unfile(_ token: Token, _ s: inout State) -> Waiter? {
+        guard let waiter = s.waiters.removeValue(forKey: token) else { return nil }
+        if var tokens = s.byDescriptor[waiter.fd], let i = tokens.firstIndex(of: token) {
+            tokens.remove(at: i)
+            s.byDescriptor[waiter.fd] = tokens.isEmpty ? nil : tokens
+        }
+        return waiter
+    }
+
+    /// Arms `fd` one-shot for readability: re-armed if the set knows it, else added.
     private func watch(_ fd: Int32) -> Bool {
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLONESHOT.rawValue
@@ -108,10 +150,34 @@ package final class Reactor: @unchecked Sendable {
         return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0
     }
 
+    // MARK: Timers
+
+    private static let grid: Duration = .milliseconds(5)
+    private static let tickGrid: Duration = .milliseconds(50)
+    private static let epoch = ContinuousClock.now
+
+    private static func onGrid(_ instant: ContinuousClock.Instant, _ step: Duration) -> ContinuousClock.Instant {
+        epoch + step * ((instant - epoch) / step).rounded(.up)
+    }
+
+    /// The waiter's next timer after `now`: its next tick (on the coarse grid), or its deadline.
+    private static func nextTimer(of waiter: Waiter, after now: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        let deadline = onGrid(waiter.deadline, grid)
+        guard waiter.onTick != nil else { return deadline }
+        return min(deadline, onGrid(now + waiter.checkEvery, tickGrid))
+    }
+
+    private func wakeIfSleepingPast(_ instant: ContinuousClock.Instant) {
+        let wake = state.withCheckedLock(key: lockKey(self)) { s in s.sleepingUntil.map { instant < $0 } ?? false }
+        if wake { ring() }
+    }
+
     private func ring() {
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
+
+    // MARK: The thread
 
     private func startLoop() {
         let box = Unmanaged.passRetained(self).toOpaque()
@@ -125,33 +191,39 @@ package final class Reactor: @unchecked Sendable {
             pthread_detach(thread)
         } else {
             Unmanaged<Reactor>.fromOpaque(box).release()
-            // No thread: resume everyone now and let them nap; the next registration tries again.
-            for resume in takeAll() { resume() }
-            state.withCheckedLock(key: lockKey(self)) { $0.started = false }
+            // No thread: resume everyone now and let them look again; the next registration
+            // tries to start it again.
+            let all = state.withCheckedLock(key: lockKey(self)) { s -> [@Sendable () -> Void] in
+                let all = s.waiters.values.map(\.resume)
+                s = State(nextToken: s.nextToken)
+                return all
+            }
+            for resume in all { resume() }
         }
     }
 
-    private func takeAll() -> [@Sendable () -> Void] {
-        state.withCheckedLock(key: lockKey(self)) { s in
-            let all = s.waiters.values.flatMap { $0.map(\.resume) }
-            s.waiters = [:]
-            s.descriptorOf = [:]
-            s.nextDeadline = nil
-            return all
+    /// What one wake-up of the reactor found to do.
+    private struct Work {
+        var due: [@Sendable () -> Void] = []
+        var fired: [(token: Token, waiter: Waiter)] = []
+        var ticks: [(token: Token, tick: @Sendable () -> Bool)] = []
+        mutating func clear() {
+            due.removeAll(keepingCapacity: true)
+            fired.removeAll(keepingCapacity: true)
+            ticks.removeAll(keepingCapacity: true)
         }
     }
 
-    /// The reactor thread: sleep until a descriptor fires or the next deadline, resume whoever is
-    /// due, repeat. It runs for the life of the process (a detached thread, idle in `epoll_wait`
-    /// once nobody waits).
+    /// Sleep until a descriptor fires or a timer comes; sort what is due (under the lock); run the
+    /// checks and resume whoever is due (off it); repeat. It runs for the life of the process (a
+    /// detached thread, idle in `epoll_wait` once nobody waits).
     private func loop() {
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
-        var due: [@Sendable () -> Void] = []
-        due.reserveCapacity(capacity)
+        var work = Work()
         while true {
             let timeout = state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
-                guard let next = s.nextDeadline else {
+                guard let next = s.timers.keys.min() else {
                     s.sleepingUntil = .now + .seconds(3600)
                     return -1
                 }
@@ -160,53 +232,85 @@ package final class Reactor: @unchecked Sendable {
                 return left <= .zero ? 0 : Int32(min(3_600_000, left / .milliseconds(1) + 1))
             }
             let n = epoll_wait(epoll, events, Int32(capacity), timeout)
+            let now = ContinuousClock.now
             state.withCheckedLock(key: lockKey(self)) { s in
                 s.sleepingUntil = nil
-                for i in 0..<max(0, Int(n)) {
-                    let fd = events[i].data.fd
-                    if fd == wakeFD { continue }
-                    guard let list = s.waiters.removeValue(forKey: fd) else { continue }
-                    for waiter in list {
-                        s.descriptorOf[waiter.token] = nil
-                        due.append(waiter.resume)
-                    }
+                for i in 0..<max(0, Int(n)) where events[i].data.fd != wakeFD {
+                    sortFired(events[i].data.fd, now: now, &s, &work)
                 }
-                let now = ContinuousClock.now
-                // A deadline already met by an event makes one early scan, which finds it gone.
-                guard let next = s.nextDeadline, next <= now else { return }
-                var earliest: ContinuousClock.Instant?
-                for (fd, list) in s.waiters {
-                    var kept: [Waiter] = []
-                    for waiter in list {
-                        if waiter.deadline <= now {
-                            s.descriptorOf[waiter.token] = nil
-                            due.append(waiter.resume)
-                        } else {
-                            kept.append(waiter)
-                            earliest = min(earliest ?? waiter.deadline, waiter.deadline)
-                        }
-                    }
-                    s.waiters[fd] = kept.isEmpty ? nil : kept
-                }
-                s.nextDeadline = earliest
+                sortTimers(now: now, &s, &work)
             }
             var drained: UInt64 = 0
             _ = read(wakeFD, &drained, 8)
-            for resume in due { resume() }
-            due.removeAll(keepingCapacity: true)
+            runChecks(&work)
+            for resume in work.due { resume() }
+            work.clear()
+        }
+    }
+
+    /// A fired descriptor is disarmed (one-shot): each of its waiters leaves it, to be resumed or
+    /// sent out for its check.
+    private func sortFired(_ fd: Int32, now: ContinuousClock.Instant, _ s: inout State, _ work: inout Work) {
+        for token in s.byDescriptor.removeValue(forKey: fd) ?? [] {
+            guard let waiter = s.waiters.removeValue(forKey: token) else { continue }
+            if waiter.stillIdle == nil || now >= waiter.deadline {
+                work.due.append(waiter.resume)
+            } else {
+                s.checking[token] = false
+                work.fired.append((token, waiter))
+            }
+        }
+    }
+
+    /// The timer buckets that are due: a deadline resumes its waiter, a tick is run in place.
+    private func sortTimers(now: ContinuousClock.Instant, _ s: inout State, _ work: inout Work) {
+        // The due keys first: the loop files ticks under new keys.
+        for key in s.timers.keys.filter({ $0 <= now }) {
+            for token in s.timers.removeValue(forKey: key) ?? [] {
+                guard var waiter = s.waiters[token], waiter.checkAt == key else { continue }
+                if let tick = waiter.onTick, now < waiter.deadline {
+                    waiter.checkAt = Self.nextTimer(of: waiter, after: now)
+                    s.waiters[token] = waiter
+                    s.timers[waiter.checkAt, default: []].append(token)
+                    work.ticks.append((token, tick))
+                } else if let waiter = unfile(token, &s) {
+                    work.due.append(waiter.resume)
+                }
+            }
+        }
+    }
+
+    /// Runs the checks (off the lock): a fired waiter still idle is filed again (its descriptor
+    /// re-armed), a ticked one that is ready is resumed.
+    private func runChecks(_ work: inout Work) {
+        for (token, var waiter) in work.fired {
+            let idle = waiter.stillIdle!()
+            waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
+            let resume = state.withCheckedLock(key: lockKey(self)) { s -> (@Sendable () -> Void)? in
+                let cancelled = s.checking.removeValue(forKey: token) ?? true
+                return cancelled || !idle || !file(token, waiter, &s) ? waiter.resume : nil
+            }
+            if let resume { work.due.append(resume) }
+        }
+        for (token, tick) in work.ticks where !tick() {
+            // Ready: resumed, unless a fire or a cancel took it meanwhile.
+            if let waiter = state.withCheckedLock(key: lockKey(self), { s in unfile(token, &s) }) { work.due.append(waiter.resume) }
         }
     }
 }
 
 extension Reactor {
-    /// Suspends the calling task until `fd` is readable, `deadline` passes, or the task is
-    /// cancelled (it then returns at once; the caller looks at `Task.isCancelled`). False when
-    /// the descriptor cannot be watched: the caller must nap instead.
-    package func sleep(on fd: Int32, until deadline: ContinuousClock.Instant) async -> Bool {
+    /// Suspends the calling task until `fd` is readable and `stillIdle` (run on the reactor's
+    /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
+    /// passes, or the task is cancelled (it then returns at once; the caller looks at
+    /// `Task.isCancelled`). False when the descriptor cannot be watched: the caller must nap.
+    package func sleep(on fd: Int32, until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+                       stillIdle: (@Sendable () -> Bool)? = nil, onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
         let pending = PendingToken()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                guard let token = whenReadable(fd, deadline: deadline, { continuation.resume(returning: true) }) else {
+                guard let token = whenReadable(fd, deadline: deadline, checkEvery: checkEvery, stillIdle: stillIdle,
+                                               onTick: onTick, { continuation.resume(returning: true) }) else {
                     continuation.resume(returning: false)
                     return
                 }

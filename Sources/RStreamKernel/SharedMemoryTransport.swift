@@ -252,17 +252,18 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         completionSlots[posted % costs.txQueueSize] = writeSlot
         completionsPosted.pointee.store(posted + 1, ordering: .releasing)
         // A thread asleep waiting for room learns of it (one load unless someone is armed).
-        ownWaitSet.stateMayHaveChanged()
+        ownWaitSet.stateMayHaveChanged(serving: .writable)
     }
 
-    /// Publishes `word` in the peer's ring, then rings its doorbell if it asked since the last ring.
+    /// Publishes `word` in the peer's ring, then rings its doorbell if it asked since the last ring
+    /// and `word` can make its stream ready for what it waits for (`wakes`, `SameHostWakeRequest`).
     @inline(__always)
-    private func post(_ word: UInt32) {
+    private func post(_ word: UInt32, wakes: WaitInterest) {
         sendSide.pointee.producer.push(word)
         // Pairs with the fence in the peer's `tryWait`: either it sees this word, or this sees its request.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         let request = peerWakeRequest.pointee.load(ordering: .relaxed)
-        if request != sendSide.pointee.answeredWakeRequest {
+        if request != sendSide.pointee.answeredWakeRequest && !SameHostWakeRequest.interest(of: request).isDisjoint(with: wakes) {
             sendSide.pointee.answeredWakeRequest = request
             _ = rs_ring_doorbell(peerDoorbell) // EAGAIN: rings already pending; never blocks
         }
@@ -272,7 +273,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // The engine placed the bytes in the peer's ring itself (the direct-write region).
         assert(sendOffset == remoteOffset && remoteOffset + length <= peerRingSize, "direct write at \(sendOffset)/\(remoteOffset)")
         complete(writeSlot: Int32(writeSlot))
-        post(word)
+        post(word, wakes: .readable)
         return .complete
     }
 
@@ -282,7 +283,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 
     package func send(word: UInt32) throws(RStreamError) -> Bool {
         complete(writeSlot: -1)
-        post(word)
+        post(word, wakes: SameHostWakeRequest.wakes(control: word))
         return true
     }
 
@@ -292,6 +293,8 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         if let error = progressSide.pointee.pendingError { throw error }
         var n = 0
         let posted = completionsPosted.pointee.load(ordering: .acquiring)
+        // Own completions can only make room; a peer's word or leaving may serve anyone.
+        var serves: WaitInterest = progressSide.pointee.completionsTaken < posted ? .writable : []
         while n < events.count && progressSide.pointee.completionsTaken < posted {
             let slot = completionSlots[progressSide.pointee.completionsTaken % costs.txQueueSize]
             events[n] = .transmitted(writeSlot: slot < 0 ? nil : Int(slot))
@@ -303,10 +306,12 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
                 guard case .word(let word) = try progressSide.pointee.consumer.next() else { break }
                 events[n] = .notified(word: word, consumedReceive: true)
                 n += 1
+                serves = [.readable, .writable]
             } catch {
                 guard n > 0 else { throw error }
                 progressSide.pointee.pendingError = error
                 published.pointee.somethingHeldBack.store(true, ordering: .releasing)
+                serves = [.readable, .writable]
                 break
             }
         }
@@ -322,8 +327,9 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
             progressSide.pointee.leftReported = true
             events[0] = .failed(code: ECONNRESET, transmit: false)
             n = 1
+            serves = [.readable, .writable]
         }
-        if n > 0 { ownWaitSet.stateMayHaveChanged() }
+        if n > 0 { ownWaitSet.stateMayHaveChanged(serving: serves) }
         return n
     }
 
@@ -339,10 +345,12 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 
     package var waitSet: WaitSet? { shape.waitDescriptor ? ownWaitSet : nil }
 
-    /// Raises this side's wake request (the peer rings the doorbell at its next word), then looks
-    /// at the word ring and the completions once more.
-    package func tryWait() -> Bool {
-        ownWakeRequest.pointee.add(1, ordering: .sequentiallyConsistent)
+    /// Raises this side's wake request for `interest` (the peer rings the doorbell at its next
+    /// word that can serve it), then looks at the word ring and the completions once more.
+    package func tryWait(for interest: WaitInterest) -> Bool {
+        // Only this side writes it, under the progress lock: a load and a store.
+        let raised = SameHostWakeRequest.raised(ownWakeRequest.pointee.load(ordering: .relaxed), for: interest)
+        ownWakeRequest.pointee.store(raised, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if progressSide.pointee.consumer.hasNext() { return false }
         return completionsPosted.pointee.load(ordering: .acquiring) == progressSide.pointee.completionsTaken
@@ -391,5 +399,30 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 
     package func disconnect() {
         _ = shutdown(socket, Int32(SHUT_RDWR))
+    }
+}
+
+/// The wake request a same-host side publishes in its status segment (read-only to the peer):
+/// a count raised at each arming, shifted left by two, with the interest in the low bits
+/// (readable 1, writable 2; both for a waiter of anything). The peer rings once per new request,
+/// at its first word that can serve it: DATA, and a CONTROL word carrying FIN, serve a reader; a
+/// CONTROL word returning space or credits serves a writer; a heartbeat alone serves nobody (a
+/// sleeping side judges the peer's liveness when its sleep times out, not at every beat).
+package enum SameHostWakeRequest {
+    package static func raised(_ previous: UInt64, for interest: WaitInterest) -> UInt64 {
+        let bits = interest.isEmpty ? 3 : UInt64(interest.rawValue & 3)
+        return ((previous >> 2) &+ 1) << 2 | bits
+    }
+
+    /// What a request (the peer's, so hostile: any value is safe here) waits for.
+    package static func interest(of request: UInt64) -> WaitInterest { WaitInterest(rawValue: UInt8(request & 3)) }
+
+    /// Whom a CONTROL word of this side can serve.
+    package static func wakes(control word: UInt32) -> WaitInterest {
+        guard case .control(let freed, let credits, let fin, _)? = try? NotificationWord.decode(word) else { return [.readable, .writable] }
+        var serves: WaitInterest = []
+        if fin { serves.insert(.readable) }
+        if freed > 0 || credits > 0 { serves.insert(.writable) }
+        return serves
     }
 }

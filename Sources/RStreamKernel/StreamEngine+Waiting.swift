@@ -21,18 +21,27 @@ extension StreamEngine {
             pollConnectionEvents()
             let verdict = withProgressLock { () -> Bool? in
                 // Armed before the last look: whatever happens after it rings the wait set.
-                waitSet.arm()
+                waitSet.arm(for: interest)
                 if transport.hasConnectionEvent { return nil }
                 if interrupted() { return false }
                 if interest.contains(.readable) && isReadable { return false }
                 if interest.contains(.writable) && mayBeWritable { return false }
-                guard transport.tryWait() else { return nil }
+                guard transport.tryWait(for: interest) else { return nil }
                 if sleeper { waitSet.willSleep() }
                 return true
             }
             if let verdict { return verdict }
         }
         return false
+    }
+
+    /// The duty of a waiter that sleeps long (a task on the reactor, every second): drives
+    /// progress (a heartbeat when one is due, the peer timeout judged) and says whether the stream
+    /// is now ready for `interest`. No arming: the waiter stays armed from its `prepareToWait`.
+    package func tickWhileWaiting(for interest: WaitInterest) -> Bool {
+        progress()
+        return transport.hasConnectionEvent || hasFailed
+            || interest.contains(.readable) && isReadable || interest.contains(.writable) && mayBeWritable
     }
 
     /// True once the connection went away, whoever read the event.

@@ -84,8 +84,10 @@ package protocol StreamTransport: AnyObject, Sendable {
     var waitSet: WaitSet? { get }
     /// The last look before sleeping, after `waitSet.arm()` under the progress lock: true when
     /// nothing can arrive unseen while the caller sleeps (`fi_trywait`; the peer sees the armed
-    /// flag), false when it must look again.
-    func tryWait() -> Bool
+    /// flag), false when it must look again. `interest` (empty: anything) lets a transport that
+    /// can skip wake-ups that cannot make the stream ready for it (a same-host peer then rings
+    /// for no heartbeat, and for DATA only a reader's request); others ignore it.
+    func tryWait(for interest: WaitInterest) -> Bool
     /// Takes this stream's pending connection event, if any: true when the peer's side of the
     /// connection went away (a disconnect, a failure, a peer process gone).
     func takePeerLeft() -> Bool

@@ -41,7 +41,8 @@ package final class WaitSet: @unchecked Sendable {
     /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
     /// wakes every tick and looks. -1 when there is none.
     private let tickFD = Atomic<Int32>(-1)
-    private let armed = Atomic<Bool>(false)
+    /// The interests armed since the last ring (`WaitInterest` bits; 0: nobody is armed).
+    private let armed = Atomic<UInt8>(0)
     private let sleepers = Atomic<Int>(0)
 
     package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
@@ -101,8 +102,8 @@ package final class WaitSet: @unchecked Sendable {
     }
 
     /// Called under the progress lock before the last readiness check: clears an old wake-up and
-    /// asks the next taker of completions to ring.
-    package func arm() {
+    /// asks the next taker of completions that can serve `interest` (empty: anything) to ring.
+    package func arm(for interest: WaitInterest = []) {
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
@@ -112,7 +113,8 @@ package final class WaitSet: @unchecked Sendable {
             var ticks: UInt64 = 0
             _ = read(fd, &ticks, 8)
         }
-        armed.store(true, ordering: .sequentiallyConsistent)
+        // Or-ed in: two waiters of one set may wait for different things.
+        armed.bitwiseOr(interest.isEmpty ? 3 : interest.rawValue & 3, ordering: .sequentiallyConsistent)
     }
 
     /// Called under the progress lock by a thread that will call `sleep` once it is released.
@@ -120,15 +122,16 @@ package final class WaitSet: @unchecked Sendable {
         sleepers.add(1, ordering: .sequentiallyConsistent)
     }
 
-    /// Called by whoever took completions or connection events: rings if anyone is armed.
+    /// Called by whoever took completions or connection events that can serve `serves`: rings if
+    /// anyone armed for it (a completion of this side's own CONTROL word, say, wakes no reader).
     @inline(__always)
-    package func stateMayHaveChanged() {
-        guard armed.load(ordering: .relaxed) else { return }
+    package func stateMayHaveChanged(serving serves: WaitInterest = [.readable, .writable]) {
+        guard armed.load(ordering: .relaxed) & serves.rawValue != 0 else { return }
         ring()
     }
 
     package func ring() {
-        armed.store(false, ordering: .relaxed)
+        armed.store(0, ordering: .relaxed)
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
