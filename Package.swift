@@ -15,6 +15,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Layer 0: the C import of libfabric, and the few things it does not import.
@@ -30,7 +33,11 @@ let package = Package(
         // Layer 1: the unsafe kernel (rings, word codec, credits, the fabric and same-host transports, progress).
         .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma", "CSameHost"]),
         // Layer 2: the safe public API.
-        .target(name: "RStream", dependencies: ["RStreamKernel"]),
+        .target(name: "RStream", dependencies: [
+            "RStreamKernel",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Layer 2, beside it: the libfabric provider, the face C programs use (fid tables over
         // the kernel; it holds C callers' pointers by necessity).
         .target(name: "CProviderSupport"),

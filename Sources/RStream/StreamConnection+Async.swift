@@ -19,7 +19,7 @@ extension StreamConnection {
         let engine = try await StreamConnector.connectAsync(
             host: host, port: port, shape: options.shape, requirements: options.requirements,
             deadline: timeout.map { ContinuousClock.now + $0 })
-        return StreamConnection(engine: engine, options: options)
+        return StreamConnection(engine: engine, options: options, event: "connected")
     }
 
     /// Retries `attempt` until it yields, suspending the task between tries.
@@ -111,7 +111,7 @@ extension StreamConnection {
     @discardableResult
     public func close(linger: Duration = .seconds(2)) async -> Bool {
         guard beginClose() else { return false }
-        return await engine.closeLingeringAsync(for: linger)
+        return logClose(await engine.closeLingeringAsync(for: linger))
     }
 
     /// The received bytes as an asynchronous sequence of chunks of up to `maxBytes`, ending at
@@ -143,7 +143,12 @@ extension StreamListener {
     /// Suspends until the next connection and returns its stream (as `accept(timeout:)`). A
     /// `close` of the listener ends it with `.closed`.
     public func accept(timeout: Duration? = nil) async throws -> StreamConnection {
-        let engine = try await passive.acceptAsync(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
-        return StreamConnection(engine: engine, options: options)
+        do {
+            let engine = try await passive.acceptAsync(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
+            return StreamConnection(engine: engine, options: options, event: "accepted")
+        } catch let error as RStreamError {
+            logRefusal(error)
+            throw error
+        }
     }
 }

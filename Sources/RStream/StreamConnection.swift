@@ -1,3 +1,5 @@
+import Logging
+import SystemPackage
 import RStreamKernel
 import Synchronization
 #if canImport(Glibc)
@@ -55,10 +57,27 @@ public final class StreamConnection: Sendable {
     let waitSet: WaitSet?
     public let options: StreamOptions
 
-    init(engine: StreamEngine, options: StreamOptions) {
+    init(engine: StreamEngine, options: StreamOptions, event: String) {
         waitSet = engine.transport.waitSet
         self.engine = engine
         self.options = options
+        let logger = options.logger
+        let metadata = Self.metadata(engine)
+        logger.debug("\(event)", metadata: metadata)
+        engine.onFailure { error in
+            let level: Logger.Level = error.kind == .protocolViolation ? .warning : .debug
+            logger.log(level: level, "stream failed: \(error)", metadata: metadata)
+        }
+    }
+
+    /// A stream's log metadata: what carries it and the peer's address.
+    static func metadata(_ engine: StreamEngine) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["transport": "\(engine.transport.name)"]
+        if let peer = engine.transport.address(ofPeer: true), !peer.isEmpty,
+           let address = peer.withUnsafeBytes({ numericAddress($0.baseAddress!, length: $0.count) }) {
+            metadata["peer"] = "\(StreamAddress(host: address.host, port: address.port))"
+        }
+        return metadata
     }
 
     /// What carries the stream: "shm" for the same-host transport, else the core provider's name
@@ -100,6 +119,9 @@ public final class StreamConnection: Sendable {
     ///     }
     public var descriptor: Int32? { waitSet?.descriptor }
 
+    /// `descriptor` as swift-system's `FileDescriptor` (the stream owns it: do not close it).
+    public var fileDescriptor: FileDescriptor? { descriptor.map { FileDescriptor(rawValue: $0) } }
+
     /// Arms the descriptor: true when the caller may now sleep on it; false when the stream is
     /// already ready for `interest` (or has no descriptor), so the caller should look again.
     /// A wake-up is not readiness: after waking, peek or try the call and arm again. Several threads
@@ -122,7 +144,7 @@ public final class StreamConnection: Sendable {
         let engine = try StreamConnector.connect(
             host: host, port: port, shape: options.shape, requirements: options.requirements,
             deadline: timeout.map { ContinuousClock.now + $0 })
-        return StreamConnection(engine: engine, options: options)
+        return StreamConnection(engine: engine, options: options, event: "connected")
     }
 
     @usableFromInline static let closedError = RStreamError(.closed, code: 9, "the stream is closed")
@@ -329,7 +351,12 @@ public final class StreamConnection: Sendable {
     @discardableResult
     public func close(linger: Duration = .seconds(2)) -> Bool {
         guard beginClose() else { return false }
-        return engine.closeLingering(for: linger)
+        return logClose(engine.closeLingering(for: linger))
+    }
+
+    func logClose(_ delivered: Bool) -> Bool {
+        options.logger.debug("closed", metadata: Self.metadata(engine).merging(["delivered": "\(delivered)"]) { $1 })
+        return delivered
     }
 
     /// Raises `closed` (false when it was raised before) and wakes the sleepers of other threads
@@ -351,4 +378,10 @@ extension StreamOptions {
     }
 
     var requirements: CoreRequirements { CoreRequirements(provider: provider, iwarp: iwarp) }
+}
+
+extension RStreamError {
+    /// `code` as swift-system's `Errno` (libfabric's `FI_E*` codes below 256 are errno values);
+    /// nil when there is none, or it is one of libfabric's own.
+    public var errno: Errno? { code > 0 && code < 256 ? Errno(rawValue: code) : nil }
 }

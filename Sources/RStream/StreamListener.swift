@@ -1,3 +1,5 @@
+import Logging
+import SystemPackage
 import RStreamKernel
 
 /// Listens on one address and accepts streams one after another, over the fabric and, from
@@ -20,11 +22,15 @@ public final class StreamListener: Sendable {
         guard backlog > 0 else { throw RStreamError(.invalidOption, code: 22, "backlog \(backlog) must be positive") }
         passive = try StreamAcceptor(host: host, port: port, backlog: backlog, requirements: options.requirements)
         self.options = options
+        options.logger.debug("listening", metadata: ["listener": "\(self.host):\(self.port)", "same-host": "\(servesSameHost)"])
     }
 
     /// A descriptor `poll()` reports readable when a connection request may have arrived (nil
     /// where the core has no wait descriptors). Arm with `prepareToWait()`, poll, then `accept`.
     public var descriptor: Int32? { passive.waitSet?.descriptor }
+
+    /// `descriptor` as swift-system's `FileDescriptor` (the listener owns it: do not close it).
+    public var fileDescriptor: FileDescriptor? { descriptor.map { FileDescriptor(rawValue: $0) } }
 
     /// True when the caller may sleep on `descriptor`; false when a request is already waiting.
     public func prepareToWait() -> Bool { passive.prepareToWait() }
@@ -33,15 +39,30 @@ public final class StreamListener: Sendable {
     /// (a bad connection block, another version or mode) is refused with its reason, and thrown as
     /// `.protocolViolation`; the listener stays usable.
     public func accept(timeout: Duration? = nil) throws(RStreamError) -> StreamConnection {
-        let engine = try passive.accept(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
-        return StreamConnection(engine: engine, options: options)
+        do {
+            let engine = try passive.accept(shape: options.shape, deadline: timeout.map { ContinuousClock.now + $0 })
+            return StreamConnection(engine: engine, options: options, event: "accepted")
+        } catch {
+            logRefusal(error)
+            throw error
+        }
+    }
+
+    /// A refused peer (its request broke the protocol) is a warning; the listener goes on.
+    func logRefusal(_ error: RStreamError) {
+        guard error.kind == .protocolViolation else { return }
+        options.logger.warning("refused a peer: \(error.context)", metadata: ["listener": "\(host):\(port)"])
     }
 
     /// Stops listening: an `accept` blocked in another thread (or awaiting, in a task) ends with
     /// `.closed`, and so does every later one; once none is inside, the port and the same-host
     /// socket are released, so a new listener can take them. Streams already accepted go on. A
     /// second close does nothing.
-    public func close() { passive.close() }
+    public func close() {
+        guard !passive.isClosed else { return }
+        passive.close()
+        options.logger.debug("stopped listening", metadata: ["listener": "\(host):\(port)"])
+    }
 }
 
 /// A core provider on this machine that can carry a stream, and what it says of itself.

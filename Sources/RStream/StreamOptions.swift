@@ -1,3 +1,4 @@
+import Logging
 import RStreamKernel
 
 /// Settings fixed before a connection starts. Every value is checked; a bad one is named in the
@@ -33,6 +34,14 @@ public struct StreamOptions: Sendable, Equatable {
     /// without a word while it is driven, so a live peer is never silent that long; a cut link or
     /// a peer that stopped calling is. At least `peerTimeoutRange.lowerBound`.
     public var peerTimeout: Duration? = .seconds(30)
+    /// Where the library logs (default: nowhere): connections made, accepted and closed at
+    /// `.debug`, refused peers and protocol errors at `.warning`, with the peer and the transport
+    /// as metadata; nothing on the data path. Takes no part in equality.
+    public var logger: Logger {
+        get { _logger.value }
+        set { _logger = IgnoredInEquality(newValue) }
+    }
+    private var _logger = IgnoredInEquality(Logger(label: "rstream", factory: { _ in SwiftLogNoOpLogHandler() }))
 
     public static let ringSizeRange = EndpointShape.ringSizes
     public static let txQueueSizeRange = EndpointShape.txQueueSizes
@@ -64,4 +73,12 @@ public struct StreamOptions: Sendable, Equatable {
             throw RStreamError(.invalidOption, code: 22, "provider \"\(provider)\" is not a core provider's name")
         }
     }
+}
+
+/// A value that every other of its type equals (a logger in the options, which compare by
+/// their settings).
+struct IgnoredInEquality<Value: Sendable>: Sendable, Equatable {
+    var value: Value
+    init(_ value: Value) { self.value = value }
+    static func == (_: Self, _: Self) -> Bool { true }
 }

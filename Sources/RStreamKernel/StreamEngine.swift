@@ -207,6 +207,33 @@ package final class StreamEngine: @unchecked Sendable {
         // that comes back then sees it closed).
         if error.kind == .protocolViolation || error.kind == .timedOut { transport.disconnect() }
         transport.waitSet?.ring() // sleepers wake to report it
+        let observer = failureWatch.withCheckedLock(key: lockKey(self)) { (w: inout FailureWatch) -> (@Sendable (RStreamError) -> Void)? in
+            guard !w.notified, let observer = w.observer else { return nil }
+            w.notified = true
+            return observer
+        }
+        observer?(error)
+    }
+
+    /// Who hears of the stream's failure, once (the public layer's log): set at most once.
+    private struct FailureWatch {
+        var observer: (@Sendable (RStreamError) -> Void)?
+        var notified = false
+    }
+
+    private let failureWatch = Mutex(FailureWatch())
+
+    /// Calls `observer` once when the stream fails, or at once if it has: how the public layer
+    /// logs a failure with nothing on the data path. (The failure is read under the watch's lock,
+    /// which `fail` takes only after setting it: either this sees it, or `fail` sees the observer.)
+    package func onFailure(_ observer: @escaping @Sendable (RStreamError) -> Void) {
+        let failed = failureWatch.withCheckedLock(key: lockKey(self)) { (w: inout FailureWatch) -> RStreamError? in
+            w.observer = observer
+            guard !w.notified, let failure = self.failure else { return nil }
+            w.notified = true
+            return failure
+        }
+        if let failed { observer(failed) }
     }
 
     // MARK: Progress
