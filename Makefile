@@ -5,7 +5,7 @@ SYSTEM_PACKAGES := libfabric-dev libfabric-bin libibverbs-dev librdmacm-dev libn
 SWIFT ?= swift
 MIB ?= 256
 
-.PHONY: run pipe test deps build release provider benchmarks fuzz soak asan clean
+.PHONY: run pipe test deps build release provider benchmarks fuzz soak asan docs clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -50,12 +50,18 @@ pipe: release
 benchmarks: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark thresholds check
 
+# The DocC catalog of the RStream library (swift-docc-plugin); a warning fails it.
+docs: deps
+	$(SWIFT) package generate-documentation --target RStream --warnings-as-errors
+	@echo "docs: .build/plugins/Swift-DocC/outputs/RStream.doccarchive"
+
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --no-parallel
 	for t in word block engine; do RSTREAM_FUZZ=$$t "$$($(SWIFT) build --show-bin-path)/rstream-fuzz" Fuzz/corpus/$$t/*; done
 	SWIFT=$(SWIFT) scripts/test-tsan.sh
 	$(MAKE) asan
+	$(MAKE) docs
 
 # The same-host tests under AddressSanitizer: a hostile peer scribbling in shared memory makes no
 # out-of-bounds read or write (the listener it attacks is an ASan-built `rstream`, whose stderr the

@@ -62,7 +62,12 @@ let package = Package(
         .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
         .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
-        .testTarget(name: "RStreamTests", dependencies: ["RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "CSameHost", "rstream"]),
+        // The README's async example, built and run by the tests (ReadmeTests).
+        .executableTarget(name: "async-echo-example", dependencies: ["RStream"], path: "Examples/AsyncEcho"),
+        .testTarget(name: "RStreamTests", dependencies: [
+            "RStream", "RStreamKernel", "CLibfabric", "CFabricShim", "CSameHost", "rstream", "async-echo-example",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )
