@@ -217,11 +217,32 @@ public final class StreamConnection: Sendable {
     }
 
     /// Zero-copy send: `body` gets the part of the registered send ring one write can carry now
-    /// (empty when sending would block), fills a prefix and returns its length, which is then
-    /// written to the peer. The pointer must not escape `body`.
+    /// (it is not called when sending would block), fills a prefix and returns its length, which
+    /// is then written to the peer. The pointer must not escape `body`.
     public func withSendBuffer(_ body: (UnsafeMutableRawBufferPointer) -> Int) throws(RStreamError) -> SendResult {
         let n = try withEngine { (engine) throws(RStreamError) in try engine.withWritableBytes(body) }
         return n > 0 ? .sent(n) : .wouldBlock
+    }
+
+    /// `withSendBuffer` whose `body` may throw and returns a value of its own beside the count it
+    /// filled (as swift-nio's `withUnsafe…` do). If `body` throws, nothing is sent and its error
+    /// is rethrown; an error of the stream is thrown as an `RStreamError`. `value` is nil when
+    /// `body` was not called (sending would block).
+    public func withSendBuffer<Value>(
+        _ body: (UnsafeMutableRawBufferPointer) throws -> (count: Int, value: Value)
+    ) throws -> (result: SendResult, value: Value?) {
+        var outcome: Result<Value, any Error>?
+        let result = try withSendBuffer { (region) -> Int in
+            do {
+                let (count, value) = try body(region)
+                outcome = .success(value)
+                return count
+            } catch {
+                outcome = .failure(error)
+                return 0
+            }
+        }
+        return (result, try outcome?.get())
     }
 
     /// FI_PEEK on send: how many bytes a send could take now, after driving progress.
@@ -297,6 +318,26 @@ public final class StreamConnection: Sendable {
     public func withReceivedBytes(_ body: (UnsafeRawBufferPointer) -> Int) throws(RStreamError) -> ReceiveResult {
         let outcome = try withEngine { (engine) throws(RStreamError) in try engine.withReadableBytes(body) }
         return Self.result(outcome)
+    }
+
+    /// `withReceivedBytes` whose `body` may throw and returns a value of its own beside the count
+    /// it consumed. If `body` throws, nothing is consumed and its error is rethrown. `value` is nil
+    /// when no bytes were there (`body` was not called: would block, or end of stream).
+    public func withReceivedBytes<Value>(
+        _ body: (UnsafeRawBufferPointer) throws -> (consumed: Int, value: Value)
+    ) throws -> (result: ReceiveResult, value: Value?) {
+        var outcome: Result<Value, any Error>?
+        let result = try withReceivedBytes { (bytes) -> Int in
+            do {
+                let (consumed, value) = try body(bytes)
+                outcome = .success(value)
+                return consumed
+            } catch {
+                outcome = .failure(error)
+                return 0
+            }
+        }
+        return (result, try outcome?.get())
     }
 
     /// FI_PEEK on receive: how many bytes can be read now without consuming them, after driving progress.

@@ -155,3 +155,33 @@ import Testing
         #expect(try server.receive(into: &buffer) > 0)
     }
 }
+
+/// The zero-copy closures may throw and return a value: a throw sends or consumes nothing.
+@Suite struct ZeroCopyClosureTests {
+    struct Refusal: Error, Equatable { let reason: String }
+
+    @Test(arguments: LifecycleTests.transports)
+    func aThrowingBodySendsAndConsumesNothingAndAValueComesBack(transport: String) throws {
+        let (client, server) = try connectedPair(LifecycleTests.options(transport))
+        #expect(throws: Refusal(reason: "not now")) {
+            _ = try client.withSendBuffer { (region) throws -> (count: Int, value: Int) in
+                region[0] = 0xEE // written, but not committed
+                throw Refusal(reason: "not now")
+            }
+        }
+        let (sent, checksum) = try client.withSendBuffer { region -> (count: Int, value: Int) in
+            for i in 0..<3 { region[i] = UInt8(i + 1) }
+            return (3, 6)
+        }
+        #expect(sent == .sent(3) && checksum == 6)
+        while server.readableBytes < 3 { usleep(1000) }
+        #expect(throws: Refusal(reason: "later")) {
+            _ = try server.withReceivedBytes { (_: UnsafeRawBufferPointer) throws -> (consumed: Int, value: Int) in throw Refusal(reason: "later") }
+        }
+        #expect(server.readableBytes == 3, "a throwing body consumed bytes")
+        let (received, first) = try server.withReceivedBytes { bytes -> (consumed: Int, value: UInt8) in (bytes.count, bytes[0]) }
+        #expect(received == .received(3) && first == 1, "the byte written before the throw was sent")
+        client.close(linger: .zero)
+        server.close(linger: .zero)
+    }
+}
