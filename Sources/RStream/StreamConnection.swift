@@ -232,17 +232,21 @@ public final class StreamConnection: Sendable {
         _ body: (UnsafeMutableRawBufferPointer) throws -> (count: Int, value: Value)
     ) throws -> (result: SendResult, value: Value?) {
         var outcome: Result<Value, any Error>?
-        let result = try withSendBuffer { (region) -> Int in
-            do {
-                let (count, value) = try body(region)
-                outcome = .success(value)
-                return count
-            } catch {
-                outcome = .failure(error)
-                return 0
-            }
-        }
+        let result = try withSendBuffer { region in Self.count(of: { try body(region) }, keeping: &outcome) }
         return (result, try outcome?.get())
+    }
+
+    /// Runs a zero-copy body that may throw: its count (0 when it threw: nothing is taken), its
+    /// value or error kept in `outcome`.
+    private static func count<Value>(of body: () throws -> (Int, Value), keeping outcome: inout Result<Value, any Error>?) -> Int {
+        do {
+            let (count, value) = try body()
+            outcome = .success(value)
+            return count
+        } catch {
+            outcome = .failure(error)
+            return 0
+        }
     }
 
     /// FI_PEEK on send: how many bytes a send could take now, after driving progress.
@@ -327,16 +331,7 @@ public final class StreamConnection: Sendable {
         _ body: (UnsafeRawBufferPointer) throws -> (consumed: Int, value: Value)
     ) throws -> (result: ReceiveResult, value: Value?) {
         var outcome: Result<Value, any Error>?
-        let result = try withReceivedBytes { (bytes) -> Int in
-            do {
-                let (consumed, value) = try body(bytes)
-                outcome = .success(value)
-                return consumed
-            } catch {
-                outcome = .failure(error)
-                return 0
-            }
-        }
+        let result = try withReceivedBytes { bytes in Self.count(of: { try body(bytes) }, keeping: &outcome) }
         return (result, try outcome?.get())
     }
 

@@ -47,12 +47,8 @@ package struct BlockingWait {
         let busyUntil = ContinuousClock.now + busyWindow
         var round = 0
         while true {
-            if let error = interruption() { throw error }
-            if let value = try attempt(round) { return value }
+            if let value = try look(round, interruption, attempt) { return value }
             let now = ContinuousClock.now
-            if let deadline, now >= deadline {
-                throw RStreamError(.timedOut, code: ETIMEDOUT, "timed out waiting for \(what)")
-            }
             round += 1
             guard now >= busyUntil else { continue }
             if let waitSet {
@@ -70,6 +66,18 @@ package struct BlockingWait {
 }
 
 extension BlockingWait {
+    /// One round's look, sync or async: the interruption, the attempt, then the deadline. The
+    /// attempt's value, or nil to go on.
+    private func look<R>(_ round: Int, _ interruption: () -> RStreamError?,
+                         _ attempt: (Int) throws(RStreamError) -> R?) throws(RStreamError) -> R? {
+        if let error = interruption() { throw error }
+        if let value = try attempt(round) { return value }
+        if let deadline, ContinuousClock.now >= deadline {
+            throw RStreamError(.timedOut, code: ETIMEDOUT, "timed out waiting for \(what)")
+        }
+        return nil
+    }
+
     /// How often a task asleep on the reactor has its `stillIdle` check run: protocol v4's
     /// heartbeat duty (a driven stream sends a heartbeat after a second of silence).
     package static let idleCheckInterval: Duration = .seconds(1)
@@ -99,12 +107,8 @@ extension BlockingWait {
         var round = 0
         while true {
             try Task.checkCancellation()
-            if let error = interruption() { throw error }
-            if let value = try attempt(round) { return value }
+            if let value = try look(round, interruption, attempt) { return value }
             let now = ContinuousClock.now
-            if let deadline, now >= deadline {
-                throw RStreamError(.timedOut, code: ETIMEDOUT, "timed out waiting for \(what)")
-            }
             round += 1
             if now < busyUntil {
                 await Task.yield()

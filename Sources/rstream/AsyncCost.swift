@@ -3,6 +3,7 @@ import Foundation
 import Histogram
 import RStream
 import RStreamKernel
+import Synchronization
 
 /// What idle async readers cost, and how soon a wake-up reaches its task: the figures of issue 11,
 /// measured in one process (both ends of every stream are idle async readers, so both send their
@@ -21,7 +22,7 @@ struct AsyncCost: ParsableCommand {
     func run() throws {
         try Pinning.apply(cpu: cpu, numaNode: nil)
         let done = DispatchSemaphore(value: 0)
-        let outcome = Locked<Result<Void, any Error>?>(nil)
+        let outcome = Outcome()
         Task {
             let result: Result<Void, any Error>
             do { result = .success(try await measure()) } catch { result = .failure(error) }
@@ -55,7 +56,7 @@ struct AsyncCost: ParsableCommand {
             streams.append(try await accepted)
         }
         let transport = streams[0].transport
-        let arrivals = Locked<[Int: ContinuousClock.Instant]>([:])
+        let arrivals = Arrivals()
         let base = Reactor.shared.waiting
         let tasks = streams.enumerated().map { (i, stream) in
             Task {
@@ -101,14 +102,14 @@ struct AsyncCost: ParsableCommand {
     }
 }
 
-/// A value behind a lock, for the measuring task and the readers.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
+/// When each reader last had a byte (the readers write, the measuring task reads).
+final class Arrivals: Sendable {
+    private let times = Mutex<[Int: ContinuousClock.Instant]>([:])
+    func withLock<R>(_ body: (inout [Int: ContinuousClock.Instant]) -> R) -> R { times.withLock { body(&$0) } }
+}
+
+/// How the measuring task ended, for the command's thread.
+final class Outcome: Sendable {
+    private let result = Mutex<Result<Void, any Error>?>(nil)
+    func withLock<R>(_ body: (inout Result<Void, any Error>?) -> R) -> R { result.withLock { body(&$0) } }
 }
