@@ -170,7 +170,7 @@ package enum SameHostHandshake {
             throw error
         }
         let block = offer.block.encoded + userData.prefix(userDataLimit)
-        let descriptors = offer.descriptors // owned by the transport from here on, open while it lives
+        let descriptors = offer.descriptors // owned by the transport from here on, open until the answer went
         let transport: SharedMemoryTransport
         do throws(RStreamError) {
             transport = try SharedMemoryTransport(offer: offer, peer: request.peer, peerDescriptors: message.descriptors, socket: fd)
@@ -184,6 +184,7 @@ package enum SameHostHandshake {
             transport.addresses = (localAddress, transport.peerProcess.map { SameHostAddress.with(localAddress, port: SameHostAddress.port(ofProcess: $0)) })
         }
         try UnixSocket.send(fd, block, descriptors: descriptors)
+        transport.releasePassedDescriptors() // the peer holds them now (or never will)
         return try StreamEngine(transport: transport, peer: request.peer, peerTimeout: shape.peerTimeout)
     }
 
@@ -345,6 +346,7 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                 throw RStreamError(.protocolViolation, code: error.code, "\(place) answered with a bad connection block: \(error.context)")
             }
             let transport = try SharedMemoryTransport(offer: mine, peer: peer, peerDescriptors: message.descriptors, socket: socket)
+            transport.releasePassedDescriptors() // the request carried them: the peer answered, so it holds them
             socketTaken.store(true, ordering: .releasing)
             if let destination {
                 transport.addresses = (SameHostAddress.with(destination, port: SameHostAddress.port(ofProcess: getpid())), destination)

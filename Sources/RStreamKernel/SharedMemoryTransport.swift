@@ -66,13 +66,26 @@ package struct SameHostOffer: ~Copyable {
     package var descriptors: [Int32] { [inbound.descriptor, status.descriptor, doorbell.peers] }
 }
 
-/// Owner of a doorbell's two ends (a Unix socket pair): closed together when it goes.
+/// Owner of a doorbell's two ends (a Unix socket pair): the peer's is closed here once the peer
+/// holds it (`closePeers`), else with ours when this goes.
 package struct DoorbellPair: ~Copyable {
     package let own: Int32
-    package let peers: Int32
+    private let peersEnd: Atomic<Int32>
+    package var peers: Int32 { peersEnd.load(ordering: .acquiring) }
+
+    package init(own: Int32, peers: Int32) {
+        self.own = own
+        peersEnd = Atomic(peers)
+    }
+
+    package func closePeers() {
+        let fd = peersEnd.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { close(fd) }
+    }
+
     deinit {
         close(own)
-        close(peers)
+        closePeers()
     }
 }
 
@@ -203,6 +216,16 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         doorbellEnds = offer.doorbell
         inbound = offer.inbound
         status = offer.status
+    }
+
+    /// Closes this side's copies of what it passed to the peer (its segments' memfds, the peer's
+    /// doorbell end), once the peer holds them: the mappings keep the memory, so a stream holds
+    /// five descriptors (the set-up socket, its doorbell end, the peer's doorbell end that it
+    /// rings, its wait set's epoll and eventfd).
+    package func releasePassedDescriptors() {
+        inbound.closeDescriptor()
+        status.closeDescriptor()
+        doorbellEnds.closePeers()
     }
 
     deinit {

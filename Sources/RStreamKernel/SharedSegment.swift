@@ -1,5 +1,6 @@
 import CSameHost
 import CNuma
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,12 +14,20 @@ import Glibc
 /// and size are checked: it is hostile input like a word off the wire.
 ///
 /// Invariant: `base` maps `count` bytes (a whole number of pages) until deinit, which unmaps it;
-/// `descriptor` is the memfd of a segment this side made (to pass to the peer), closed in deinit,
-/// or -1 for the peer's (closed once mapped).
+/// `descriptor` is the memfd of a segment this side made, open until it has been passed to the
+/// peer (`closeDescriptor`) or deinit; -1 for the peer's (closed once mapped) or once closed.
 package struct SharedSegment: ~Copyable {
     package let base: UnsafeMutableRawPointer
     package let count: Int
-    package let descriptor: Int32
+    private let fd: Atomic<Int32>
+    package var descriptor: Int32 { fd.load(ordering: .acquiring) }
+
+    /// Closes this side's memfd once the peer holds it (the mapping keeps the memory): a stream
+    /// then holds no descriptor for its segments.
+    package func closeDescriptor() {
+        let fd = fd.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { close(fd) }
+    }
 
     package static func pages(_ bytes: Int) -> Int {
         (bytes + PageAlignedRegion.pageSize - 1) / PageAlignedRegion.pageSize * PageAlignedRegion.pageSize
@@ -46,7 +55,7 @@ package struct SharedSegment: ~Copyable {
             throw error
         }
         self.count = count
-        descriptor = fd
+        self.fd = Atomic(fd)
     }
 
     /// Maps a segment the peer made and passed as `fd` (this takes the descriptor over), after
@@ -75,12 +84,12 @@ package struct SharedSegment: ~Copyable {
         // The mapping keeps the memory; the descriptor is not needed again.
         close(fd)
         self.count = count
-        descriptor = -1
+        self.fd = Atomic(-1)
     }
 
     deinit {
         munmap(base, count)
-        if descriptor >= 0 { close(descriptor) }
+        closeDescriptor()
     }
 
     package var buffer: UnsafeMutableRawBufferPointer { .init(start: base, count: count) }

@@ -160,16 +160,12 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         }
         // A stream goes when the last reference to it does: the accepting thread that returned one
         // lets go a moment after (later still under a sanitizer). So each count is taken once this
-        // process holds no same-host stream (no memfd of ours is open): a leak never gets there.
+        // process holds no same-host stream (no segment of ours is mapped): a leak never gets there.
         let kinds = ["socket", "anon_inode:[eventfd]", "anon_inode:[eventpoll]"]
         func settled() -> [String: Int] {
             let end = ContinuousClock.now + .seconds(5)
-            var now = descriptors()
-            while now["memfd", default: 0] != 0 && ContinuousClock.now < end {
-                usleep(10_000)
-                now = descriptors()
-            }
-            return now
+            while sameHostMappings() != 0 && ContinuousClock.now < end { usleep(10_000) }
+            return descriptors()
         }
         for _ in 0..<10 { try cycle() } // the first ones make the process's lasting state
         let (fdsBefore, mapsBefore) = (settled(), sameHostMappings())
