@@ -3,8 +3,9 @@ import RStreamKernel
 /// async/await on a stream, through the kernel's one wait (`BlockingWait.runAsync`): a waiting
 /// task busy-polls (yielding) for the options' window, then arms the stream's descriptor and
 /// suspends on the process's reactor (one thread, started by the first async wait, asleep in
-/// `epoll_wait` while nothing happens) until the descriptor is readable, at most half a second
-/// (the heartbeat duty of protocol v4). An idle waiting task costs no CPU between those looks.
+/// `epoll_wait` while nothing happens) until the stream may be ready. The reactor drives an idle
+/// stream's progress itself every half second (the heartbeat duty of protocol v4) and looks at
+/// words that cannot make it ready without resuming the task, so an idle task costs almost nothing.
 ///
 /// Cancelling a waiting task resumes it at once and throws `CancellationError`, leaving the stream
 /// as it was: bytes are only taken by a call that returns them. A `close` from anywhere ends a
@@ -87,10 +88,7 @@ extension StreamConnection {
     public func wait(for interest: WaitInterest, timeout: Duration? = nil) async throws -> Bool {
         do {
             return try await blockAsync(for: interest, deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) -> Bool? in
-                engine.progress()
-                if interest.contains(.readable) && engine.isReadable { return true }
-                if interest.contains(.writable) && (engine.writableCount > 0 || engine.failure != nil) { return true }
-                return nil
+                engine.progressAndCheck(readyFor: interest) ? true : nil
             }
         } catch let error as RStreamError where error.kind == .timedOut {
             return false
@@ -100,9 +98,7 @@ extension StreamConnection {
     /// Suspends until every byte accepted so far and the FIN (if sent) have left this side.
     public func flush(timeout: Duration? = nil) async throws {
         _ = try await blockAsync(for: [], deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) throws(RStreamError) -> Bool? in
-            engine.progress()
-            if let failure = engine.failure { throw failure }
-            return engine.isQuiescent && (!engine.isShutdown || engine.hasSentFin) ? true : nil
+            try engine.progressAndCheckFlushed() ? true : nil
         }
     }
 

@@ -119,6 +119,9 @@ public final class StreamConnection: Sendable {
     ///     }
     public var descriptor: Int32? { waitSet?.descriptor }
 
+    /// The wait set (for tests).
+    package var waitSetForTests: WaitSet? { waitSet }
+
     /// `descriptor` as swift-system's `FileDescriptor` (the stream owns it: do not close it).
     public var fileDescriptor: FileDescriptor? { descriptor.map { FileDescriptor(rawValue: $0) } }
 
@@ -127,7 +130,9 @@ public final class StreamConnection: Sendable {
     /// A wake-up is not readiness: after waking, peek or try the call and arm again. Several threads
     /// waiting on one stream should use `wait(for:timeout:)`, which counts its sleepers.
     public func prepareToWait(for interest: WaitInterest) -> Bool {
-        (try? withEngine { engine in engine.prepareToWait(for: interest) }) ?? false
+        // Armed for anything: the caller may sleep without a timeout, and the peer's heartbeats
+        // must then wake it to drive progress.
+        (try? withEngine { engine in engine.prepareToWait(for: interest, wakeOn: .anything) }) ?? false
     }
 
     deinit { engine.disconnect() }
@@ -286,10 +291,7 @@ public final class StreamConnection: Sendable {
     public func wait(for interest: WaitInterest, timeout: Duration? = nil) throws(RStreamError) -> Bool {
         do {
             return try block(for: interest, deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) -> Bool? in
-                engine.progress()
-                if interest.contains(.readable) && engine.isReadable { return true }
-                if interest.contains(.writable) && (engine.writableCount > 0 || engine.failure != nil) { return true }
-                return nil
+                engine.progressAndCheck(readyFor: interest) ? true : nil
             }
         } catch where error.kind == .timedOut {
             return false
@@ -371,9 +373,7 @@ public final class StreamConnection: Sendable {
     /// Blocks until every byte accepted so far and the FIN (if sent) have left this side.
     public func flush(timeout: Duration? = nil) throws(RStreamError) {
         _ = try block(for: [], deadline: timeout.map { ContinuousClock.now + $0 }) { (engine) throws(RStreamError) -> Bool? in
-            engine.progress()
-            if let failure = engine.failure { throw failure }
-            return engine.isQuiescent && (!engine.isShutdown || engine.hasSentFin) ? true : nil
+            try engine.progressAndCheckFlushed() ? true : nil
         }
     }
 

@@ -11,8 +11,8 @@ import Glibc
 /// if `prepare` (which arms it under the owner's lock) says nothing can arrive unseen, for at most
 /// `longestSleep`: a library wait never sleeps through protocol v4's heartbeat duty, since the
 /// next attempt drives progress at least that often. Without a wait set it sleeps until the
-/// descriptor `readable` names is (a set-up socket's answer), or naps (10 µs, then 100 µs after a
-/// few thousand rounds: not a spin, as the peer being waited for may need this core). `interruption` is asked every round and thrown as it is: a `close` from another thread
+/// descriptor `readable` names is (a set-up socket's answer), or naps (10 µs, 100 µs after 64
+/// rounds, 1 ms after a few thousand: not a spin, as the peer being waited for may need this core). `interruption` is asked every round and thrown as it is: a `close` from another thread
 /// (which also rings the wait set, so a sleeper wakes at once).
 package struct BlockingWait {
     package var deadline: ContinuousClock.Instant?
@@ -59,7 +59,7 @@ package struct BlockingWait {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&pfd, 1, min(longestSleep, WaitSet.milliseconds(until: deadline)))
             } else {
-                usleep(round < 4096 ? 10 : 100)
+                usleep(round < 64 ? 10 : round < 4096 ? 100 : 1000)
             }
         }
     }
@@ -78,9 +78,9 @@ extension BlockingWait {
         return nil
     }
 
-    /// How often a task asleep on the reactor has its `stillIdle` check run: protocol v4's
-    /// heartbeat duty (a driven stream sends a heartbeat after a second of silence).
-    package static let idleCheckInterval: Duration = .seconds(1)
+    /// How often a task asleep on the reactor has its `onTick` run: half protocol v4's heartbeat
+    /// interval, so that a beat due after a second of silence goes within 1.5 s.
+    package static let idleCheckInterval: Duration = .milliseconds(500)
 
     /// `run` for a task: the same rounds, but within the busy-poll window the task yields between
     /// them, and a sleep suspends it on the process's `Reactor` (until the wait set's descriptor,
@@ -117,22 +117,29 @@ extension BlockingWait {
             let far = deadline ?? now + .seconds(3600)
             var slept = false
             if let waitSet {
-                guard prepare() else { continue }
+                guard prepare() else {
+                    // Ready, or not yet able to sleep: look again, letting the pool's other tasks run.
+                    await Task.yield()
+                    continue
+                }
                 let counted = SleeperCount()
+                // The reactor stops counting the task as a sleeper (for every waiter of the fired
+                // descriptor first), then the check re-counts it if it sleeps on.
+                let uncount: @Sendable () -> Void = {
+                    waitSet.endSleep()
+                    counted.set(false)
+                }
+                let awake = stillIdle == nil ? nil : uncount
                 let recheck = stillIdle.map { check in
                     { @Sendable () -> Bool in
-                        // The check re-counts the task (or not): it stops being a sleeper first, so
-                        // that the arming it makes may drain the wait set.
-                        waitSet.endSleep()
-                        counted.set(false)
                         let idle = check()
                         counted.set(idle)
                         return idle
                     }
                 }
                 let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
-                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy,
-                                                   checkEvery: Self.idleCheckInterval, stillIdle: recheck, onTick: onTick)
+                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy, checkEvery: Self.idleCheckInterval,
+                                                   awake: awake, stillIdle: recheck, onTick: onTick)
                 if counted.isCounted { waitSet.endSleep() }
             } else if let fd = readable() {
                 slept = await Reactor.shared.sleep(on: fd, until: min(now + .milliseconds(Int(longestSleep)), far))

@@ -73,6 +73,8 @@ package final class PassiveListener: @unchecked Sendable {
     /// calls it before deinit, once no call is inside.
     package func stopListening() {
         guard !pepClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Requests already queued are refused, not left for their clients to time out on.
+        while let request = try? eventQueue.takeRequest() { reject(request, reason: "the listener closed") }
         closeFabricObject(fidOf(pep), "passive endpoint")
     }
 
@@ -103,6 +105,9 @@ package final class PassiveListener: @unchecked Sendable {
             prepare: { prepareToWait(sleeper: true) },
             attempt: { (_) throws(RStreamError) in try eventQueue.takeRequest() })
     }
+
+    /// The longest an accepted fabric connection may take to complete (`FI_CONNECTED`).
+    static let handshakeLimit: Duration = .seconds(10)
 
     /// Refuses a request, telling the peer why (truncated to what connection data can carry).
     package func reject(_ request: ConnectionRequest, reason: String) {
@@ -176,7 +181,9 @@ package final class PassiveListener: @unchecked Sendable {
         }
         let transport = try beginAccept(request, peer: peer, shape: shape)
         let key = transport.eventKey
-        let event = try EventQueue.wait(until: deadline, "the accepted connection to complete") { () throws(RStreamError) in
+        // Bounded even without a deadline: the listener's close waits for this look to end.
+        let completeBy = min(deadline ?? .now + Self.handshakeLimit, .now + Self.handshakeLimit)
+        let event = try EventQueue.wait(until: completeBy, "the accepted connection to complete") { () throws(RStreamError) in
             try eventQueue.takeEvent(for: key)
         }
         switch event {
@@ -470,7 +477,8 @@ package final class StreamAcceptor: @unchecked Sendable {
         guard !closed.exchange(true, ordering: .sequentiallyConsistent) else { return }
         waitSet?.ring()
         // A look in progress never sleeps (the sleep is outside `withOpenListener`): it ends
-        // within a core call or, for a fabric request it found, one connection round trip.
+        // within a core call or, for a fabric request it found, once the accepted connection
+        // completes (at most `PassiveListener.handshakeLimit`).
         while callsInside.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
         sameHost?.stopListening()
         fabric.stopListening()

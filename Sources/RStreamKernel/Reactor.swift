@@ -43,6 +43,11 @@ package final class Reactor: @unchecked Sendable {
         /// When the waiter's timer fires next: its next tick, or its deadline.
         var checkAt: ContinuousClock.Instant
         let checkEvery: Duration
+        /// Run for every waiter of a fired descriptor before any of their checks (a stream's: it
+        /// stops counting as its wait set's sleeper, so that the first check's arming may drain
+        /// the set: with each check uncounting only itself, two waiters of one stream kept each
+        /// other counted, nobody drained, and the re-armed descriptor fired for ever).
+        let awake: (@Sendable () -> Void)?
         let stillIdle: (@Sendable () -> Bool)?
         let onTick: (@Sendable () -> Bool)?
         let resume: @Sendable () -> Void
@@ -82,11 +87,12 @@ package final class Reactor: @unchecked Sendable {
     /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
     /// reactor could not be made, or `epoll_ctl` refused the descriptor): the caller then naps.
     package func whenReadable(_ fd: Int32, deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
-                              stillIdle: (@Sendable () -> Bool)? = nil, onTick: (@Sendable () -> Bool)? = nil,
+                              awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
+                              onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
         guard epoll >= 0, wakeFD >= 0 else { return nil }
         var waiter = Waiter(fd: fd, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
-                            stillIdle: stillIdle, onTick: onTick, resume: resume)
+                            awake: awake, stillIdle: stillIdle, onTick: onTick, resume: resume)
         waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
         let checkAt = waiter.checkAt
         let (token, startThread) = state.withCheckedLock(key: lockKey(self)) { s -> (Token?, Bool) in
@@ -114,6 +120,10 @@ package final class Reactor: @unchecked Sendable {
             return unfile(token, &s)?.resume
         }
     }
+
+    /// Checks run because a descriptor fired (for tests: a descriptor that stays readable while
+    /// its waiters sleep on shows as checks without end).
+    package let firedChecks = Atomic<Int>(0)
 
     /// How many tasks wait now, filed or out for their check (for tests and `rstream async-cost`).
     package var waiting: Int { state.withCheckedLock(key: lockKey(self)) { $0.waiters.count + $0.checking.count } }
@@ -224,7 +234,7 @@ package final class Reactor: @unchecked Sendable {
         while true {
             let timeout = state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
                 guard let next = s.timers.keys.min() else {
-                    s.sleepingUntil = .now + .seconds(3600)
+                    s.sleepingUntil = .now + .seconds(100 * 365 * 86_400) // for ever: any timer rings it awake
                     return -1
                 }
                 s.sleepingUntil = next
@@ -283,6 +293,8 @@ package final class Reactor: @unchecked Sendable {
     /// Runs the checks (off the lock): a fired waiter still idle is filed again (its descriptor
     /// re-armed), a ticked one that is ready is resumed.
     private func runChecks(_ work: inout Work) {
+        for (_, waiter) in work.fired { waiter.awake?() }
+        firedChecks.add(work.fired.count, ordering: .relaxed)
         for (token, var waiter) in work.fired {
             let idle = waiter.stillIdle!()
             waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
@@ -305,11 +317,12 @@ extension Reactor {
     /// passes, or the task is cancelled (it then returns at once; the caller looks at
     /// `Task.isCancelled`). False when the descriptor cannot be watched: the caller must nap.
     package func sleep(on fd: Int32, until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
-                       stillIdle: (@Sendable () -> Bool)? = nil, onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
+                       awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
+                       onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
         let pending = PendingToken()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                guard let token = whenReadable(fd, deadline: deadline, checkEvery: checkEvery, stillIdle: stillIdle,
+                guard let token = whenReadable(fd, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
                                                onTick: onTick, { continuation.resume(returning: true) }) else {
                     continuation.resume(returning: false)
                     return

@@ -296,7 +296,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // The engine placed the bytes in the peer's ring itself (the direct-write region).
         assert(sendOffset == remoteOffset && remoteOffset + length <= peerRingSize, "direct write at \(sendOffset)/\(remoteOffset)")
         complete(writeSlot: Int32(writeSlot))
-        post(word, wakes: .readable)
+        post(word, wakes: [.readable, .everyWord])
         return .complete
     }
 
@@ -329,12 +329,12 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
                 guard case .word(let word) = try progressSide.pointee.consumer.next() else { break }
                 events[n] = .notified(word: word, consumedReceive: true)
                 n += 1
-                serves = [.readable, .writable]
+                serves = .anything
             } catch {
                 guard n > 0 else { throw error }
                 progressSide.pointee.pendingError = error
                 published.pointee.somethingHeldBack.store(true, ordering: .releasing)
-                serves = [.readable, .writable]
+                serves = .anything
                 break
             }
         }
@@ -350,7 +350,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
             progressSide.pointee.leftReported = true
             events[0] = .failed(code: ECONNRESET, transmit: false)
             n = 1
-            serves = [.readable, .writable]
+            serves = .anything
         }
         if n > 0 { ownWaitSet.stateMayHaveChanged(serving: serves) }
         return n
@@ -371,17 +371,23 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     /// Raises this side's wake request for `interest` (the peer rings the doorbell at its next
     /// word that can serve it), then looks at the word ring and the completions once more.
     package func tryWait(for interest: WaitInterest) -> Bool {
-        // Only this side writes it, under the progress lock: a load and a store.
-        let raised = SameHostWakeRequest.raised(ownWakeRequest.pointee.load(ordering: .relaxed), for: interest)
+        // Only this side writes it, under the progress lock: a load and a store. It asks for what
+        // every waiter armed since the last ring wants, not only this one (a writer arming after
+        // a reader must not take the reader's request back).
+        let wanted = interest.isEmpty ? [.readable, .writable] : interest
+        let raised = SameHostWakeRequest.raised(ownWakeRequest.pointee.load(ordering: .relaxed),
+                                                for: wanted.union(ownWaitSet.armedInterest))
         ownWakeRequest.pointee.store(raised, ordering: .sequentiallyConsistent)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if progressSide.pointee.consumer.hasNext() { return false }
         return completionsPosted.pointee.load(ordering: .acquiring) == progressSide.pointee.completionsTaken
     }
 
-    /// Looks at the set-up socket, at most once per tick of the coarse clock (a few milliseconds:
-    /// no system call per operation while busy-polling): its end, or anything on it, means the
-    /// peer is gone (its process died or closed).
+    /// Looks at the set-up socket and the doorbell, at most once per tick of the coarse clock (a
+    /// few milliseconds: no system call per operation while busy-polling). The socket's end, or
+    /// anything on it, means the peer is gone (its process died or closed); so does the doorbell's
+    /// end, since this side keeps no copy of the end it gave the peer (a peer that closes it while
+    /// it lives cannot be served: it can no longer be rung).
     private func peerHasLeft() -> Bool {
         if peerGone.load(ordering: .acquiring) { return true }
         let now = Liveness.nowTicks()
@@ -389,11 +395,17 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // threads that both look in one tick cost one more recv, nothing else.
         guard lastPeerCheck.load(ordering: .relaxed) != now else { return false }
         lastPeerCheck.store(now, ordering: .relaxed)
-        var byte: UInt8 = 0
-        let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }
+        func ended(_ fd: Int32, anythingEnds: Bool) -> Bool {
+            var byte: UInt8 = 0
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }
+            return n <= 0 || anythingEnds
+        }
+        guard ended(socket, anythingEnds: true) || ended(doorbellEnds.own, anythingEnds: false) else { return false }
         if !peerGone.exchange(true, ordering: .acquiringAndReleasing) {
-            ownWaitSet.unwatch(socket) // it stays readable: sleepers would spin on it
+            // Both stay readable once ended: sleepers would spin on them.
+            ownWaitSet.unwatch(socket)
+            ownWaitSet.unwatch(doorbellEnds.own)
             ownWaitSet.ring()
         }
         return true
@@ -426,24 +438,25 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 }
 
 /// The wake request a same-host side publishes in its status segment (read-only to the peer):
-/// a count raised at each arming, shifted left by two, with the interest in the low bits
-/// (readable 1, writable 2; both for a waiter of anything). The peer rings once per new request,
-/// at its first word that can serve it: DATA, and a CONTROL word carrying FIN, serve a reader; a
-/// CONTROL word returning space or credits serves a writer; a heartbeat alone serves nobody (a
-/// sleeping side judges the peer's liveness when its sleep times out, not at every beat).
+/// a count raised at each arming, shifted left by three, with what its waiters want in the low
+/// bits (readable 1, writable 2, every word 4). The peer rings once per new request, at its first
+/// word that can serve it: DATA, and a CONTROL word carrying FIN, serve a reader; a CONTROL word
+/// returning space or credits serves a writer; any word, a heartbeat alone too, serves a waiter of
+/// every word (a descriptor handed to the user, who may sleep on it without a timeout). The
+/// library's own sleeps have timeouts, so they ask for no heartbeat: they judge the peer's
+/// liveness when they time out or tick.
 package enum SameHostWakeRequest {
     package static func raised(_ previous: UInt64, for interest: WaitInterest) -> UInt64 {
-        let bits = interest.isEmpty ? 3 : UInt64(interest.rawValue & 3)
-        return ((previous >> 2) &+ 1) << 2 | bits
+        ((previous >> 3) &+ 1) << 3 | UInt64(interest.rawValue & 7)
     }
 
     /// What a request (the peer's, so hostile: any value is safe here) waits for.
-    package static func interest(of request: UInt64) -> WaitInterest { WaitInterest(rawValue: UInt8(request & 3)) }
+    package static func interest(of request: UInt64) -> WaitInterest { WaitInterest(rawValue: UInt8(request & 7)) }
 
     /// Whom a CONTROL word of this side can serve.
     package static func wakes(control word: UInt32) -> WaitInterest {
-        guard case .control(let freed, let credits, let fin, _)? = try? NotificationWord.decode(word) else { return [.readable, .writable] }
-        var serves: WaitInterest = []
+        guard case .control(let freed, let credits, let fin, _)? = try? NotificationWord.decode(word) else { return .anything }
+        var serves: WaitInterest = .everyWord
         if fin { serves.insert(.readable) }
         if freed > 0 || credits > 0 { serves.insert(.writable) }
         return serves

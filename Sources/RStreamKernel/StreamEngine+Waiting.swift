@@ -14,19 +14,22 @@ extension StreamEngine {
     /// no descriptor). A `sleeper` is counted, and must call `transport.waitSet!.sleep` next.
     /// `unless` is asked after arming (a close from another thread: it rings after raising what
     /// `unless` reads, so either this sees it or the sleep is rung awake).
-    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
+    /// `wakeOn` is what the wait set is armed for (default: `interest`): a descriptor handed to the
+    /// user is armed for anything (`WaitInterest.anything`).
+    package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false, wakeOn: WaitInterest? = nil,
+                               unless interrupted: () -> Bool = { false }) -> Bool {
         guard let waitSet = transport.waitSet else { return false }
         for _ in 0..<8 {
             progress()
             pollConnectionEvents()
             let verdict = withProgressLock { () -> Bool? in
                 // Armed before the last look: whatever happens after it rings the wait set.
-                waitSet.arm(for: interest)
+                waitSet.arm(for: wakeOn ?? interest)
                 if transport.hasConnectionEvent { return nil }
                 if interrupted() { return false }
                 if interest.contains(.readable) && isReadable { return false }
                 if interest.contains(.writable) && mayBeWritable { return false }
-                guard transport.tryWait(for: interest) else { return nil }
+                guard transport.tryWait(for: wakeOn ?? interest) else { return nil }
                 if sleeper { waitSet.willSleep() }
                 return true
             }
@@ -42,6 +45,24 @@ extension StreamEngine {
         progress()
         return transport.hasConnectionEvent || hasFailed
             || interest.contains(.readable) && isReadable || interest.contains(.writable) && mayBeWritable
+    }
+
+    /// `wait(for:)`'s look, sync or async: drives progress, then whether the stream is ready for
+    /// `interest`. Writable counts a call that would not block: room, a failure to report, or
+    /// the shutdown (a send then fails at once with `.closed`). The same readiness `prepareToWait`
+    /// judges, so that a wait never spins between "ready, do not sleep" and "not ready".
+    package func progressAndCheck(readyFor interest: WaitInterest) -> Bool {
+        progress()
+        if interest.contains(.readable) && isReadable { return true }
+        return interest.contains(.writable) && (writableCount > 0 || hasFailed || isShutdown)
+    }
+
+    /// `flush`'s look: drives progress; true once every byte accepted and the FIN (if asked
+    /// for) have left; a failure is thrown.
+    package func progressAndCheckFlushed() throws(RStreamError) -> Bool {
+        progress()
+        if let failure { throw failure }
+        return isQuiescent && (!isShutdown || hasSentFin)
     }
 
     /// True once the connection went away, whoever read the event.

@@ -13,6 +13,11 @@ public struct WaitInterest: OptionSet, Sendable {
     public static let readable = WaitInterest(rawValue: 1)
     /// Room to send, or an error to report.
     public static let writable = WaitInterest(rawValue: 2)
+    /// Any word from the peer, a heartbeat too: what a caller sleeping on the descriptor without a
+    /// timeout asks for, so that the peer's heartbeats wake it to drive progress (and send its own).
+    package static let everyWord = WaitInterest(rawValue: 4)
+    /// What a descriptor handed to the user is armed for: anything.
+    package static let anything: WaitInterest = [.readable, .writable, .everyWord]
 }
 
 /// Owner of the descriptor a stream's waiters sleep on: an epoll set holding the completion
@@ -114,8 +119,11 @@ package final class WaitSet: @unchecked Sendable {
             _ = read(fd, &ticks, 8)
         }
         // Or-ed in: two waiters of one set may wait for different things.
-        armed.bitwiseOr(interest.isEmpty ? 3 : interest.rawValue & 3, ordering: .sequentiallyConsistent)
+        armed.bitwiseOr(interest.isEmpty ? 3 : interest.rawValue & 7, ordering: .sequentiallyConsistent)
     }
+
+    /// Everything armed since the last ring (all the waiters': what the peer must ring for).
+    package var armedInterest: WaitInterest { WaitInterest(rawValue: armed.load(ordering: .sequentiallyConsistent)) }
 
     /// Called under the progress lock by a thread that will call `sleep` once it is released.
     package func willSleep() {
@@ -125,7 +133,7 @@ package final class WaitSet: @unchecked Sendable {
     /// Called by whoever took completions or connection events that can serve `serves`: rings if
     /// anyone armed for it (a completion of this side's own CONTROL word, say, wakes no reader).
     @inline(__always)
-    package func stateMayHaveChanged(serving serves: WaitInterest = [.readable, .writable]) {
+    package func stateMayHaveChanged(serving serves: WaitInterest = .anything) {
         guard armed.load(ordering: .relaxed) & serves.rawValue != 0 else { return }
         ring()
     }
@@ -136,8 +144,9 @@ package final class WaitSet: @unchecked Sendable {
         _ = write(wakeFD, &one, 8)
     }
 
-    /// The longest a library wait sleeps before it looks again: under the heartbeat interval, so
-    /// a sleeping stream still sends its heartbeats (protocol v4) and notices a silent peer.
+    /// The longest a blocking library wait sleeps before it looks again: under the heartbeat
+    /// interval, so a sleeping stream still sends its heartbeats (protocol v4) and notices a silent
+    /// peer. (An async wait sleeps longer: the reactor drives its stream every half second.)
     package static let longestSleepMilliseconds: Int32 = 500
 
     /// Milliseconds to `deadline` for `sleep`, capped at `longestSleepMilliseconds`.
@@ -152,9 +161,13 @@ package final class WaitSet: @unchecked Sendable {
     /// itself with `willSleep` under the progress lock.
     package func sleep(timeoutMilliseconds: Int32) {
         var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, timeoutMilliseconds)
+        if poll(&pfd, 1, timeoutMilliseconds) == 0 { timedOutSleeps.add(1, ordering: .relaxed) }
         endSleep()
     }
+
+    /// Sleeps that ended by their timeout, not by a ring (for tests: a wake-up that should have
+    /// come by a ring shows here).
+    package let timedOutSleeps = Atomic<Int>(0)
 
     /// Called by a counted sleeper once it is awake (`sleep` does it; a task the reactor resumed
     /// does it itself).

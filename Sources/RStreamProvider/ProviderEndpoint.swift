@@ -218,7 +218,9 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             return transport == nil && !isConnecting ? -Int32(FI_EOPBADSTATE) : -Int32(FI_EAGAIN)
         }
         if engine.transport.waitSet != nil {
-            return engine.prepareToWait(for: .readable) ? 0 : -Int32(FI_EAGAIN)
+            // Readiness is judged for reading; the descriptor is armed for anything (a C program
+            // polls it for room too, and may sleep on it without a timeout).
+            return engine.prepareToWait(for: .readable, wakeOn: .anything) ? 0 : -Int32(FI_EAGAIN)
         }
         engine.progress()
         engine.pollConnectionEvents()

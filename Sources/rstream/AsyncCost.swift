@@ -6,8 +6,8 @@ import RStreamKernel
 import Synchronization
 
 /// What idle async readers cost, and how soon a wake-up reaches its task: the figures of issue 11,
-/// measured in one process (both ends of every stream are idle async readers, so both send their
-/// heartbeats and wake for the peer's).
+/// measured in one process (both ends of every stream are idle async readers, so both keep up
+/// their heartbeats and receive the peer's).
 struct AsyncCost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "async-cost",

@@ -174,3 +174,49 @@ import Testing
         try #require(Reactor.shared.waiting > 0)
     }
 }
+
+/// Review findings on waiting, each with the test that failed before its fix.
+@Suite(.serialized) struct WaitingRegressionTests {
+    /// Two async waiters on one stream (a reader, and a writer blocked on flow control) used to
+    /// keep each other counted as sleepers, so nobody drained the wait set and the reactor re-ran
+    /// their checks without end.
+    @Test(arguments: LifecycleTests.transports)
+    func twoAsyncWaitersOnOneStreamLetTheReactorSleep(transport: String) async throws {
+        let (client, server) = try connectedPair(LifecycleTests.options(transport) { $0.busyPollWindow = .zero })
+        try LifecycleTests.fill(client) // the server reads nothing: a send must wait
+        let reader = Task { try await client.receive(maxBytes: 16) }
+        let writer = Task { try await client.send([UInt8](repeating: 1, count: 4096)) }
+        try await Task.sleep(for: .milliseconds(200))
+        // Over 1.5 s the stream sends a heartbeat, whose own completion rings the writer.
+        let before = Reactor.shared.firedChecks.load(ordering: .relaxed)
+        try await Task.sleep(for: .milliseconds(1500))
+        let checks = Reactor.shared.firedChecks.load(ordering: .relaxed) - before
+        #expect(checks < 100, "\(checks) checks in 1.5 s of an idle stream: the reactor spins")
+        reader.cancel()
+        writer.cancel()
+        _ = await (reader.result, writer.result)
+        await client.close(linger: .zero)
+        await server.close(linger: .zero)
+    }
+
+    /// Over shared memory a writer's wake request used to replace a waiting reader's, so the
+    /// peer's DATA word rang nobody and the reader slept until its timeout.
+    @Test func aReaderBesideAWaitingWriterIsRungForItsBytes() throws {
+        let (client, server) = try connectedPair(LifecycleTests.options("shm") { $0.busyPollWindow = .zero })
+        try LifecycleTests.fill(server) // the client reads nothing yet: the server's send waits
+        let reader = Background { try server.receive(maxBytes: 16) }
+        usleep(50_000)
+        let writer = Background { try server.send([UInt8](repeating: 1, count: 4096)) } // arms after the reader
+        usleep(50_000)
+        let waitSet = try #require(server.waitSetForTests)
+        let timeoutsBefore = waitSet.timedOutSleeps.load(ordering: .relaxed)
+        try client.sendAll([7])
+        #expect(try reader.value() == [7])
+        #expect(waitSet.timedOutSleeps.load(ordering: .relaxed) == timeoutsBefore, "the reader woke by its timeout, not by a ring")
+        var drain = [UInt8](repeating: 0, count: 1 << 20)
+        while client.readableBytes > 0 { _ = try client.tryReceive(into: &drain) }
+        _ = try writer.value()
+        client.close(linger: .zero)
+        server.close(linger: .zero)
+    }
+}

@@ -18,6 +18,10 @@ import Testing
         let output = Pipe()
         process.standardOutput = output
         try process.run()
+        // A hang is a failure, not a stuck test run.
+        let watchdog = DispatchWorkItem { process.terminate() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
+        defer { watchdog.cancel() }
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
