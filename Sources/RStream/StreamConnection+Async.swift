@@ -4,7 +4,7 @@ import RStreamKernel
 /// task busy-polls (yielding) for the options' window, then arms the stream's descriptor and
 /// suspends on the process's reactor (one thread, started by the first async wait, asleep in
 /// `epoll_wait` while nothing happens) until the stream may be ready. The reactor drives an idle
-/// stream's progress itself every half second (the heartbeat duty of protocol v4) and looks at
+/// stream's progress itself every second (the heartbeat duty of protocol v4) and looks at
 /// words that cannot make it ready without resuming the task, so an idle task costs almost nothing.
 ///
 /// Cancelling a waiting task resumes it at once and throws `CancellationError`, leaving the stream

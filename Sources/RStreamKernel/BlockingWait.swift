@@ -78,9 +78,11 @@ extension BlockingWait {
         return nil
     }
 
-    /// How often a task asleep on the reactor has its `onTick` run: half protocol v4's heartbeat
-    /// interval, so that a beat due after a second of silence goes within 1.5 s.
-    package static let idleCheckInterval: Duration = .milliseconds(500)
+    /// How often a task asleep on the reactor has its `onTick` run: protocol v4's heartbeat
+    /// interval, so that a beat due after a second of silence goes within two seconds, a check
+    /// interval late, which the shortest peer timeout (3 s) allows for. (Every 500 ms cost 1,000
+    /// idle readers 1.7 % of a core instead of 0.9 %.)
+    package static let idleCheckInterval: Duration = .seconds(1)
 
     /// `run` for a task: the same rounds, but within the busy-poll window the task yields between
     /// them, and a sleep suspends it on the process's `Reactor` (until the wait set's descriptor,

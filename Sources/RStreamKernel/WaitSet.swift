@@ -146,7 +146,7 @@ package final class WaitSet: @unchecked Sendable {
 
     /// The longest a blocking library wait sleeps before it looks again: under the heartbeat
     /// interval, so a sleeping stream still sends its heartbeats (protocol v4) and notices a silent
-    /// peer. (An async wait sleeps longer: the reactor drives its stream every half second.)
+    /// peer. (An async wait sleeps longer: the reactor drives its stream every second.)
     package static let longestSleepMilliseconds: Int32 = 500
 
     /// Milliseconds to `deadline` for `sleep`, capped at `longestSleepMilliseconds`.
