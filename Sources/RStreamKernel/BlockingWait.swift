@@ -87,7 +87,8 @@ extension BlockingWait {
     /// `run` for a task: the same rounds, but within the busy-poll window the task yields between
     /// them, and a sleep suspends it on the process's `Reactor` (until the wait set's descriptor,
     /// or the one `readable` names, is readable; at most `longestSleep`) instead of blocking its
-    /// thread. With neither, it naps with `Task.sleep` (20 µs growing to 5 ms). Cancelling the
+    /// thread. With neither, it naps with `Task.sleep` (20 µs growing to 5 ms, or to 20 ms when
+    /// the reactor refused the wait set's descriptor). Cancelling the
     /// task ends the wait with `CancellationError` at the next round; a sleeping task is resumed
     /// at once to see it. Nothing is taken from the stream by a wait: bytes are only taken by an
     /// attempt that returns them.
@@ -146,7 +147,12 @@ extension BlockingWait {
             } else if let fd = readable() {
                 slept = await Reactor.shared.sleep(on: fd, until: min(now + .milliseconds(Int(longestSleep)), far))
             }
-            if !slept { try await Task.sleep(for: .microseconds(min(5000, 20 << min(round / 64, 8)))) }
+            // A nap instead: 20 µs growing to 5 ms; to 20 ms for a descriptor the reactor refused
+            // (over tcp past about 100 streams: a thousand such idle tasks at 5 ms cost a core).
+            if !slept {
+                let cap = waitSet == nil ? 5000 : 20_000
+                try await Task.sleep(for: .microseconds(min(cap, 20 << min(round / 64, 10))))
+            }
         }
     }
 }

@@ -44,7 +44,9 @@ package struct SameHostOffer: ~Copyable {
                                         node: shape.numaNode, peerMayWrite: true)
         WordRing.initialize(at: inbound.base, capacity: WordRing.capacity(forCredits: shape.rxCredits))
         let status = try SharedSegment(making: "rstream-status", byteCount: SameHostLayout.statusBytes, node: shape.numaNode, peerMayWrite: false)
-        status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
+        let words = status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2)
+        words.initialize(to: Atomic(0))
+        (words + 1).initialize(to: Atomic(SameHostWakeRequest.formatMarker))
         var ends: [Int32] = [-1, -1]
         _ = try systemCall("socketpair(doorbell)") { rs_doorbell_pair(&ends) }
         guard let waitSet = WaitSet(waitDescriptors: [socket], doorbell: ends[0]) else {
@@ -146,6 +148,9 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let ownWordRingCapacity: Int
     private let completionSlots: UnsafeMutablePointer<Int32>
     private let peerWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The peer's requests carry what its waiters want (its status segment says so); an older
+    /// peer's are plain counts, to be rung at any word.
+    private let peerRequestsCarryInterest: Bool
     private let ownWakeRequest: UnsafeMutablePointer<Atomic<UInt64>>
 
     private let peerGone = Atomic<Bool>(false)
@@ -203,6 +208,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         completionSlots.initialize(repeating: -1, count: txSize)
         localRegion = region
         peerWakeRequest = peerStatus.base.assumingMemoryBound(to: Atomic<UInt64>.self)
+        peerRequestsCarryInterest = (peerWakeRequest + 1).pointee.load(ordering: .acquiring) == SameHostWakeRequest.formatMarker
         ownWakeRequest = offer.status.base.assumingMemoryBound(to: Atomic<UInt64>.self)
 
         self.peerInbound = peerInbound
@@ -286,7 +292,8 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // Pairs with the fence in the peer's `tryWait`: either it sees this word, or this sees its request.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         let request = peerWakeRequest.pointee.load(ordering: .relaxed)
-        if request != sendSide.pointee.answeredWakeRequest && !SameHostWakeRequest.interest(of: request).isDisjoint(with: wakes) {
+        if request != sendSide.pointee.answeredWakeRequest
+            && (!peerRequestsCarryInterest || !SameHostWakeRequest.interest(of: request).isDisjoint(with: wakes)) {
             sendSide.pointee.answeredWakeRequest = request
             _ = rs_ring_doorbell(peerDoorbell) // EAGAIN: rings already pending; never blocks
         }
@@ -446,6 +453,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 /// library's own sleeps have timeouts, so they ask for no heartbeat: they judge the peer's
 /// liveness when they time out or tick.
 package enum SameHostWakeRequest {
+    /// The status segment's second word says the first carries interests ("RSWAKE" and format 2):
+    /// a peer without it publishes a plain count, and is rung at its next word whatever it is.
+    package static let formatMarker: UInt64 = 0x5253_5741_4B45_0002
+
     package static func raised(_ previous: UInt64, for interest: WaitInterest) -> UInt64 {
         ((previous >> 3) &+ 1) << 3 | UInt64(interest.rawValue & 7)
     }

@@ -44,11 +44,19 @@ struct AsyncCost: ParsableCommand {
         }
     }
 
+    /// Resident bytes of this process (`/proc/self/statm`).
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+    }
+
     func measure() async throws {
         var options = StreamOptions()
         options.provider = provider
         options.busyPollWindow = .zero // an idle reader goes straight to the reactor
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
+        let residentBefore = Self.residentBytes()
         var streams: [StreamConnection] = []
         for _ in 0..<max(1, readers / 2) {
             async let accepted = listener.accept(timeout: .seconds(10))
@@ -56,6 +64,8 @@ struct AsyncCost: ParsableCommand {
             streams.append(try await accepted)
         }
         let transport = streams[0].transport
+        let perStream = Double(Self.residentBytes() - residentBefore) / Double(streams.count) / 1024
+        print("resident memory: \(String(format: "%.0f", perStream)) KiB per stream (both ends in this process; rings of \(options.receiveRingSize / 1024) KiB)")
         let arrivals = Arrivals()
         let base = Reactor.shared.waiting
         let tasks = streams.enumerated().map { (i, stream) in

@@ -162,10 +162,18 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         // lets go a moment after (later still under a sanitizer). So each count is taken once this
         // process holds no same-host stream (no segment of ours is mapped): a leak never gets there.
         let kinds = ["socket", "anon_inode:[eventfd]", "anon_inode:[eventpoll]"]
+        // A stream being released has unmapped its segments a moment before its descriptors close:
+        // the count is taken once no segment is mapped and two looks 20 ms apart agree.
         func settled() -> [String: Int] {
             let end = ContinuousClock.now + .seconds(5)
-            while sameHostMappings() != 0 && ContinuousClock.now < end { usleep(10_000) }
-            return descriptors()
+            var last = descriptors()
+            while ContinuousClock.now < end {
+                usleep(20_000)
+                let now = descriptors()
+                if sameHostMappings() == 0 && now == last { return now }
+                last = now
+            }
+            return last
         }
         for _ in 0..<10 { try cycle() } // the first ones make the process's lasting state
         let (fdsBefore, mapsBefore) = (settled(), sameHostMappings())
@@ -212,10 +220,13 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
             .run(readable: { fd }) { (_) throws(RStreamError) in try UnixSocket.receive(fd) }
     }
 
-    static func connect(port: UInt16) throws -> Session {
+    /// `asOlderPeer`: its status segment lacks the wake-request format marker, as a build from
+    /// before wake requests carried interests.
+    static func connect(port: UInt16, asOlderPeer: Bool = false) throws -> Session {
         let fd = try UnixSocket.make()
         #expect(try UnixSocket.connect(fd, port: port) == .connected)
         let offer = try SameHostOffer(shape: shape, socket: fd)
+        if asOlderPeer { (offer.status.base + 8).storeBytes(of: 0, as: UInt64.self) }
         try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
         let message = try answer(on: fd)
         try #require(message.descriptors.count == 3, "\(String(decoding: message.bytes, as: UTF8.self))")
