@@ -223,14 +223,14 @@ import Testing
 
 extension WaitingRegressionTests {
     /// A peer of an older build publishes its wake request as a plain count; read as interests,
-    /// one arming in four looked like "nothing" and was never rung. It is rung at any word.
+    /// one arming in eight looked like "nothing" and was never rung. It is rung at any word.
     @Test func anOlderPeersPlainCountIsRungAtItsNextWord() throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: LifecycleTests.options("shm"))
         let accepted = Background { try listener.accept(timeout: .seconds(10)) }
         let session = try SameHostHostilePeerTests.connect(port: listener.port, asOlderPeer: true)
         let server = try accepted.value()
-        // It arms the way it did: its count raised to 4, whose low bits an interest would read as none.
-        session.offer.status.base.storeBytes(of: 4, as: UInt64.self)
+        // It arms the way it did: its count raised to 8, whose low bits an interest would read as none.
+        session.offer.status.base.storeBytes(of: 8, as: UInt64.self)
         try server.sendAll([1])
         var pfd = pollfd(fd: session.offer.doorbell.own, events: Int16(POLLIN), revents: 0)
         #expect(poll(&pfd, 1, 5000) == 1, "the older peer was not rung for the byte")
