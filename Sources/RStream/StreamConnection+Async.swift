@@ -31,11 +31,17 @@ extension StreamConnection {
         let engine = engine
         let wait = BlockingWait(deadline: deadline, busyWindow: options.busyPollWindow, waitSet: waitSet,
                                 what: "the stream to become ready")
+        // The reactor can judge readability and room, not what an empty interest waits for (a
+        // flush): such a wait is resumed at every wake-up instead.
+        let check: @Sendable () -> Bool = { [self] in engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) }
+        let tick: @Sendable () -> Bool = { [self] in !engine.tickWhileWaiting(for: interest) && !isClosed }
+        let stillIdle = interest.isEmpty ? nil : check
+        let onTick = interest.isEmpty ? nil : tick
         return try await wait.runAsync(
             interruption: { isClosed ? Self.closedError : nil },
             prepare: { engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
-            stillIdle: { [self] in engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
-            onTick: { [self] in !engine.tickWhileWaiting(for: interest) && !isClosed },
+            stillIdle: stillIdle,
+            onTick: onTick,
             attempt: { (round) throws(RStreamError) -> R? in
                 if round & 63 == 63 { engine.pollConnectionEvents() }
                 return try attempt(engine)

@@ -46,6 +46,7 @@ package struct BlockingWait {
     ) throws(RStreamError) -> R {
         let busyUntil = ContinuousClock.now + busyWindow
         var round = 0
+        var notYet = 0
         while true {
             if let value = try look(round, interruption, attempt) { return value }
             let now = ContinuousClock.now
@@ -53,7 +54,13 @@ package struct BlockingWait {
             guard now >= busyUntil else { continue }
             if let waitSet {
                 if prepare() {
+                    notYet = 0
                     waitSet.sleep(timeoutMilliseconds: min(longestSleep, WaitSet.milliseconds(until: deadline)))
+                } else {
+                    // "Ready" that the attempt does not find (a write staged for a full queue, say)
+                    // passes within a completion or two: looked at again, but not in a hot loop.
+                    notYet += 1
+                    if notYet > 16 { usleep(notYet < 1024 ? 10 : 100) }
                 }
             } else if let fd = readable() {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -108,6 +115,7 @@ extension BlockingWait {
     ) async throws -> R {
         let busyUntil = ContinuousClock.now + busyWindow
         var round = 0
+        var notYet = 0
         while true {
             try Task.checkCancellation()
             if let value = try look(round, interruption, attempt) { return value }
@@ -121,10 +129,13 @@ extension BlockingWait {
             var slept = false
             if let waitSet {
                 guard prepare() else {
-                    // Ready, or not yet able to sleep: look again, letting the pool's other tasks run.
-                    await Task.yield()
+                    // Ready, or not yet able to sleep: look again, letting the pool's other tasks
+                    // run (and napping if it lasts, as `run` does).
+                    notYet += 1
+                    if notYet > 16 { try await Task.sleep(for: .microseconds(notYet < 1024 ? 10 : 100)) } else { await Task.yield() }
                     continue
                 }
+                notYet = 0
                 let counted = SleeperCount()
                 // The reactor stops counting the task as a sleeper (for every waiter of the fired
                 // descriptor first), then the check re-counts it if it sleeps on.

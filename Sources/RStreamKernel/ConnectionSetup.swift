@@ -183,8 +183,15 @@ package final class PassiveListener: @unchecked Sendable {
         let key = transport.eventKey
         // Bounded even without a deadline: the listener's close waits for this look to end.
         let completeBy = min(deadline ?? .now + Self.handshakeLimit, .now + Self.handshakeLimit)
-        let event = try EventQueue.wait(until: completeBy, "the accepted connection to complete") { () throws(RStreamError) in
-            try eventQueue.takeEvent(for: key)
+        let event: ConnectionEvent
+        do throws(RStreamError) {
+            event = try EventQueue.wait(until: completeBy, "the accepted connection to complete") { () throws(RStreamError) in
+                try eventQueue.takeEvent(for: key)
+            }
+        } catch where error.kind == .timedOut && (deadline.map { ContinuousClock.now < $0 } ?? true) {
+            // Not the caller's deadline: this one client failed to connect.
+            transport.disconnect()
+            throw RStreamError(.connectionReset, code: ECONNABORTED, "a client did not complete its connection within \(Self.handshakeLimit)")
         }
         switch event {
         case .connected: break

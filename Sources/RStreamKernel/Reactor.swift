@@ -51,6 +51,17 @@ package final class Reactor: @unchecked Sendable {
         let stillIdle: (@Sendable () -> Bool)?
         let onTick: (@Sendable () -> Bool)?
         let resume: @Sendable () -> Void
+
+        /// Resumes the task, taking it off its wait set's sleepers first (`awake`) on this thread:
+        /// a resumed task still counted until the pool runs it kept its stream's other waiters
+        /// from draining the set.
+        var finish: @Sendable () -> Void {
+            let awake = awake, resume = resume
+            return {
+                awake?()
+                resume()
+            }
+        }
     }
 
     private struct State {
@@ -117,7 +128,7 @@ package final class Reactor: @unchecked Sendable {
                 s.checking[token] = true
                 return nil
             }
-            return unfile(token, &s)?.resume
+            return unfile(token, &s)?.finish
         }
     }
 
@@ -204,7 +215,7 @@ package final class Reactor: @unchecked Sendable {
             // No thread: resume everyone now and let them look again; the next registration
             // tries to start it again.
             let all = state.withCheckedLock(key: lockKey(self)) { s -> [@Sendable () -> Void] in
-                let all = s.waiters.values.map(\.resume)
+                let all = s.waiters.values.map(\.finish)
                 s = State(nextToken: s.nextToken)
                 return all
             }
@@ -264,7 +275,7 @@ package final class Reactor: @unchecked Sendable {
         for token in s.byDescriptor.removeValue(forKey: fd) ?? [] {
             guard let waiter = s.waiters.removeValue(forKey: token) else { continue }
             if waiter.stillIdle == nil || now >= waiter.deadline {
-                work.due.append(waiter.resume)
+                work.due.append(waiter.finish)
             } else {
                 s.checking[token] = false
                 work.fired.append((token, waiter))
@@ -284,7 +295,7 @@ package final class Reactor: @unchecked Sendable {
                     s.timers[waiter.checkAt, default: []].append(token)
                     work.ticks.append((token, tick))
                 } else if let waiter = unfile(token, &s) {
-                    work.due.append(waiter.resume)
+                    work.due.append(waiter.finish)
                 }
             }
         }
@@ -306,7 +317,7 @@ package final class Reactor: @unchecked Sendable {
         }
         for (token, tick) in work.ticks where !tick() {
             // Ready: resumed, unless a fire or a cancel took it meanwhile.
-            if let waiter = state.withCheckedLock(key: lockKey(self), { s in unfile(token, &s) }) { work.due.append(waiter.resume) }
+            if let waiter = state.withCheckedLock(key: lockKey(self), { s in unfile(token, &s) }) { work.due.append(waiter.finish) }
         }
     }
 }

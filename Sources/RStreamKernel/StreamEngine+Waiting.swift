@@ -15,12 +15,14 @@ extension StreamEngine {
     /// `unless` is asked after arming (a close from another thread: it rings after raising what
     /// `unless` reads, so either this sees it or the sleep is rung awake).
     /// `wakeOn` is what the wait set is armed for (default: `interest`): a descriptor handed to the
-    /// user is armed for anything (`WaitInterest.anything`).
+    /// user is armed for anything (`WaitInterest.anything`). `lookAgainIfHeard`: false when this
+    /// very call took a word of the peer (`fi_trywait`'s rule: a C caller judging more than
+    /// `interest`, room say, must look before it sleeps).
     package func prepareToWait(for interest: WaitInterest, sleeper: Bool = false, wakeOn: WaitInterest? = nil,
-                               unless interrupted: () -> Bool = { false }) -> Bool {
+                               lookAgainIfHeard: Bool = false, unless interrupted: () -> Bool = { false }) -> Bool {
         guard let waitSet = transport.waitSet else { return false }
         for _ in 0..<8 {
-            progress()
+            if progress() && lookAgainIfHeard { return false }
             pollConnectionEvents()
             let verdict = withProgressLock { () -> Bool? in
                 // Armed before the last look: whatever happens after it rings the wait set.

@@ -242,12 +242,16 @@ package final class StreamEngine: @unchecked Sendable {
     /// and for a heartbeat when this side has posted nothing for a beat interval; fails the stream
     /// when the peer has been silent for the peer timeout (protocol v4, "Liveness").
     /// Errors do not escape: they become `failure`, reported after the bytes that came before.
-    package func progress() {
-        if progressShardStep(), controlMayBeDue { requestSendWork() }
+    /// Drives progress; true when a word of the peer arrived.
+    @discardableResult
+    package func progress() -> Bool {
+        let heard = progressShardStep()
+        if heard, controlMayBeDue { requestSendWork() }
         // Also after transmit completions alone: a CONTROL word or a staged write waiting for
         // credits can go now.
         serveSendWork()
         counters.checkInvariants()
+        return heard
     }
 
     /// `progress` for a caller that only wants what may have arrived (a receive, a peek): skipped

@@ -220,7 +220,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         if engine.transport.waitSet != nil {
             // Readiness is judged for reading; the descriptor is armed for anything (a C program
             // polls it for room too, and may sleep on it without a timeout).
-            return engine.prepareToWait(for: .readable, wakeOn: .anything) ? 0 : -Int32(FI_EAGAIN)
+            return engine.prepareToWait(for: .readable, wakeOn: .anything, lookAgainIfHeard: true) ? 0 : -Int32(FI_EAGAIN)
         }
         engine.progress()
         engine.pollConnectionEvents()

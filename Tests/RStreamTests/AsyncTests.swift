@@ -187,11 +187,12 @@ import Testing
         let reader = Task { try await client.receive(maxBytes: 16) }
         let writer = Task { try await client.send([UInt8](repeating: 1, count: 4096)) }
         try await Task.sleep(for: .milliseconds(200))
-        // Over 1.5 s the stream sends a heartbeat, whose own completion rings the writer.
         let before = Reactor.shared.firedChecks.load(ordering: .relaxed)
-        try await Task.sleep(for: .milliseconds(1500))
+        // A ring (as a heartbeat's own completion makes) fires the descriptor both wait on.
+        try #require(client.waitSetForTests).ring()
+        try await Task.sleep(for: .milliseconds(500))
         let checks = Reactor.shared.firedChecks.load(ordering: .relaxed) - before
-        #expect(checks < 100, "\(checks) checks in 1.5 s of an idle stream: the reactor spins")
+        #expect(checks < 100, "\(checks) checks in 0.5 s of an idle stream: the reactor spins")
         reader.cancel()
         writer.cancel()
         _ = await (reader.result, writer.result)
@@ -236,5 +237,29 @@ extension WaitingRegressionTests {
         #expect(poll(&pfd, 1, 5000) == 1, "the older peer was not rung for the byte")
         server.close(linger: .zero)
         listener.close()
+    }
+}
+
+extension WaitingRegressionTests {
+    /// An async flush left its stream's reactor checks to judge readability and room, which it
+    /// does not wait for: filed again at every wake-up, it slept until its deadline.
+    @Test func anAsyncFlushReturnsOnceTheBytesHaveLeft() async throws {
+        let (client, server) = try connectedPair(LifecycleTests.options("core") { $0.busyPollWindow = .zero })
+        let reader = Background { () -> Int in
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            var total = 0
+            while case let n = try server.receive(into: &buffer), n > 0 { total += n }
+            return total
+        }
+        try await client.sendAll([UInt8](repeating: 5, count: 4 << 20))
+        // Not a speed check: a hang check. Before, the flush slept until this deadline (and then
+        // found the bytes gone); it takes milliseconds.
+        let deadline = ContinuousClock.now + .seconds(30)
+        try await client.flush(timeout: .seconds(30))
+        #expect(ContinuousClock.now < deadline - .seconds(20), "the flush slept until its deadline")
+        try client.shutdown()
+        #expect(try reader.value() == 4 << 20)
+        await client.close()
+        await server.close(linger: .zero)
     }
 }

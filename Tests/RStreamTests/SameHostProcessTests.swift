@@ -163,14 +163,17 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         // process holds no same-host stream (no segment of ours is mapped): a leak never gets there.
         let kinds = ["socket", "anon_inode:[eventfd]", "anon_inode:[eventpoll]"]
         // A stream being released has unmapped its segments a moment before its descriptors close:
-        // the count is taken once no segment is mapped and two looks 20 ms apart agree.
-        func settled() -> [String: Int] {
+        // "before" is taken once no segment is mapped and five looks over 100 ms agree; "after"
+        // once it equals "before" (a leak never gets there), or after 5 s.
+        func settled(like expected: [String: Int]? = nil) -> [String: Int] {
             let end = ContinuousClock.now + .seconds(5)
-            var last = descriptors()
+            var last = descriptors(), agreeing = 0
             while ContinuousClock.now < end {
                 usleep(20_000)
                 let now = descriptors()
-                if sameHostMappings() == 0 && now == last { return now }
+                if let expected, kinds.allSatisfy({ now[$0, default: 0] == expected[$0, default: 0] }), sameHostMappings() == 0 { return now }
+                agreeing = now == last && sameHostMappings() == 0 ? agreeing + 1 : 0
+                if expected == nil && agreeing >= 5 { return now }
                 last = now
             }
             return last
@@ -178,7 +181,7 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         for _ in 0..<10 { try cycle() } // the first ones make the process's lasting state
         let (fdsBefore, mapsBefore) = (settled(), sameHostMappings())
         for _ in 0..<1000 { try cycle() }
-        let fdsAfter = settled()
+        let fdsAfter = settled(like: fdsBefore)
         #expect(fdsAfter["memfd", default: 0] == 0, "\(fdsAfter)")
         for kind in kinds {
             #expect(fdsAfter[kind, default: 0] == fdsBefore[kind, default: 0], "\(kind): \(fdsBefore) → \(fdsAfter)")
