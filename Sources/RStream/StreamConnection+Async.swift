@@ -42,6 +42,7 @@ extension StreamConnection {
             prepare: { engine.prepareToWait(for: interest, sleeper: true, unless: { isClosed }) },
             stillIdle: stillIdle,
             onTick: onTick,
+            watching: true,
             attempt: { (round) throws(RStreamError) -> R? in
                 if round & 63 == 63 { engine.pollConnectionEvents() }
                 return try attempt(engine)

@@ -105,11 +105,15 @@ extension BlockingWait {
     /// task sleeps on, so a heartbeat or credits from the peer cost no task switch. `onTick` runs
     /// there every `idleCheckInterval` (this side's heartbeat duty: drive progress, say whether
     /// the stream became ready). With them, the sleep lasts until the deadline, not `longestSleep`.
+    /// `watching members`: the reactor watches the wait set's descriptors one by one rather than
+    /// the set (a stream's, whose members are fixed: the nested set held about a hundred tcp
+    /// streams, its members several hundred); not a listener's, whose members come and go.
     package func runAsync<R>(
         interruption: () -> RStreamError? = { nil },
         prepare: () -> Bool = { false },
         stillIdle: (@Sendable () -> Bool)? = nil,
         onTick: (@Sendable () -> Bool)? = nil,
+        watching members: Bool = false,
         readable: () -> Int32? = { nil },
         attempt: (_ round: Int) throws(RStreamError) -> R?
     ) async throws -> R {
@@ -152,11 +156,12 @@ extension BlockingWait {
                     }
                 }
                 let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
-                slept = await Reactor.shared.sleep(on: waitSet.descriptor, until: wakeBy, checkEvery: Self.idleCheckInterval,
+                slept = await Reactor.shared.sleep(on: members ? waitSet.members : [waitSet.descriptor], until: wakeBy,
+                                                   checkEvery: Self.idleCheckInterval,
                                                    awake: awake, stillIdle: recheck, onTick: onTick)
                 if counted.isCounted { waitSet.endSleep() }
             } else if let fd = readable() {
-                slept = await Reactor.shared.sleep(on: fd, until: min(now + .milliseconds(Int(longestSleep)), far))
+                slept = await Reactor.shared.sleep(on: [fd], until: min(now + .milliseconds(Int(longestSleep)), far))
             }
             // A nap instead: 20 µs growing to 5 ms; to 20 ms for a descriptor the reactor refused
             // (over tcp past about 100 streams: a thousand such idle tasks at 5 ms cost a core).

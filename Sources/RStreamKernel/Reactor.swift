@@ -37,7 +37,8 @@ package final class Reactor: @unchecked Sendable {
     package static let shared = Reactor()
 
     private struct Waiter {
-        let fd: Int32
+        /// The descriptors it waits on (any of them readable fires it): a wait set's members.
+        let fds: [Int32]
         /// When the task is resumed whatever the checks say (its wait's deadline).
         let deadline: ContinuousClock.Instant
         /// When the waiter's timer fires next: its next tick, or its deadline.
@@ -93,16 +94,16 @@ package final class Reactor: @unchecked Sendable {
 
     // MARK: Registering
 
-    /// Calls `resume` on the reactor's thread once `fd` is readable and `stillIdle` (if given)
+    /// Calls `resume` on the reactor's thread once one of `fds` is readable and `stillIdle` (if given)
     /// answers false, `onTick` (run every `checkEvery`) answers false, or `deadline` passes.
     /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
     /// reactor could not be made, or `epoll_ctl` refused the descriptor): the caller then naps.
-    package func whenReadable(_ fd: Int32, deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+    package func whenReadable(_ fds: [Int32], deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                               awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                               onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
-        guard epoll >= 0, wakeFD >= 0 else { return nil }
-        var waiter = Waiter(fd: fd, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
+        guard epoll >= 0, wakeFD >= 0, !fds.isEmpty else { return nil }
+        var waiter = Waiter(fds: fds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
                             awake: awake, stillIdle: stillIdle, onTick: onTick, resume: resume)
         waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
         let checkAt = waiter.checkAt
@@ -141,12 +142,18 @@ package final class Reactor: @unchecked Sendable {
 
     // MARK: Filing (lock held)
 
-    /// Files a waiter: arms its descriptor if it is the first there; false when the descriptor
-    /// cannot be watched.
+    /// Files a waiter: arms each of its descriptors where it is the first; false (nothing filed)
+    /// when one cannot be watched.
     private func file(_ token: Token, _ waiter: Waiter, _ s: inout State) -> Bool {
-        if s.byDescriptor[waiter.fd] == nil && !watch(waiter.fd) { return false }
+        for (i, fd) in waiter.fds.enumerated() {
+            if s.byDescriptor[fd] == nil && !watch(fd) {
+                // The ones armed already stay armed with nobody filed: a fire there finds no one.
+                for armed in waiter.fds[..<i] { forget(token, under: armed, &s) }
+                return false
+            }
+            s.byDescriptor[fd, default: []].append(token)
+        }
         s.waiters[token] = waiter
-        s.byDescriptor[waiter.fd, default: []].append(token)
         s.timers[waiter.checkAt, default: []].append(token)
         return true
     }
@@ -154,11 +161,14 @@ package final class Reactor: @unchecked Sendable {
     /// Unfiles a waiter (its timer entry is left, and skipped when it fires).
     private func unfile(_ token: Token, _ s: inout State) -> Waiter? {
         guard let waiter = s.waiters.removeValue(forKey: token) else { return nil }
-        if var tokens = s.byDescriptor[waiter.fd], let i = tokens.firstIndex(of: token) {
-            tokens.remove(at: i)
-            s.byDescriptor[waiter.fd] = tokens.isEmpty ? nil : tokens
-        }
+        for fd in waiter.fds { forget(token, under: fd, &s) }
         return waiter
+    }
+
+    private func forget(_ token: Token, under fd: Int32, _ s: inout State) {
+        guard var tokens = s.byDescriptor[fd], let i = tokens.firstIndex(of: token) else { return }
+        tokens.remove(at: i)
+        s.byDescriptor[fd] = tokens.isEmpty ? nil : tokens
     }
 
     /// Arms `fd` one-shot for readability: re-armed if the set knows it, else added.
@@ -273,7 +283,7 @@ package final class Reactor: @unchecked Sendable {
     /// sent out for its check.
     private func sortFired(_ fd: Int32, now: ContinuousClock.Instant, _ s: inout State, _ work: inout Work) {
         for token in s.byDescriptor.removeValue(forKey: fd) ?? [] {
-            guard let waiter = s.waiters.removeValue(forKey: token) else { continue }
+            guard let waiter = unfile(token, &s) else { continue } // off its other descriptors too
             if waiter.stillIdle == nil || now >= waiter.deadline {
                 work.due.append(waiter.finish)
             } else {
@@ -323,17 +333,17 @@ package final class Reactor: @unchecked Sendable {
 }
 
 extension Reactor {
-    /// Suspends the calling task until `fd` is readable and `stillIdle` (run on the reactor's
+    /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
     /// passes, or the task is cancelled (it then returns at once; the caller looks at
     /// `Task.isCancelled`). False when the descriptor cannot be watched: the caller must nap.
-    package func sleep(on fd: Int32, until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+    package func sleep(on fds: [Int32], until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                        awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                        onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
         let pending = PendingToken()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                guard let token = whenReadable(fd, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
+                guard let token = whenReadable(fds, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
                                                onTick: onTick, { continuation.resume(returning: true) }) else {
                     continuation.resume(returning: false)
                     return

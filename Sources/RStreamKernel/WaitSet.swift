@@ -49,6 +49,12 @@ package final class WaitSet: @unchecked Sendable {
     /// The interests armed since the last ring (`WaitInterest` bits; 0: nobody is armed).
     private let armed = Atomic<UInt8>(0)
     private let sleepers = Atomic<Int>(0)
+    /// The descriptors in the set now, for a waiter that watches them one by one (the reactor:
+    /// holding the set itself nests one epoll in another, which the kernel limits per shared
+    /// descriptor, to about a hundred tcp streams; holding the members, to several hundred).
+    private let memberList: Mutex<[Int32]>
+
+    package var members: [Int32] { memberList.withCheckedLock(key: lockKey(self)) { $0 } }
 
     package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
         let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -67,6 +73,7 @@ package final class WaitSet: @unchecked Sendable {
         descriptor = epoll
         wakeFD = wake
         doorbellFD = doorbell
+        memberList = Mutex(waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []))
     }
 
     /// Adds one more descriptor to sleep on (a descriptor already in the set is left as it is).
@@ -74,13 +81,16 @@ package final class WaitSet: @unchecked Sendable {
         var event = epoll_event()
         event.events = EPOLLIN.rawValue
         event.data.fd = fd
-        _ = epoll_ctl(descriptor, EPOLL_CTL_ADD, fd, &event)
+        if epoll_ctl(descriptor, EPOLL_CTL_ADD, fd, &event) == 0 {
+            memberList.withCheckedLock(key: lockKey(self)) { $0.append(fd) }
+        }
     }
 
     /// Stops sleeping on `fd` (before it is closed).
     package func unwatch(_ fd: Int32) {
         var event = epoll_event()
         _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event)
+        memberList.withCheckedLock(key: lockKey(self)) { $0.removeAll { $0 == fd } }
     }
 
     /// Adds a timer that makes the set readable every `milliseconds` (the stand-in descriptor of

@@ -146,7 +146,7 @@ import Testing
 
     /// Idle async readers are suspended on the reactor (they cost nothing until their descriptor
     /// is readable), and each wakes for its own bytes.
-    @Test(arguments: [("core", 40), ("shm", 300)])
+    @Test(arguments: [("core", 300), ("shm", 300)])
     func idleAsyncReadersWaitOnTheReactor(transport: String, count: Int) async throws {
         let options = LifecycleTests.options(transport) { $0.busyPollWindow = .zero }
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
@@ -192,7 +192,9 @@ import Testing
         try #require(client.waitSetForTests).ring()
         try await Task.sleep(for: .milliseconds(500))
         let checks = Reactor.shared.firedChecks.load(ordering: .relaxed) - before
-        #expect(checks < 100, "\(checks) checks in 0.5 s of an idle stream: the reactor spins")
+        // Process-wide: other suites' waiters count too when suites run side by side (a few
+        // hundred); the spin made fifty thousand.
+        #expect(checks < 2000, "\(checks) checks in 0.5 s of an idle stream: the reactor spins")
         reader.cancel()
         writer.cancel()
         _ = await (reader.result, writer.result)
