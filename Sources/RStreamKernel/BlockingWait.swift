@@ -156,7 +156,9 @@ extension BlockingWait {
                     }
                 }
                 let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
-                slept = await Reactor.shared.sleep(on: members ? waitSet.members : [waitSet.descriptor], until: wakeBy,
+                let current: @Sendable () -> [Int32] = { waitSet.members }
+                slept = await Reactor.shared.sleep(on: members ? waitSet.members : [waitSet.descriptor],
+                                                   currentFds: members ? current : nil, until: wakeBy,
                                                    checkEvery: Self.idleCheckInterval,
                                                    awake: awake, stillIdle: recheck, onTick: onTick)
                 if counted.isCounted { waitSet.endSleep() }

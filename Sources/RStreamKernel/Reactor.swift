@@ -38,7 +38,10 @@ package final class Reactor: @unchecked Sendable {
 
     private struct Waiter {
         /// The descriptors it waits on (any of them readable fires it): a wait set's members.
-        let fds: [Int32]
+        var fds: [Int32]
+        /// Where the descriptors come from, asked again each time the waiter is filed after a
+        /// check (a wait set drops an ended socket: filing it again would fire at once, for ever).
+        let currentFds: (@Sendable () -> [Int32])?
         /// When the task is resumed whatever the checks say (its wait's deadline).
         let deadline: ContinuousClock.Instant
         /// When the waiter's timer fires next: its next tick, or its deadline.
@@ -98,12 +101,13 @@ package final class Reactor: @unchecked Sendable {
     /// answers false, `onTick` (run every `checkEvery`) answers false, or `deadline` passes.
     /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
     /// reactor could not be made, or `epoll_ctl` refused the descriptor): the caller then naps.
-    package func whenReadable(_ fds: [Int32], deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+    package func whenReadable(_ fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
+                              deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                               awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                               onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
         guard epoll >= 0, wakeFD >= 0, !fds.isEmpty else { return nil }
-        var waiter = Waiter(fds: fds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
+        var waiter = Waiter(fds: fds, currentFds: currentFds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
                             awake: awake, stillIdle: stillIdle, onTick: onTick, resume: resume)
         waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
         let checkAt = waiter.checkAt
@@ -319,6 +323,7 @@ package final class Reactor: @unchecked Sendable {
         for (token, var waiter) in work.fired {
             let idle = waiter.stillIdle!()
             waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
+            if let current = waiter.currentFds?() { waiter.fds = current }
             let resume = state.withCheckedLock(key: lockKey(self)) { s -> (@Sendable () -> Void)? in
                 let cancelled = s.checking.removeValue(forKey: token) ?? true
                 return cancelled || !idle || !file(token, waiter, &s) ? waiter.resume : nil
@@ -337,13 +342,14 @@ extension Reactor {
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
     /// passes, or the task is cancelled (it then returns at once; the caller looks at
     /// `Task.isCancelled`). False when the descriptor cannot be watched: the caller must nap.
-    package func sleep(on fds: [Int32], until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
+    package func sleep(on fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
+                       until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                        awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                        onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
         let pending = PendingToken()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                guard let token = whenReadable(fds, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
+                guard let token = whenReadable(fds, currentFds: currentFds, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
                                                onTick: onTick, { continuation.resume(returning: true) }) else {
                     continuation.resume(returning: false)
                     return

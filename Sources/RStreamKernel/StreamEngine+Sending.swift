@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 // The send path: bytes into the send ring (or, for a direct-write transport, straight into the
 // peer's receive ring), one write per contiguous span, under the send lock.
 extension StreamEngine {
@@ -24,6 +27,11 @@ extension StreamEngine {
     private func checkSendable() throws(RStreamError) {
         if counters.send.pointee.finRequested.load(ordering: .acquiring) { throw RStreamError(.closed, code: 108, "send after shutdown") }
         if let failure { throw failure }
+        // Gone after its FIN (so the stream has not failed: its bytes and end still read): nothing
+        // sent now can be read, and a send waiting for room would wait for ever.
+        if signals.pointee.peerDisconnected.load(ordering: .acquiring) {
+            throw RStreamError(.connectionReset, code: EPIPE, "the peer has left: nothing more can be sent")
+        }
     }
 
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
@@ -181,6 +189,7 @@ extension StreamEngine {
     /// A hint for waiters, from the counters alone (no lock): the stream may take bytes now.
     package var mayBeWritable: Bool {
         hasFailed || counters.send.pointee.finRequested.load(ordering: .acquiring)
+            || signals.pointee.peerDisconnected.load(ordering: .acquiring)
             || (counters.sendRingUsed < sendCapacity && counters.remoteSpace > 0 && dataCreditsAllowAWrite)
     }
 

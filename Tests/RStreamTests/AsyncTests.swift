@@ -265,3 +265,40 @@ extension WaitingRegressionTests {
         await server.close(linger: .zero)
     }
 }
+
+extension WaitingRegressionTests {
+    /// A send waiting for room whose peer sent FIN and left used to wait for ever (the stream did
+    /// not fail: the FIN had come), and an async one spun the reactor on the ended socket. It ends
+    /// with `.connectionReset`; what the peer sent before its FIN still reads, then end of stream.
+    @Test(arguments: LifecycleTests.transports)
+    func aSendWaitingForRoomEndsWhenThePeerLeavesAfterItsFin(transport: String) async throws {
+        let (client, server) = try connectedPair(LifecycleTests.options(transport) { $0.busyPollWindow = .zero })
+        try LifecycleTests.fill(client)
+        try await server.sendAll([9])
+        let ended = DispatchSemaphore(value: 0)
+        let outcome = Locked<RStreamError?>(nil)
+        Thread {
+            do { _ = try client.send([UInt8](repeating: 1, count: 4096)) } catch let error as RStreamError {
+                outcome.withLock { $0 = error }
+            } catch {}
+            ended.signal()
+        }.start()
+        let waiting = Task { try await client.send([UInt8](repeating: 2, count: 4096)) }
+        usleep(100_000)
+        try server.shutdown()
+        await server.close(linger: .zero) // FIN, then gone, with the client's bytes unread
+        #expect(ended.wait(timeout: .now() + 20) == .success, "the blocked send never ended")
+        #expect(outcome.withLock { $0 }?.kind == .connectionReset, "\(String(describing: outcome.withLock { $0 }))")
+        let watchdog = Task { try await Task.sleep(for: .seconds(20)); waiting.cancel() } // a hang fails, not sticks
+        let asyncOutcome = await waiting.result
+        watchdog.cancel()
+        if case .failure(let error as RStreamError) = asyncOutcome {
+            #expect(error.kind == .connectionReset, "\(error)")
+        } else {
+            Issue.record("the awaiting send ended with \(asyncOutcome)")
+        }
+        #expect(try await client.receive(maxBytes: 1) == [9])
+        #expect(try await client.receive(maxBytes: 1) == [])
+        await client.close(linger: .zero)
+    }
+}
