@@ -106,8 +106,9 @@ extension BlockingWait {
     /// there every `idleCheckInterval` (this side's heartbeat duty: drive progress, say whether
     /// the stream became ready). With them, the sleep lasts until the deadline, not `longestSleep`.
     /// `watching members`: the reactor watches the wait set's descriptors one by one rather than
-    /// the set (a stream's, whose members are fixed: the nested set held about a hundred tcp
-    /// streams, its members several hundred); not a listener's, whose members come and go.
+    /// the set (a stream's: the nested set held about a hundred tcp streams, its members several
+    /// hundred), reading them again each time it files the task after a check (a same-host set
+    /// drops its ended sockets); not a listener's, whose members come and go with each request.
     package func runAsync<R>(
         interruption: () -> RStreamError? = { nil },
         prepare: () -> Bool = { false },

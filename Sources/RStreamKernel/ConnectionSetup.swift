@@ -171,7 +171,43 @@ package final class PassiveListener: @unchecked Sendable {
 
     /// `accept` without the stream engine: the connected transport and the peer's checked block.
     package func acceptConnection(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> AcceptedConnection {
-        let request = try nextRequest(deadline: deadline)
+        let (transport, peer) = try answerNextRequest(shape: shape, deadline: deadline)
+        let completing = completion(of: transport, deadline: deadline)
+        let event: ConnectionEvent
+        do throws(RStreamError) {
+            event = try completing.wait.run { (_) throws(RStreamError) in try completing.event() }
+        } catch {
+            throw completionFailure(error, transport, deadline)
+        }
+        try check(event)
+        return AcceptedConnection(transport: transport, peer: peer)
+    }
+
+    /// `accept` for a task: the request is answered at once; the connection's completion is
+    /// awaited with the task suspended (napping), not its thread: the client it waits for may
+    /// need that thread to make progress.
+    /// Nil when no request is queued (another accept, or the listener's close, took it).
+    package func acceptAsync(shape: EndpointShape, deadline: ContinuousClock.Instant?) async throws -> StreamEngine? {
+        guard let request = try eventQueue.takeRequest() else { return nil }
+        let (transport, peer) = try answer(request, shape: shape)
+        let completing = completion(of: transport, deadline: deadline)
+        let event: ConnectionEvent
+        do {
+            event = try await completing.wait.runAsync { (_) throws(RStreamError) in try completing.event() }
+        } catch let error as RStreamError {
+            throw completionFailure(error, transport, deadline)
+        }
+        try check(event)
+        return try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
+    }
+
+    /// Takes the next request (waiting for one), checks its block and answers it with an endpoint.
+    private func answerNextRequest(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> (FabricTransport, ConnectionBlock) {
+        try answer(try nextRequest(deadline: deadline), shape: shape)
+    }
+
+    /// Checks a request's block and answers it with an endpoint (a bad block is refused).
+    private func answer(_ request: ConnectionRequest, shape: EndpointShape) throws(RStreamError) -> (FabricTransport, ConnectionBlock) {
         let peer: ConnectionBlock
         do throws(RStreamError) {
             peer = try ConnectionBlock.decode(request.peerData, expectIwarp: shape.iwarp)
@@ -179,26 +215,32 @@ package final class PassiveListener: @unchecked Sendable {
             reject(request, reason: error.context)
             throw RStreamError(.protocolViolation, code: error.code, "refused a connection request: \(error.context)")
         }
-        let transport = try beginAccept(request, peer: peer, shape: shape)
-        let key = transport.eventKey
-        // Bounded even without a deadline: the listener's close waits for this look to end.
+        return (try beginAccept(request, peer: peer, shape: shape), peer)
+    }
+
+    /// The wait for an answered request's `FI_CONNECTED`, bounded even without a deadline (the
+    /// listener's close waits for a look in progress), and the look it repeats.
+    private func completion(of transport: FabricTransport, deadline: ContinuousClock.Instant?)
+        -> (wait: BlockingWait, event: () throws(RStreamError) -> ConnectionEvent?) {
+        let key = transport.eventKey, eventQueue = eventQueue
         let completeBy = min(deadline ?? .now + Self.handshakeLimit, .now + Self.handshakeLimit)
-        let event: ConnectionEvent
-        do throws(RStreamError) {
-            event = try EventQueue.wait(until: completeBy, "the accepted connection to complete") { () throws(RStreamError) in
-                try eventQueue.takeEvent(for: key)
-            }
-        } catch where error.kind == .timedOut && (deadline.map { ContinuousClock.now < $0 } ?? true) {
-            // Not the caller's deadline: this one client failed to connect.
-            transport.disconnect()
-            throw RStreamError(.connectionReset, code: ECONNABORTED, "a client did not complete its connection within \(Self.handshakeLimit)")
-        }
+        return (BlockingWait(deadline: completeBy, waitSet: nil, what: "the accepted connection to complete"),
+                { () throws(RStreamError) in try eventQueue.takeEvent(for: key) })
+    }
+
+    /// A completion that did not come: the caller's deadline, or this one client failing to connect.
+    private func completionFailure(_ error: RStreamError, _ transport: FabricTransport, _ deadline: ContinuousClock.Instant?) -> RStreamError {
+        guard error.kind == .timedOut && (deadline.map { ContinuousClock.now < $0 } ?? true) else { return error }
+        transport.disconnect()
+        return RStreamError(.connectionReset, code: ECONNABORTED, "a client did not complete its connection within \(Self.handshakeLimit)")
+    }
+
+    private func check(_ event: ConnectionEvent) throws(RStreamError) {
         switch event {
-        case .connected: break
+        case .connected: return
         case .shutdown: throw RStreamError(.connectionReset, code: 104, "the peer left before the connection completed")
         case .failed(let code, _): throw RStreamError.fabric(Int(code), "completing an accepted connection")
         }
-        return AcceptedConnection(transport: transport, peer: peer)
     }
 }
 
@@ -425,13 +467,30 @@ package final class StreamAcceptor: @unchecked Sendable {
             attempt: { (_) throws(RStreamError) in try tryAccept(shape: shape, deadline: deadline) })
     }
 
-    /// `accept` for a task: it suspends on the reactor between tries.
+    /// `accept` for a task: it suspends on the reactor between tries, and a fabric request's
+    /// completion is awaited outside the listener's look (so the close does not wait for it).
     package func acceptAsync(shape: EndpointShape, deadline: ContinuousClock.Instant?) async throws -> StreamEngine {
-        try await acceptWait(deadline).runAsync(
+        let ready = try await acceptWait(deadline).runAsync(
             interruption: { isClosed ? Self.closedError : nil },
             prepare: { prepareToWait(sleeper: true) },
-            attempt: { (_) throws(RStreamError) in try tryAccept(shape: shape, deadline: deadline) })
+            attempt: { (_) throws(RStreamError) -> Ready? in
+                try withOpenListener { () throws(RStreamError) -> Ready? in
+                    if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
+                        return .stream(engine)
+                    }
+                    return fabric.eventQueue.hasRequest ? .fabricRequest : nil
+                }
+            })
+        switch ready {
+        case .stream(let engine): return engine
+        case .fabricRequest:
+            if let engine = try await fabric.acceptAsync(shape: shape, deadline: deadline) { return engine }
+            return try await acceptAsync(shape: shape, deadline: deadline) // taken meanwhile: look again
+        }
     }
+
+    /// What one look of an async accept found.
+    private enum Ready { case stream(StreamEngine), fabricRequest }
 
     private func acceptWait(_ deadline: ContinuousClock.Instant?) -> BlockingWait {
         BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request")

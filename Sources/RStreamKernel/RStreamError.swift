@@ -26,7 +26,8 @@ public struct RStreamError: Error, Sendable, Equatable, CustomStringConvertible 
         /// The operation did not finish before its deadline, or the peer was silent for longer
         /// than the peer timeout (reported after every byte that arrived).
         public static let timedOut = Kind("timedOut")
-        /// The peer vanished without a FIN; reported after every byte that arrived.
+        /// The peer vanished without a FIN (reported after every byte that arrived), or left after
+        /// its FIN while this side still had bytes to send (reported by send and flush).
         public static let connectionReset = Kind("connectionReset")
         /// The peer broke the protocol (a bad connection block or word); the connection is closed.
         public static let protocolViolation = Kind("protocolViolation")

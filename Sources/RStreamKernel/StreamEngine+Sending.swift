@@ -29,10 +29,11 @@ extension StreamEngine {
         if let failure { throw failure }
         // Gone after its FIN (so the stream has not failed: its bytes and end still read): nothing
         // sent now can be read, and a send waiting for room would wait for ever.
-        if signals.pointee.peerDisconnected.load(ordering: .acquiring) {
-            throw RStreamError(.connectionReset, code: EPIPE, "the peer has left: nothing more can be sent")
-        }
+        if signals.pointee.peerDisconnected.load(ordering: .acquiring) { throw Self.peerLeftError }
     }
+
+    /// What a send, a flush or a look at room reports once the peer has left after its FIN.
+    package static let peerLeftError = RStreamError(.connectionReset, code: EPIPE, "the peer has left: nothing more can be sent")
 
     /// Accounts for `n` bytes just placed at the send ring's write offset and posts their write.
     private func commit(_ n: Int, _ s: inout SendShard) throws(RStreamError) {

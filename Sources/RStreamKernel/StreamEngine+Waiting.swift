@@ -50,8 +50,8 @@ extension StreamEngine {
     }
 
     /// `wait(for:)`'s look, sync or async: drives progress, then whether the stream is ready for
-    /// `interest`. Writable counts a call that would not block: room, a failure to report, or
-    /// the shutdown (a send then fails at once with `.closed`). The same readiness `prepareToWait`
+    /// `interest`. Writable counts a call that would not block: room, a failure to report, the
+    /// shutdown (a send then fails at once with `.closed`), or the peer's leaving (`.connectionReset`). The same readiness `prepareToWait`
     /// judges, so that a wait never spins between "ready, do not sleep" and "not ready".
     package func progressAndCheck(readyFor interest: WaitInterest) -> Bool {
         progress()
@@ -64,7 +64,10 @@ extension StreamEngine {
     package func progressAndCheckFlushed() throws(RStreamError) -> Bool {
         progress()
         if let failure { throw failure }
-        return isQuiescent && (!isShutdown || hasSentFin)
+        if isQuiescent && (!isShutdown || hasSentFin) { return true }
+        // Gone after its FIN: what is left can never go (a flush waited for ever).
+        if peerHasDisconnected { throw Self.peerLeftError }
+        return false
     }
 
     /// True once the connection went away, whoever read the event.

@@ -393,10 +393,11 @@ package final class StreamEngine: @unchecked Sendable {
     /// came first.
     package func peerDidDisconnect() {
         progress() // words already in the queue come before the disconnect
-        signals.pointee.peerDisconnected.store(true, ordering: .releasing)
+        // The failure first: a send racing this sees the reset, not "the peer has left".
         if !counters.progress.pointee.finReceived.load(ordering: .acquiring) {
             fail(RStreamError(.connectionReset, code: 104, "the peer disconnected without FIN"))
         }
+        signals.pointee.peerDisconnected.store(true, ordering: .releasing)
         transport.waitSet?.ring()
     }
 

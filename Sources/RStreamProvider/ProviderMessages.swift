@@ -77,7 +77,9 @@ extension ProviderEndpoint {
         let n = engine.writableCount
         if n > 0 { return n }
         if let failure = engine.failure { return Int(returnCode(failure)) }
-        return engine.isShutdown ? -Int(FI_ESHUTDOWN) : -Int(FI_EAGAIN)
+        if engine.isShutdown { return -Int(FI_ESHUTDOWN) }
+        // Gone after its FIN: as `fi_send` would answer, not "try again" for ever.
+        return engine.peerHasDisconnected ? Int(returnCode(StreamEngine.peerLeftError)) : -Int(FI_EAGAIN)
     }
 
     /// `fi_recvmsg(FI_PEEK)`: copies readable bytes into the first entry without consuming them

@@ -284,7 +284,8 @@ extension WaitingRegressionTests {
             ended.signal()
         }.start()
         let waiting = Task { try await client.send([UInt8](repeating: 2, count: 4096)) }
-        usleep(100_000)
+        try await AsyncLifecycleTests.untilSomeoneWaitsOnTheReactor() // the awaiting send is asleep
+        try await Task.sleep(for: .milliseconds(100)) // and the thread's
         try server.shutdown()
         await server.close(linger: .zero) // FIN, then gone, with the client's bytes unread
         #expect(ended.wait(timeout: .now() + 20) == .success, "the blocked send never ended")
