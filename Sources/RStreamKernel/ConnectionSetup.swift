@@ -473,14 +473,7 @@ package final class StreamAcceptor: @unchecked Sendable {
         let ready = try await acceptWait(deadline).runAsync(
             interruption: { isClosed ? Self.closedError : nil },
             prepare: { prepareToWait(sleeper: true) },
-            attempt: { (_) throws(RStreamError) -> Ready? in
-                try withOpenListener { () throws(RStreamError) -> Ready? in
-                    if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
-                        return .stream(engine)
-                    }
-                    return fabric.eventQueue.hasRequest ? .fabricRequest : nil
-                }
-            })
+            attempt: { (_) throws(RStreamError) in try withOpenListener { () throws(RStreamError) in try look(shape: shape) } })
         switch ready {
         case .stream(let engine): return engine
         case .fabricRequest:
@@ -489,22 +482,31 @@ package final class StreamAcceptor: @unchecked Sendable {
         }
     }
 
-    /// What one look of an async accept found.
+    /// What one look for a request found.
     private enum Ready { case stream(StreamEngine), fabricRequest }
+
+    /// One look for a request of either kind (inside `withOpenListener`): a same-host one is
+    /// answered at once; a fabric one is left for the caller to accept.
+    private func look(shape: EndpointShape) throws(RStreamError) -> Ready? {
+        if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
+            return .stream(engine)
+        }
+        return fabric.eventQueue.hasRequest ? .fabricRequest : nil
+    }
 
     private func acceptWait(_ deadline: ContinuousClock.Instant?) -> BlockingWait {
         BlockingWait(deadline: deadline, waitSet: waitSet, what: "a connection request")
     }
 
-    /// One look for a request of either kind; the stream when one was there. (A fabric request
-    /// is then completed here: the core's `FI_CONNECTED` follows the answer within a round trip.)
+    /// `look`, with a fabric request completed here (the core's `FI_CONNECTED` follows the answer
+    /// within a round trip; at most `PassiveListener.handshakeLimit`).
     private func tryAccept(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
         try withOpenListener { () throws(RStreamError) -> StreamEngine? in
-            if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
-                return engine
+            switch try look(shape: shape) {
+            case .stream(let engine): return engine
+            case .fabricRequest: return try fabric.accept(shape: shape, deadline: deadline)
+            case nil: return nil
             }
-            if fabric.eventQueue.hasRequest { return try fabric.accept(shape: shape, deadline: deadline) }
-            return nil
         }
     }
 
