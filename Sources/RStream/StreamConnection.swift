@@ -409,6 +409,7 @@ extension StreamOptions {
         var shape = EndpointShape(sendRingSize: sendRingSize, receiveRingSize: receiveRingSize, txQueueSize: txQueueSize,
                                   rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
         shape.waitDescriptor = waitDescriptor
+        shape.sharedCompletions = sharedCompletions
         shape.peerTimeout = peerTimeout
         return shape
     }

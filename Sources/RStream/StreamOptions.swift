@@ -26,6 +26,15 @@ public struct StreamOptions: Sendable, Equatable {
     /// Some cores (tcp) then signal a descriptor on every completion, which costs latency; a
     /// caller that only busy-polls may turn it off (blocking calls then sleep in short steps).
     public var waitDescriptor = true
+    /// Share one completion queue, and one event queue, with this process's other streams where
+    /// the core lets each completion name its stream (default): where every word uses up a
+    /// posted receive, which iWarp mode does on any core and normal mode does on a core that
+    /// asks for `FI_RX_CQ_DATA` (verbs). A stream then holds one descriptor beyond the core's own
+    /// (its eventfd, made when something first sleeps on it), so that 10,000 streams fit a
+    /// 20,000-descriptor limit and one `epoll` holds their descriptors. Over tcp in normal mode a
+    /// remote write's data names no stream, and each stream keeps queues of its own whatever this
+    /// says. False: queues of its own always (no reading of other streams' completions).
+    public var sharedCompletions = true
     /// The NUMA node for the rings; nil: the NIC's node where the core reports it, else the
     /// calling thread's node.
     public var numaNode: Int?

@@ -271,7 +271,11 @@ package enum ActiveConnector {
     ) throws(RStreamError) -> FabricTransport {
         let info = try FabricInfo.query(requirements, node: host, service: String(port), source: false)
         let domain = try Domain.shared(for: info.head)
-        let eventQueue = try EventQueue(domain: domain, size: 16)
+        // Streams that share completion queues share one event queue too (its events are routed
+        // by endpoint); one that keeps a queue of its own keeps its own event queue, which its
+        // nested wait set holds (a shared one nested in many sets meets the kernel's path limit).
+        let eventQueue = FabricTransport.sharesCompletions(shape, over: FabricInfo.attributes(of: info.head))
+            ? try domain.clientEventQueue() : try EventQueue(domain: domain, size: 16)
         let transport = try FabricTransport(info: info.head, domain: domain, eventQueue: eventQueue, shape: shape)
         try transport.postInitialReceives()
         let offered = (block ?? transport.localBlock.encoded) + userData

@@ -37,6 +37,42 @@ package final class Domain: @unchecked Sendable {
         closeFabricObject(fidOf(fabric), "fabric")
     }
 
+    /// The groups of shared completion queues of this domain (by whether they have a wait
+    /// descriptor), kept while a member uses them.
+    private struct WeakGroup { weak var group: CompletionGroup? }
+    private let groups = Mutex<[Bool: [WeakGroup]]>([:])
+    private let clientQueue = Mutex<WeakEventQueue>(WeakEventQueue())
+    private struct WeakEventQueue { weak var queue: EventQueue? }
+
+    /// A shared completion queue with room for `reserving` more entries (one is opened when every
+    /// open group is full), and the member number reserved in it.
+    package func reserveCompletionGroup(reserving: Int, waitDescriptor: Bool) throws(RStreamError) -> (CompletionGroup, Int) {
+        try groups.withCheckedLock(key: lockKey(self)) { (all: inout [Bool: [WeakGroup]]) throws(RStreamError) -> (CompletionGroup, Int) in
+            var list = all[waitDescriptor, default: []].filter { $0.group != nil }
+            defer { all[waitDescriptor] = list }
+            for entry in list {
+                if let group = entry.group, let number = group.reserve(reserving) { return (group, number) }
+            }
+            let group = try CompletionGroup(domain: self, waitDescriptor: waitDescriptor, capacity: max(CompletionGroup.defaultCapacity, reserving))
+            guard let number = group.reserve(reserving) else {
+                throw RStreamError(.fabric, "a new shared completion queue refused its first member")
+            }
+            list.append(WeakGroup(group: group))
+            return (group, number)
+        }
+    }
+
+    /// The event queue that this domain's connecting endpoints share (one per process, made on
+    /// first use and kept while an endpoint uses it): it routes each event by its endpoint.
+    package func clientEventQueue() throws(RStreamError) -> EventQueue {
+        try clientQueue.withCheckedLock(key: lockKey(self)) { (weak: inout WeakEventQueue) throws(RStreamError) -> EventQueue in
+            if let queue = weak.queue { return queue }
+            let queue = try EventQueue(domain: self)
+            weak.queue = queue
+            return queue
+        }
+    }
+
     /// A key for a registration when the core lets us choose (no `FI_MR_PROV_KEY`).
     package func makeKey() -> UInt64 { nextKey.wrappingAdd(1, ordering: .relaxed).oldValue }
 

@@ -22,6 +22,9 @@ package struct EndpointShape: Sendable, Equatable {
     /// Open the completion queue with a wait descriptor (`FI_WAIT_FD`). Some cores (tcp) then
     /// signal it on every completion, which costs latency; busy-pollers may do without.
     package var waitDescriptor = true
+    /// Share a completion queue with the process's other streams where every completion can name
+    /// its stream (`CompletionGroup`); false: a queue of its own.
+    package var sharedCompletions = true
     /// How long the peer may be silent before the stream fails with `.timedOut` (protocol v4's
     /// liveness); nil: for ever.
     package var peerTimeout: Duration? = EndpointShape.defaultPeerTimeout
@@ -36,8 +39,9 @@ package struct EndpointShape: Sendable, Equatable {
     }
 }
 
-/// The libfabric transport of one connection: an `FI_EP_MSG` endpoint, its completion queue, and
-/// three registered regions (send ring: local write source; receive ring: remote write target;
+/// The libfabric transport of one connection: an `FI_EP_MSG` endpoint, its completion queue (its
+/// own, or a share of a `CompletionGroup`'s, whose reader routes this stream's completions to its
+/// `inbox`), and three registered regions (send ring: local write source; receive ring: remote write target;
 /// word area: iWarp receive payloads and word sends).
 ///
 /// Invariants: every handle is open until deinit, which closes the endpoint first (so no operation
@@ -45,13 +49,18 @@ package struct EndpointShape: Sendable, Equatable {
 /// themselves are freed after that, as the object's fields are destroyed. Exactly `rxCredits`
 /// receives are posted while connected. In iWarp mode a word being sent lives in a word slot taken
 /// from `wordSlots` until its completion returns it. `peer` is set once, before the engine shares
-/// the transport; `completions` is touched only by `poll` (under the progress lock), which posts
-/// nothing but receives.
+/// the transport; `completions` and the inbox's consumer side are touched only by `poll` (under
+/// the progress lock), which posts nothing but receives. A grouped transport leaves its group
+/// after its endpoint is closed and before its registrations are.
 package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package let domain: Domain
     package let eventQueue: EventQueue
     package let endpoint: UnsafeMutablePointer<fid_ep>
+    /// The completion queue this endpoint reports to: its own, or its group's.
     private let cq: UnsafeMutablePointer<fid_cq>
+    /// Where the group's reader routes this stream's completions; nil with a queue of its own.
+    private let grouped: (group: CompletionGroup, member: Int, inbox: CompletionInbox)?
+    private let routed: UnsafeMutablePointer<RoutedCompletion>
     private let sendRegistration: UnsafeMutablePointer<fid_mr>
     private let receiveRegistration: UnsafeMutablePointer<fid_mr>
     private let wordRegistration: UnsafeMutablePointer<fid_mr>
@@ -79,16 +88,28 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         case write = 1, wordSend = 2, receive = 3
     }
 
+    /// An operation's context: the group member number (0: a queue of its own) in bits 40-63,
+    /// the tag in bits 32-39, the slot below.
+    private let memberBits: UInt
+
     @inline(__always)
-    private static func context(_ tag: Tag, _ slot: Int) -> UnsafeMutableRawPointer? {
-        UnsafeMutableRawPointer(bitPattern: tag.rawValue << 32 | UInt(slot))
+    private func context(_ tag: Tag, _ slot: Int) -> UnsafeMutableRawPointer? {
+        UnsafeMutableRawPointer(bitPattern: memberBits | tag.rawValue << 32 | UInt(slot))
     }
 
     @inline(__always)
     private static func decode(_ context: UnsafeMutableRawPointer?) -> (Tag, Int)? {
         let raw = UInt(bitPattern: context)
-        guard let tag = Tag(rawValue: raw >> 32) else { return nil }
+        guard let tag = Tag(rawValue: (raw >> 32) & 0xFF) else { return nil }
         return (tag, Int(raw & 0xFFFF_FFFF))
+    }
+
+    /// Whether streams of `shape` over a core of `attributes` share a completion queue: only
+    /// where every arrival uses up a posted receive, whose context names the stream (iWarp mode,
+    /// or a core asking for `FI_RX_CQ_DATA`); over tcp in normal mode a remote write's data comes
+    /// with a NULL context (`fi_cq(3)`).
+    package static func sharesCompletions(_ shape: EndpointShape, over attributes: CoreAttributes) -> Bool {
+        shape.sharedCompletions && (shape.iwarp || attributes.writeConsumesReceive)
     }
 
     /// What the event queue knows this endpoint by.
@@ -134,6 +155,26 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         }
 
         let token = EndpointToken.make()
+        let wantsDescriptor = eventQueue.waitDescriptor != nil && shape.waitDescriptor
+        var group: (group: CompletionGroup, member: Int, inbox: CompletionInbox)?
+        var flatSet: WaitSet?
+        if Self.sharesCompletions(shape, over: attributes) {
+            let outstanding = txSize + shape.rxCredits
+            let (shared, member) = try domain.reserveCompletionGroup(reserving: outstanding, waitDescriptor: wantsDescriptor)
+            if let groupDescriptor = shared.waitDescriptor, let eqDescriptor = eventQueue.waitDescriptor {
+                // Waiters sleep on a flat set beside the shared queues' descriptors, which the
+                // reactor reads for everyone once someone sleeps on the set's own descriptor.
+                flatSet = WaitSet(flatBeside: [groupDescriptor, eqDescriptor]) { [weak shared, weak eventQueue] in
+                    shared?.startPump()
+                    eventQueue?.startPump()
+                }
+            }
+            let inbox = CompletionInbox(capacity: outstanding, waitSet: flatSet)
+            shared.attach(inbox, as: member)
+            group = (shared, member, inbox)
+        }
+        memberBits = UInt(group?.member ?? 0) << 40
+        undo.append { if let group { group.group.leave(group.member) } } // runs after the endpoint's close
         var ep: UnsafeMutablePointer<fid_ep>?
         let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, token.context) }
         if rcEp < 0 { throw fail(.fabric(rcEp, "fi_endpoint")) }
@@ -142,15 +183,17 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         var cqAttr = fi_cq_attr()
         cqAttr.size = txSize + shape.rxCredits + 16
         cqAttr.format = FI_CQ_FORMAT_DATA
-        cqAttr.wait_obj = eventQueue.waitDescriptor == nil || !shape.waitDescriptor ? FI_WAIT_NONE : FI_WAIT_FD
-        var cq: UnsafeMutablePointer<fid_cq>?
-        var rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
-        if rcCq < 0 && cqAttr.wait_obj == FI_WAIT_FD {
-            cqAttr.wait_obj = FI_WAIT_NONE // a core without wait descriptors: waiters sleep in steps
-            rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+        cqAttr.wait_obj = wantsDescriptor ? FI_WAIT_FD : FI_WAIT_NONE
+        var cq: UnsafeMutablePointer<fid_cq>? = group?.group.cq
+        if group == nil {
+            var rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+            if rcCq < 0 && cqAttr.wait_obj == FI_WAIT_FD {
+                cqAttr.wait_obj = FI_WAIT_NONE // a core without wait descriptors: waiters sleep in steps
+                rcCq = fabricCall(.cqOpen) { fi_cq_open(domain.domain, &cqAttr, &cq, nil) }
+            }
+            if rcCq < 0 { throw fail(.fabric(rcCq, "fi_cq_open")) }
+            undo.insert({ closeFabricObject(fidOf(cq!), "completion queue") }, at: 0) // closes after the endpoint
         }
-        if rcCq < 0 { throw fail(.fabric(rcCq, "fi_cq_open")) }
-        undo.insert({ closeFabricObject(fidOf(cq!), "completion queue") }, at: 0) // closes after the endpoint
 
         for (object, flags, what) in [(fidOf(cq!), UInt64(FI_TRANSMIT | FI_RECV), "completion queue"), (fidOf(eventQueue.handle), 0, "event queue")] {
             let rc = fabricCall(.bind) { fi_ep_bind(ep, object, flags) }
@@ -190,7 +233,9 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         }
 
         var cqDescriptor: Int32 = -1
-        if cqAttr.wait_obj == FI_WAIT_FD, let eqDescriptor = eventQueue.waitDescriptor,
+        if group != nil {
+            waitSet = flatSet
+        } else if cqAttr.wait_obj == FI_WAIT_FD, let eqDescriptor = eventQueue.waitDescriptor,
            fi_control(fidOf(cq!), Int32(FI_GETWAIT), &cqDescriptor) == 0, cqDescriptor >= 0 {
             waitSet = WaitSet(waitDescriptors: [cqDescriptor, eqDescriptor])
         } else {
@@ -202,6 +247,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         self.eventQueue = eventQueue
         self.endpoint = ep!
         self.cq = cq!
+        self.grouped = group
+        self.routed = .allocate(capacity: Self.completionBatch)
         self.sendRegistration = sendMR
         self.receiveRegistration = receiveMR
         self.wordRegistration = wordMR
@@ -231,11 +278,16 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     deinit {
         eventQueue.forget(fidOf(endpoint), token: eventKey) // before the close: the address may be reused
         closeFabricObject(fidOf(endpoint), "endpoint")
-        closeFabricObject(fidOf(cq), "completion queue")
+        if let grouped {
+            grouped.group.leave(grouped.member) // its last completions read before the number is reused
+        } else {
+            closeFabricObject(fidOf(cq), "completion queue")
+        }
         closeFabricObject(fidOf(sendRegistration), "send ring registration")
         closeFabricObject(fidOf(receiveRegistration), "receive ring registration")
         closeFabricObject(fidOf(wordRegistration), "word area registration")
         completions.deallocate()
+        routed.deallocate()
     }
 
     /// This side's connection block: where the peer may write, under which key.
@@ -262,10 +314,10 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let rc: Int
         if shape.iwarp {
             rc = fabricCall(.receive) {
-                fi_recv(endpoint, wordRegion.base + 4 * slot, 4, fi_mr_desc(wordRegistration), 0, Self.context(.receive, slot))
+                fi_recv(endpoint, wordRegion.base + 4 * slot, 4, fi_mr_desc(wordRegistration), 0, context(.receive, slot))
             }
         } else {
-            rc = fabricCall(.receive) { fi_recv(endpoint, nil, 0, nil, 0, Self.context(.receive, slot)) }
+            rc = fabricCall(.receive) { fi_recv(endpoint, nil, 0, nil, 0, context(.receive, slot)) }
         }
         if rc < 0 { throw .fabric(rc, "fi_recv(slot \(slot))") }
     }
@@ -275,7 +327,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let source = sendRegion.base + sendOffset
         let desc = fi_mr_desc(sendRegistration)
         let address = peer.baseAddress &+ UInt64(remoteOffset)
-        let context = Self.context(.write, writeSlot)
+        let context = context(.write, writeSlot)
         let rc: Int
         if shape.iwarp {
             guard wordSlots.withCheckedLock(key: lockKey(self), { !$0.free.isEmpty }) else { return .notPosted }
@@ -299,7 +351,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
 
     package func send(word: UInt32) throws(RStreamError) -> Bool {
         if shape.iwarp { return try sendWordPayload(word) }
-        let rc = fabricCall(.send) { fi_senddata(endpoint, nil, 0, nil, UInt64(word), rs_fi_addr_unspec(), Self.context(.wordSend, 0)) }
+        let rc = fabricCall(.send) { fi_senddata(endpoint, nil, 0, nil, UInt64(word), rs_fi_addr_unspec(), context(.wordSend, 0)) }
         if rc == -Int(FI_EAGAIN) { return false }
         if rc < 0 { throw .fabric(rc, "fi_senddata(word)") }
         return true
@@ -316,7 +368,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let payload = wordRegion.base + 4 * (shape.rxCredits + slot)
         payload.storeBytes(of: word.bigEndian, as: UInt32.self)
         let rc = fabricCall(.send) {
-            fi_send(endpoint, payload, 4, fi_mr_desc(wordRegistration), rs_fi_addr_unspec(), Self.context(.wordSend, slot))
+            fi_send(endpoint, payload, 4, fi_mr_desc(wordRegistration), rs_fi_addr_unspec(), context(.wordSend, slot))
         }
         if rc < 0 { try returnWordSlot(slot) }
         if rc == -Int(FI_EAGAIN) { return false }
@@ -325,6 +377,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     package func poll(into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        if let grouped { return try pollInbox(grouped.group, grouped.inbox, into: events) }
         let batch = min(events.count, Self.completionBatch)
         let n = fabricCall(.cqRead) { fi_cq_read(cq, completions, batch) }
         if n == -Int(FI_EAGAIN) { return 0 }
@@ -332,22 +385,52 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             var err = fi_cq_err_entry()
             let rc = fi_cq_readerr(cq, &err, 0)
             if rc < 0 { throw .fabric(rc, "fi_cq_readerr") }
-            let transmit = Self.decode(err.op_context).map { $0.0 != .receive } ?? (err.flags & UInt64(FI_RECV) == 0)
-            if let (tag, slot) = Self.decode(err.op_context), tag == .wordSend, shape.iwarp { try returnWordSlot(slot) }
-            events[0] = .failed(code: err.err, transmit: transmit)
+            events[0] = try failure(context: err.op_context, code: err.err, flags: err.flags)
             waitSet?.stateMayHaveChanged()
             return 1
         }
         if n < 0 { throw .fabric(n, "fi_cq_read") }
         for i in 0..<n {
-            events[i] = try event(for: completions[i])
+            let entry = completions[i]
+            events[i] = try event(context: entry.op_context, flags: entry.flags, length: entry.len, data: entry.data)
         }
         waitSet?.stateMayHaveChanged()
         return n
     }
 
-    /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`.
-    package func tryWait(for interest: WaitInterest) -> Bool { fabricTryWait() == 0 }
+    /// A grouped stream's poll: reads the shared queue for every member (unless another thread
+    /// is), then takes what was routed here.
+    private func pollInbox(_ group: CompletionGroup, _ inbox: CompletionInbox,
+                           into events: UnsafeMutableBufferPointer<TransportEvent>) throws(RStreamError) -> Int {
+        try group.drain()
+        if inbox.hasOverflowed {
+            throw RStreamError(.fabric, code: EPROTO, "the core reported more completions than this stream can have outstanding")
+        }
+        let n = inbox.take(into: UnsafeMutableBufferPointer(start: routed, count: min(events.count, Self.completionBatch)))
+        for i in 0..<n {
+            let entry = routed[i]
+            let context = UnsafeMutableRawPointer(bitPattern: entry.context)
+            var flags: UInt64 = 0
+            if entry.flags.contains(.receive) { flags |= UInt64(FI_RECV) }
+            if entry.flags.contains(.error) {
+                events[i] = try failure(context: context, code: Int32(bitPattern: entry.data), flags: flags)
+                continue
+            }
+            if entry.flags.contains(.remoteWrite) { flags |= UInt64(FI_REMOTE_WRITE) }
+            if entry.flags.contains(.remoteData) { flags |= UInt64(FI_REMOTE_CQ_DATA) }
+            let data = entry.flags.contains(.dataFits) ? UInt64(entry.data) : UInt64.max
+            events[i] = try event(context: context, flags: flags, length: entry.length, data: data)
+        }
+        if n > 0 { waitSet?.stateMayHaveChanged() }
+        return n
+    }
+
+    /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`
+    /// (for a grouped stream, also nothing routed here and not yet taken).
+    package func tryWait(for interest: WaitInterest) -> Bool {
+        if let grouped, !grouped.inbox.isEmpty { return false }
+        return fabricTryWait() == 0
+    }
 
     /// This endpoint's connection event, if one is queued: a shutdown or a failure is the peer's leaving.
     package func takePeerLeft() -> Bool {
@@ -369,14 +452,22 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         }
     }
 
+    /// What an error completion means: a failed transmit or receive (a word slot it held is free).
+    private func failure(context: UnsafeMutableRawPointer?, code: Int32, flags: UInt64) throws(RStreamError) -> TransportEvent {
+        let transmit = Self.decode(context).map { $0.0 != .receive } ?? (flags & UInt64(FI_RECV) == 0)
+        if let (tag, slot) = Self.decode(context), tag == .wordSend, shape.iwarp { try returnWordSlot(slot) }
+        return .failed(code: code, transmit: transmit)
+    }
+
+    /// What a completion means (the fields of a `fi_cq_data_entry`; `data` above 32 bits brings
+    /// no word). A consumed receive is posted again here.
     @inline(__always)
-    private func event(for entry: fi_cq_data_entry) throws(RStreamError) -> TransportEvent {
-        let flags = entry.flags
+    private func event(context: UnsafeMutableRawPointer?, flags: UInt64, length: Int, data: UInt64) throws(RStreamError) -> TransportEvent {
         // A local completion may carry FI_REMOTE_CQ_DATA too; only these two mark an arrival.
         let incoming = flags & UInt64(FI_RECV | FI_REMOTE_WRITE) != 0
         guard incoming else {
-            guard let (tag, slot) = Self.decode(entry.op_context) else {
-                throw RStreamError(.fabric, "completion with an unknown context \(String(describing: entry.op_context))")
+            guard let (tag, slot) = Self.decode(context) else {
+                throw RStreamError(.fabric, "completion with an unknown context \(String(describing: context))")
             }
             switch tag {
             case .write: return .transmitted(writeSlot: slot)
@@ -390,20 +481,20 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             || (flags & UInt64(FI_REMOTE_WRITE) != 0 && attributes.writeConsumesReceive)
         var word: UInt32?
         if consumed {
-            guard let (tag, slot) = Self.decode(entry.op_context), tag == .receive, slot < shape.rxCredits else {
+            guard let (tag, slot) = Self.decode(context), tag == .receive, slot < shape.rxCredits else {
                 throw RStreamError(.fabric, "a consumed receive without its context")
             }
             if shape.iwarp {
                 // len is trustworthy for a send's payload; a payload of another size brings no word.
-                if entry.len == 4 {
+                if length == 4 {
                     word = UInt32(bigEndian: wordRegion.base.loadUnaligned(fromByteOffset: 4 * slot, as: UInt32.self))
                 }
-            } else if flags & UInt64(FI_REMOTE_CQ_DATA) != 0, entry.data <= UInt64(UInt32.max) {
-                word = UInt32(entry.data)
+            } else if flags & UInt64(FI_REMOTE_CQ_DATA) != 0, data <= UInt64(UInt32.max) {
+                word = UInt32(data)
             }
             try postReceive(slot: slot)
-        } else if !shape.iwarp, flags & UInt64(FI_REMOTE_CQ_DATA) != 0, entry.data <= UInt64(UInt32.max) {
-            word = UInt32(entry.data)
+        } else if !shape.iwarp, flags & UInt64(FI_REMOTE_CQ_DATA) != 0, data <= UInt64(UInt32.max) {
+            word = UInt32(data)
         }
         return .notified(word: word, consumedReceive: consumed)
     }

@@ -373,3 +373,13 @@ private final class PendingToken: Sendable {
         return token == 0 ? nil : token
     }
 }
+
+extension Reactor {
+    /// Runs `pump` on the reactor's thread each time `fd` becomes readable, for as long as it
+    /// answers true: the reader of a queue that many streams share, which routes what it reads
+    /// to each stream and rings the stream's own descriptor. Returns the token that `cancel`
+    /// takes (before `fd` is closed), nil when the descriptor cannot be watched.
+    package func keepPumping(_ fd: Int32, _ pump: @escaping @Sendable () -> Bool) -> Token? {
+        whenReadable([fd], deadline: .now + .seconds(100 * 365 * 86_400), stillIdle: pump) {}
+    }
+}

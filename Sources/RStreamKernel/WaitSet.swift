@@ -20,8 +20,13 @@ public struct WaitInterest: OptionSet, Sendable {
     package static let anything: WaitInterest = [.readable, .writable, .everyWord]
 }
 
-/// Owner of the descriptor a stream's waiters sleep on: an epoll set holding the completion
-/// queue's and event queue's wait descriptors and a private eventfd.
+/// Owner of the descriptor a stream's waiters sleep on. Either an epoll set holding the
+/// completion queue's and event queue's wait descriptors and a private eventfd, or, for a stream
+/// whose queues are shared with many others (`CompletionGroup`, a shared event queue), *flat*: the
+/// private eventfd alone, made when first needed, beside the shared queues' descriptors, which a
+/// blocking sleeper polls with it and which the reactor reads once for every stream (so that one
+/// epoll holds ten thousand such descriptors: a nested set counts against the kernel's limit on
+/// wake-up paths through shared descriptors, about a hundred tcp streams per epoll).
 ///
 /// A completion-queue wakeup is not stream readiness (rsockets' poll hung on exactly that): another
 /// thread may take the completion, and clear the queue's signal, before a sleeper wakes. So a
@@ -30,19 +35,24 @@ public struct WaitInterest: OptionSet, Sendable {
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// Invariants: the three descriptors are open until deinit; `armed` is set only under the lock
-/// where completions are taken (the engine's progress lock; a listener's accept lock) and cleared
-/// by whoever rings; `sleepers` is raised under that lock, before it is released, by a thread
-/// about to sleep, and lowered by that thread when it wakes.
+/// Invariants: the descriptors are open until deinit (a flat set's eventfd from when it is made);
+/// `armed` is set only under the lock where completions are taken (the engine's progress lock; a
+/// listener's accept lock) and cleared by whoever rings; `sleepers` is raised under that lock,
+/// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. A
+/// flat set's eventfd is made before its first arming, so whoever finds it armed finds the eventfd.
 package final class WaitSet: @unchecked Sendable {
-    package let descriptor: Int32
-    private let wakeFD: Int32
+    /// The epoll set (-1 for a flat set).
+    private let epollFD: Int32
+    /// The private eventfd (-1 until a flat set first needs it).
+    private let wake = Atomic<Int32>(-1)
+    /// A flat set's shared descriptors (a sleeper polls them with the eventfd), and what starts
+    /// the reactor reading them for everyone (when a task or a C program sleeps on the eventfd).
+    private let shared: [Int32]
+    private let startSharedReaders: (@Sendable () -> Void)?
     /// A same-host peer's doorbell: this side's end of a socket pair, in the set, drained with the
     /// eventfd (-1: none). Never the eventfd itself: a peer holding that could clear its
     /// O_NONBLOCK (a flag of the shared open file) and make our next read or write block.
     private let doorbellFD: Int32
-    /// The private eventfd (tests use it as an eventfd to offer a hostile peer's listener).
-    package var wakeDescriptor: Int32 { wakeFD }
     /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
     /// wakes every tick and looks. -1 when there is none.
     private let tickFD = Atomic<Int32>(-1)
@@ -54,7 +64,34 @@ package final class WaitSet: @unchecked Sendable {
     /// descriptor, to about a hundred tcp streams; holding the members, to several hundred).
     private let memberList: Mutex<[Int32]>
 
-    package var members: [Int32] { memberList.withCheckedLock(key: lockKey(self)) { $0 } }
+    package var isFlat: Bool { epollFD < 0 }
+
+    /// What a caller sleeps on: the epoll set, or a flat set's eventfd (made now if need be;
+    /// the shared queues are then read by the reactor, since whoever sleeps on this alone does
+    /// not read them).
+    package var descriptor: Int32 {
+        guard isFlat else { return epollFD }
+        startSharedReaders?()
+        return wakeDescriptor
+    }
+
+    /// The private eventfd (made now for a flat set; tests use it as an eventfd to offer a
+    /// hostile peer's listener).
+    package var wakeDescriptor: Int32 {
+        let fd = wake.load(ordering: .acquiring)
+        if fd >= 0 { return fd }
+        let made = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard made >= 0 else { return -1 }
+        let (exchanged, current) = wake.compareExchange(expected: -1, desired: made, ordering: .acquiringAndReleasing)
+        if !exchanged { close(made) }
+        return exchanged ? made : current
+    }
+
+    /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
+    package var members: [Int32] {
+        guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0 } }
+        return [descriptor]
+    }
 
     package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
         let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -70,26 +107,40 @@ package final class WaitSet: @unchecked Sendable {
                 return nil
             }
         }
-        descriptor = epoll
-        wakeFD = wake
+        epollFD = epoll
+        self.wake.store(wake, ordering: .releasing)
+        shared = []
+        startSharedReaders = nil
         doorbellFD = doorbell
         memberList = Mutex(waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []))
     }
 
+    /// A flat set beside `shared` descriptors that many sets have in common; `startSharedReaders`
+    /// has the reactor read them (the first time anyone sleeps on this set's own descriptor).
+    package init(flatBeside shared: [Int32], startSharedReaders: @escaping @Sendable () -> Void) {
+        epollFD = -1
+        self.shared = shared
+        self.startSharedReaders = startSharedReaders
+        doorbellFD = -1
+        memberList = Mutex([])
+    }
+
     /// Adds one more descriptor to sleep on (a descriptor already in the set is left as it is).
     package func watch(_ fd: Int32) {
+        precondition(!isFlat, "a flat wait set watches nothing of its own")
         var event = epoll_event()
         event.events = EPOLLIN.rawValue
         event.data.fd = fd
-        if epoll_ctl(descriptor, EPOLL_CTL_ADD, fd, &event) == 0 {
+        if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 {
             memberList.withCheckedLock(key: lockKey(self)) { $0.append(fd) }
         }
     }
 
     /// Stops sleeping on `fd` (before it is closed).
     package func unwatch(_ fd: Int32) {
+        guard !isFlat else { return }
         var event = epoll_event()
-        _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event)
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
         memberList.withCheckedLock(key: lockKey(self)) { $0.removeAll { $0 == fd } }
     }
 
@@ -97,6 +148,7 @@ package final class WaitSet: @unchecked Sendable {
     /// a core without wait descriptors); `arm` restarts the wait for the next tick. A set has at
     /// most one ticker; adding another does nothing.
     package func addTicker(milliseconds: Int) {
+        precondition(!isFlat, "a flat wait set has no ticker")
         guard tickFD.load(ordering: .acquiring) < 0 else { return }
         let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
         guard fd >= 0 else { return }
@@ -112,13 +164,15 @@ package final class WaitSet: @unchecked Sendable {
 
     deinit {
         if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 { close(fd) }
-        close(wakeFD)
-        close(descriptor)
+        if case let fd = wake.load(ordering: .acquiring), fd >= 0 { close(fd) }
+        if epollFD >= 0 { close(epollFD) }
     }
 
     /// Called under the progress lock before the last readiness check: clears an old wake-up and
     /// asks the next taker of completions that can serve `interest` (empty: anything) to ring.
     package func arm(for interest: WaitInterest = []) {
+        // A flat set's eventfd is made before the first arming (see the invariant).
+        let wakeFD = isFlat ? wakeDescriptor : wake.load(ordering: .relaxed)
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
@@ -150,6 +204,8 @@ package final class WaitSet: @unchecked Sendable {
 
     package func ring() {
         armed.store(0, ordering: .relaxed)
+        let wakeFD = wake.load(ordering: .acquiring)
+        guard wakeFD >= 0 else { return } // a flat set nobody has slept on, or armed, yet
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
@@ -170,8 +226,19 @@ package final class WaitSet: @unchecked Sendable {
     /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced
     /// itself with `willSleep` under the progress lock.
     package func sleep(timeoutMilliseconds: Int32) {
-        var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        if poll(&pfd, 1, timeoutMilliseconds) == 0 { timedOutSleeps.add(1, ordering: .relaxed) }
+        var woken: Int32
+        if isFlat {
+            // The shared queues too: this thread reads them when they fire (nobody else may).
+            woken = withUnsafeTemporaryAllocation(of: pollfd.self, capacity: shared.count + 1) { fds in
+                fds[0] = pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0)
+                for (i, fd) in shared.enumerated() { fds[i + 1] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
+                return poll(fds.baseAddress, nfds_t(fds.count), timeoutMilliseconds)
+            }
+        } else {
+            var pfd = pollfd(fd: epollFD, events: Int16(POLLIN), revents: 0)
+            woken = poll(&pfd, 1, timeoutMilliseconds)
+        }
+        if woken == 0 { timedOutSleeps.add(1, ordering: .relaxed) }
         endSleep()
     }
 

@@ -33,6 +33,12 @@ enum ProviderInfo {
     }
     static let iovLimit = 64
 
+    /// Whether C programs' endpoints share completion queues where the core allows it
+    /// (`StreamOptions.sharedCompletions`): `RSTREAM_SHARED_COMPLETIONS=0` turns it off.
+    static func sharedCompletions(environment value: String? = getenv("RSTREAM_SHARED_COMPLETIONS").map { String(cString: $0) }) -> Bool {
+        value != "0"
+    }
+
     /// What the provider needs to know of one of its own `fi_info`s (or a caller's copy of one).
     struct Facts {
         var core: String

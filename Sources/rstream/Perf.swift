@@ -57,6 +57,16 @@ struct Perf: ParsableCommand {
         return options
     }
 
+    /// The scale test's streams: default options, in iWarp mode over a core that reports a remote
+    /// write's data without a receive (tcp), so that they share completion queues (a word sent
+    /// as a message names its stream; `StreamOptions.sharedCompletions`).
+    var scaleOptions: StreamOptions {
+        var options = defaultOptions
+        let core = CoreProvider.available().first { $0.name == options.provider }
+        options.iwarp = !(core?.writeConsumesReceive ?? true)
+        return options
+    }
+
     /// The same-host transport with default options, and busy-polling.
     var sameHostOptions: StreamOptions {
         var options = StreamOptions()
@@ -132,7 +142,7 @@ struct Perf: ParsableCommand {
         let streamTuned = try StreamListener(host: host, port: port == 0 ? 0 : port + 1, options: tunedOptions)
         let core = try CoreBaselineListener(host: host, port: port == 0 ? 0 : port + 2, provider: provider)
         let tcp = try TCPSocket.listen(host: host, port: port == 0 ? 0 : port + 3)
-        let scale = try StreamListener(host: host, port: port == 0 ? 0 : port + 4, backlog: 4096, options: defaultOptions)
+        let scale = try StreamListener(host: host, port: port == 0 ? 0 : port + 4, backlog: 4096, options: scaleOptions)
         let streamBusy = try StreamListener(host: host, port: port == 0 ? 0 : port + 5, options: busyPollOptions)
         FileHandle.standardOutput.write(Data("\(streamDefault.port) \(streamTuned.port) \(core.port) \(tcp.port) \(scale.port) \(streamBusy.port)\n".utf8))
         func forever(_ body: @escaping @Sendable () throws -> Void) {
@@ -180,7 +190,7 @@ struct Perf: ParsableCommand {
 
     /// Accepts the N streams a scale header announces, then echoes on all of them round-robin.
     func serveScale(_ listener: StreamListener) throws {
-        var first = StreamChannel(try listener.accept(), maxMessage: 64)
+        let first = StreamChannel(try listener.accept(), maxMessage: 64)
         guard let header = try first.receiveHeader(), header.mode == .scale else { return }
         var streams = [first.stream]
         for _ in 1..<max(header.count, 1) { streams.append(try listener.accept()) }
@@ -203,7 +213,7 @@ struct Perf: ParsableCommand {
                 }
             }
         }
-        for stream in streams { stream.close() }
+        while let stream = streams.popLast() { stream.close() }
     }
 
     // MARK: Client
@@ -490,18 +500,21 @@ struct Perf: ParsableCommand {
         var roundTripsPerSecond: Double
         var residentBytesPerConnection: Double
         var ringBytesPerConnection: Int
+        var descriptorsPerConnection: Double
     }
 
     func measureScale(host: String, port: UInt16) throws -> ScaleResult {
         let before = Pinning.residentBytes()
+        let descriptorsBefore = Self.openDescriptors()
         var streams: [StreamConnection] = []
         for i in 0..<connections {
-            streams.append(try StreamConnection.connect(host: host, port: port, options: defaultOptions))
+            streams.append(try StreamConnection.connect(host: host, port: port, options: scaleOptions))
             if i == 0 { // tells the server how many streams to accept
                 try streams[0].sendAll(PerfHeader(mode: .scale, size: 64, count: connections).bytes)
             }
         }
         let after = Pinning.residentBytes()
+        let descriptors = Double(Self.openDescriptors() - descriptorsBefore) / Double(connections)
         let message = [UInt8](repeating: 1, count: 64)
         var buffer = [UInt8](repeating: 0, count: 64)
         let rounds = max(10, (quick ? 20_000 : 200_000) / connections)
@@ -516,11 +529,19 @@ struct Perf: ParsableCommand {
             }
         }
         let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
-        for stream in streams { stream.close() }
-        let options = defaultOptions
+        // Each released once closed: a close that sleeps gives its stream an eventfd, and 10,000
+        // of them beside 10,000 sockets would not fit the descriptor limit.
+        while let stream = streams.popLast() { stream.close() }
+        let options = scaleOptions
         return ScaleResult(connections: connections, roundTripsPerSecond: Double(rounds * connections) / seconds,
                            residentBytesPerConnection: Double(after - before) / Double(connections),
-                           ringBytesPerConnection: options.sendRingSize + options.receiveRingSize)
+                           ringBytesPerConnection: options.sendRingSize + options.receiveRingSize,
+                           descriptorsPerConnection: descriptors)
+    }
+
+    /// Descriptors open in this process now.
+    static func openDescriptors() -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
     // MARK: Output
@@ -569,7 +590,9 @@ struct Perf: ParsableCommand {
         }
         if let scale {
             print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
-                  + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings \(scale.ringBytesPerConnection / 1024) KiB of it)")
+                  + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings \(scale.ringBytesPerConnection / 1024) KiB of it), "
+                  + "\(fmt(scale.descriptorsPerConnection, 2)) descriptors per connection"
+                  + (scaleOptions.iwarp ? " (iWarp mode: words as messages, so the streams share completion queues)" : ""))
         }
     }
 
@@ -589,7 +612,8 @@ struct Perf: ParsableCommand {
         if let scale {
             document["scale"] = ["connections": scale.connections, "round_trips_per_s": scale.roundTripsPerSecond,
                                  "resident_bytes_per_connection": scale.residentBytesPerConnection,
-                                 "ring_bytes_per_connection": scale.ringBytesPerConnection]
+                                 "ring_bytes_per_connection": scale.ringBytesPerConnection,
+                                 "descriptors_per_connection": scale.descriptorsPerConnection]
         }
         let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: path))

@@ -235,6 +235,18 @@ final class ServerSide {
         #expect(server.contains("echoed 64 connections") && client.contains("64 connections echoed"))
     }
 
+    /// A C server written the usual way: one epoll over the event queue's and every endpoint's
+    /// `FI_GETWAIT` descriptor, `fi_trywait` before `epoll_wait`, echoing 1,000 connections whose
+    /// client checks every byte. In iWarp mode over tcp the streams share completion queues and
+    /// each descriptor is a flat eventfd; before, `EPOLL_CTL_ADD` of the 50th to 92nd endpoint's
+    /// nested epoll set failed with EINVAL.
+    @Test func aThousandConnectionsServedFromOneEpoll() throws {
+        let (server, client) = try pair(["epoll-echo-server", "1000"], { ["echo-clients", "127.0.0.1", String($0), "1000", "65536"] },
+                                        environment: providerEnvironment(iwarp: true))
+        #expect(server.contains("echoed 1000 connections") && client.contains("1000 connections echoed 65536 bytes each"),
+                "\(server) \(client)")
+    }
+
     /// A hostile peer's bad connection blocks never reach the C server as FI_CONNREQ: each is
     /// refused with its reason, and the server goes on to serve a good client.
     @Test func badConnectionBlocksAreRefusedBeforeTheCServerSeesThem() throws {

@@ -153,6 +153,32 @@ import RStreamFakeWire
         #expect(try pair.b.receiveAll().1 == .endOfStream)
     }
 
+    // Issue 11's C server over 1,000 connections: the peer sent its FIN and closed, a CONTROL
+    // word of ours then failed (tcp: ENOTCONN), and the stream failed, so a reader that had every
+    // byte got a reset instead of the end. Now the bytes and the end are read, and a send says
+    // the peer has left.
+    @Test func aWordThatFailsAfterThePeersFinEndsTheStreamCleanly() throws {
+        let pair = EnginePair()
+        #expect(try pair.a.send([1, 2, 3]) == 3)
+        pair.a.shutdown()
+        pair.b.progress()
+        pair.wire.inject(to: 1, .failed(code: 107, transmit: true))
+        pair.b.progress()
+        #expect(pair.b.failure == nil)
+        #expect(try pair.b.receiveAll().0 == [1, 2, 3])
+        #expect(try pair.b.receiveAll().1 == .endOfStream)
+        #expect(throws: RStreamError.self) { try pair.b.send([4]) }
+        #expect(pair.b.peerHasDisconnected)
+    }
+
+    // A transmit failure before the peer's FIN is still a reset.
+    @Test func aWriteThatFailsBeforeThePeersFinResetsTheStream() throws {
+        let pair = EnginePair()
+        pair.wire.inject(to: 1, .failed(code: 107, transmit: true))
+        pair.b.progress()
+        #expect(pair.b.failure?.kind == .connectionReset)
+    }
+
     // Before the fix, a record longer than the tail that the FIN left would block for ever.
     @Test func receivingExactlyReportsTheEndWhenOnlyAShorterTailIsLeft() throws {
         let pair = EnginePair()

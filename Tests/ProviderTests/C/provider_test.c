@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <time.h>
 
 static int iwarp(void)
@@ -540,8 +541,8 @@ struct connection {
 
 static void wait_all(struct fabric_objects *f, struct connection *c, int count)
 {
-	struct fid *fids[1 + 64];
-	struct pollfd pfds[1 + 64];
+	struct fid **fids = calloc((size_t)count + 1, sizeof *fids);
+	struct pollfd *pfds = calloc((size_t)count + 1, sizeof *pfds);
 	int n = 0;
 	fids[n] = &f->eq->fid;
 	CHECK(fi_control(&f->eq->fid, FI_GETWAIT, &pfds[n].fd));
@@ -557,9 +558,47 @@ static void wait_all(struct fabric_objects *f, struct connection *c, int count)
 		pfds[i].events = POLLIN;
 	if (fi_trywait(f->fabric, fids, n) == FI_SUCCESS)
 		poll(pfds, (nfds_t)n, 100);
+	free(fids);
+	free(pfds);
 }
 
-static int echo_server(int expected)
+/* The usual event loop's wait: fi_trywait on every object, then one epoll over their FI_GETWAIT
+ * descriptors (the event queue's and each connected endpoint's, added as they connect). Each
+ * descriptor must be flat for one epoll to hold a thousand: the kernel limits the wake-up paths
+ * through nested epoll sets (EPOLL_CTL_ADD failed with EINVAL past 50 to 92 endpoints before). */
+static void wait_epoll(struct fabric_objects *f, int epoll, struct connection *c, int count)
+{
+	struct fid **fids = calloc((size_t)count + 1, sizeof *fids);
+	int n = 0;
+	fids[n++] = &f->eq->fid;
+	for (int i = 0; i < count; i++)
+		if (c[i].connected && !c[i].finished)
+			fids[n++] = &c[i].ep->fid;
+	if (fi_trywait(f->fabric, fids, n) == FI_SUCCESS) {
+		struct epoll_event events[64];
+		EXPECT(epoll_wait(epoll, events, 64, 100) >= 0, "epoll_wait: %s", strerror(errno));
+	}
+	free(fids);
+}
+
+static void watch(int epoll, struct fid *object)
+{
+	struct epoll_event event = { .events = EPOLLIN };
+	CHECK(fi_control(object, FI_GETWAIT, &event.data.fd));
+	EXPECT(epoll_ctl(epoll, EPOLL_CTL_ADD, event.data.fd, &event) == 0, "EPOLL_CTL_ADD of descriptor %d: %s",
+	       event.data.fd, strerror(errno));
+}
+
+static void unwatch(int epoll, struct fid *object)
+{
+	int fd;
+	CHECK(fi_control(object, FI_GETWAIT, &fd));
+	EXPECT(epoll_ctl(epoll, EPOLL_CTL_DEL, fd, NULL) == 0, "EPOLL_CTL_DEL: %s", strerror(errno));
+}
+
+/* Echoes what each of `expected` connections sends until its end; sleeps in poll() over every
+ * descriptor, or in one epoll (`use_epoll`). */
+static int echo_server(int expected, int use_epoll)
 {
 	struct fabric_objects f;
 	int port, accepted = 0, finished = 0;
@@ -567,6 +606,12 @@ static int echo_server(int expected)
 	struct fi_eq_cm_entry *entry = (void *)buffer;
 	struct connection *c = calloc((size_t)expected, sizeof *c);
 	struct fid_pep *pep = listen_any(&f, iwarp(), &port);
+	int epoll = -1;
+	if (use_epoll) {
+		epoll = epoll_create1(0);
+		EXPECT(epoll >= 0, "epoll_create1: %s", strerror(errno));
+		watch(epoll, &f.eq->fid);
+	}
 	while (finished < expected) {
 		int moved = 0;
 		uint32_t event;
@@ -581,7 +626,10 @@ static int echo_server(int expected)
 				CHECK(fi_accept(k->ep, NULL, 0));
 				fi_freeinfo(entry->info);
 			} else if (event == FI_CONNECTED) {
-				((struct connection *)entry->fid->context)->connected = 1;
+				struct connection *k = entry->fid->context;
+				k->connected = 1;
+				if (use_epoll)
+					watch(epoll, &k->ep->fid);
 			} /* FI_SHUTDOWN: the peer's end arrives through fi_recv too */
 		} else if (n != -FI_EAGAIN) {
 			CHECK(n);
@@ -607,6 +655,8 @@ static int echo_server(int expected)
 			moved = 1;
 			if (r == 0) {
 				CHECK(fi_shutdown(k->ep, 0));
+				if (use_epoll)
+					unwatch(epoll, &k->ep->fid);
 				CHECK(fi_close(&k->ep->fid));
 				k->finished = 1;
 				finished++;
@@ -615,9 +665,13 @@ static int echo_server(int expected)
 				k->pending = (size_t)r;
 			}
 		}
-		if (!moved)
+		if (!moved && use_epoll)
+			wait_epoll(&f, epoll, c, accepted);
+		else if (!moved)
 			wait_all(&f, c, accepted);
 	}
+	if (use_epoll)
+		close(epoll);
 	CHECK(fi_close(&pep->fid));
 	close_fabric(&f);
 	free(c);
@@ -1016,7 +1070,9 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "reject-client") && argc == 4)
 		return reject_client(argv[2], argv[3]);
 	if (!strcmp(cmd, "echo-server") && argc == 3)
-		return echo_server(atoi(argv[2]));
+		return echo_server(atoi(argv[2]), 0);
+	if (!strcmp(cmd, "epoll-echo-server") && argc == 3)
+		return echo_server(atoi(argv[2]), 1);
 	if (!strcmp(cmd, "echo-clients") && argc == 6)
 		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
 	if (!strcmp(cmd, "threads-client") && argc == 4)
@@ -1034,7 +1090,7 @@ int main(int argc, char **argv)
 usage:
 	fprintf(stderr, "usage: provider_test greeting-server | greeting-client HOST PORT | bulk-server MODE MIB |\n"
 			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
-			"  refused HOST PORT | reject-server | reject-client HOST PORT | echo-server COUNT |\n"
+			"  refused HOST PORT | reject-server | reject-client HOST PORT | [epoll-]echo-server COUNT |\n"
 			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT | closed-with-events HOST PORT |\n"
 			"  stream-msg-server | stream-msg-client HOST PORT | silent-server | timeout-client HOST PORT\n");
 	return 2;

@@ -1,0 +1,199 @@
+import CLibfabric
+import Synchronization
+
+/// One completion queue shared by many streams of a domain, and the routing of its completions
+/// to each stream's `CompletionInbox` by their context.
+///
+/// Only streams whose every completion carries a context of ours may join: local completions
+/// always do, and arrivals do when each uses up a posted receive (iWarp mode, where words are
+/// sends, or a core that asks for `FI_RX_CQ_DATA`, such as verbs). Over a core that reports a
+/// remote write's data without a receive (tcp in normal mode) the arrival's `op_context` is NULL
+/// (`fi_cq(3)`), so it could not be routed: such streams keep a queue of their own.
+///
+/// Why: a queue of its own costs a stream the queue's wait object (three descriptors on tcp) and
+/// its entries; sharing one, 10,000 streams fit a 20,000-descriptor limit, and one descriptor (the
+/// queue's) tells a sleeper or the reactor that any of them has news.
+///
+/// Whoever drives progress on any member reads the queue for all of them (one reader at a time:
+/// a stream that finds another reading leaves it to that one) and pushes each completion into
+/// its stream's inbox, ringing that stream's wait set if a waiter armed it. It posts nothing:
+/// each stream's own progress takes its inbox and reposts its receives.
+///
+/// Invariants: `capacity` is the queue's size, and the members' reserved entries (each its
+/// transmit queue plus its posted receives, all it can have outstanding) never exceed it, so the
+/// queue cannot overrun; member numbers are 1...maxMembers (0 names no group), each bound to one
+/// inbox from `join` until `leave`, which runs after the member's endpoint is closed and reads
+/// the queue first, so no entry of the old member can reach a new one given the same number.
+package final class CompletionGroup: @unchecked Sendable {
+    package let domain: Domain
+    package let cq: UnsafeMutablePointer<fid_cq>
+    /// The queue's wait descriptor (`FI_WAIT_FD`), nil when opened without one.
+    package let waitDescriptor: Int32?
+    package let capacity: Int
+    /// Member numbers fit the top 24 bits of a 64-bit context.
+    package static let maxMembers = (1 << 24) - 1
+    /// The queue's size: what members may reserve in all (default tcp streams: 128 of them).
+    package static let defaultCapacity = 65536
+    private static let batch = 32
+
+    private struct Members {
+        var inboxes: [CompletionInbox?] = [nil] // index 0: no member
+        var free: [Int] = []
+        var reserved = 0
+        /// Member number → the entries it reserved.
+        var reservations: [Int: Int] = [:]
+    }
+    private let members = Mutex(Members())
+    private let entries: UnsafeMutablePointer<fi_cq_data_entry>
+    /// Completions that named no member (a stream gone) or an unknown tag: dropped (for tests).
+    package let unrouted = Atomic<Int>(0)
+    private let pumpToken = Atomic<UInt64>(0)
+
+    package init(domain: Domain, waitDescriptor wantsDescriptor: Bool, capacity: Int = CompletionGroup.defaultCapacity) throws(RStreamError) {
+        var attr = fi_cq_attr()
+        attr.size = capacity
+        attr.format = FI_CQ_FORMAT_DATA
+        attr.wait_obj = wantsDescriptor ? FI_WAIT_FD : FI_WAIT_NONE
+        var cq: UnsafeMutablePointer<fid_cq>?
+        try fabricCheck(.cqOpen, "fi_cq_open(shared, \(capacity) entries)") { fi_cq_open(domain.domain, &attr, &cq, nil) }
+        var fd: Int32 = -1
+        if wantsDescriptor, fi_control(fidOf(cq!), Int32(FI_GETWAIT), &fd) == 0, fd >= 0 {
+            waitDescriptor = fd
+        } else {
+            waitDescriptor = nil
+        }
+        self.domain = domain
+        self.cq = cq!
+        self.capacity = capacity
+        entries = .allocate(capacity: Self.batch)
+    }
+
+    deinit {
+        let token = pumpToken.load(ordering: .acquiring)
+        if token != 0 { _ = Reactor.shared.cancel(token) } // before the descriptor closes
+        closeFabricObject(fidOf(cq), "shared completion queue")
+        entries.deallocate()
+    }
+
+    /// Reserves room for a stream that may have `reserving` completions outstanding: its member
+    /// number, or nil when the queue has no room for it (the caller tries another group). The
+    /// stream's inbox is attached before its endpoint can have completions.
+    package func reserve(_ reserving: Int) -> Int? {
+        members.withCheckedLock(key: lockKey(self)) { m -> Int? in
+            guard m.reserved + reserving <= capacity else { return nil }
+            let number: Int
+            if let reused = m.free.popLast() {
+                number = reused
+            } else {
+                guard m.inboxes.count <= Self.maxMembers else { return nil }
+                number = m.inboxes.count
+                m.inboxes.append(nil)
+            }
+            m.reserved += reserving
+            m.reservations[number] = reserving
+            return number
+        }
+    }
+
+    /// Routes member `number`'s completions to `inbox` from now on.
+    package func attach(_ inbox: CompletionInbox, as number: Int) {
+        members.withCheckedLock(key: lockKey(self)) { m in
+            precondition(m.reservations[number] != nil && m.inboxes[number] == nil, "attach of member \(number), not reserved")
+            m.inboxes[number] = inbox
+        }
+    }
+
+    /// Removes a member whose endpoint is closed: its last completions are read (and dropped)
+    /// before its number is free for another stream.
+    package func leave(_ number: Int) {
+        members.withCheckedLock(key: lockKey(self)) { m in
+            _ = try? readAll(&m)
+            guard let reserved = m.reservations.removeValue(forKey: number) else { return }
+            m.inboxes[number] = nil
+            m.free.append(number)
+            m.reserved -= reserved
+        }
+    }
+
+    /// How many streams are members now (for tests).
+    package var memberCount: Int { members.withCheckedLock(key: lockKey(self)) { $0.reservations.count } }
+
+    /// Reads every completion now waiting and routes it, unless another thread is reading (it
+    /// routes them: a waiter it finds armed is rung). A queue error is thrown.
+    package func drain() throws(RStreamError) {
+        _ = try members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout Members) throws(RStreamError) in
+            try readAll(&m)
+        }
+    }
+
+    /// Reads until the queue is empty (the caller holds the members lock).
+    private func readAll(_ m: inout Members) throws(RStreamError) {
+        while true {
+            let n = fabricCall(.cqRead) { fi_cq_read(cq, entries, Self.batch) }
+            if n == -Int(FI_EAGAIN) { return }
+            if n == -Int(FI_EAVAIL) {
+                var err = fi_cq_err_entry()
+                let rc = fi_cq_readerr(cq, &err, 0)
+                if rc < 0 { throw .fabric(rc, "fi_cq_readerr(shared)") }
+                var flags = RoutedCompletion.FlagBits.error
+                if err.flags & UInt64(FI_RECV) != 0 { flags.insert(.receive) }
+                route(RoutedCompletion(context: UInt(bitPattern: err.op_context), data: UInt32(bitPattern: err.err),
+                                       flags: flags, length: 0), &m)
+                continue
+            }
+            if n < 0 { throw .fabric(n, "fi_cq_read(shared)") }
+            for i in 0..<n {
+                let entry = entries[i]
+                var flags: RoutedCompletion.FlagBits = []
+                if entry.flags & UInt64(FI_RECV) != 0 { flags.insert(.receive) }
+                if entry.flags & UInt64(FI_REMOTE_WRITE) != 0 { flags.insert(.remoteWrite) }
+                if entry.flags & UInt64(FI_REMOTE_CQ_DATA) != 0 { flags.insert(.remoteData) }
+                if entry.data <= UInt64(UInt32.max) { flags.insert(.dataFits) }
+                route(RoutedCompletion(context: UInt(bitPattern: entry.op_context),
+                                       data: flags.contains(.dataFits) ? UInt32(entry.data) : 0,
+                                       flags: flags, length: entry.len), &m)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func route(_ completion: RoutedCompletion, _ m: inout Members) {
+        let number = Self.member(of: completion.context)
+        guard number > 0, number < m.inboxes.count, let inbox = m.inboxes[number] else {
+            unrouted.add(1, ordering: .relaxed)
+            return
+        }
+        _ = inbox.push(completion) // a full inbox marks itself: its stream fails
+        inbox.announce()
+    }
+
+    /// The member number a context names (0: none).
+    @inline(__always)
+    package static func member(of context: UInt) -> Int { Int(context >> 40) }
+
+    /// `fi_trywait` on the queue (it also clears the queue's signal): true when a caller may
+    /// sleep on `waitDescriptor`.
+    package func tryWait() -> Bool {
+        var fid: UnsafeMutablePointer<fid>? = fidOf(cq)
+        return fi_trywait(domain.fabric, &fid, 1) == 0
+    }
+
+    /// Has the reactor read the queue whenever its descriptor fires (once; for members whose
+    /// waiters sleep on their own descriptors: an async task's, or one a C program polls), so
+    /// that nobody needs to sleep on the shared descriptor itself.
+    package func startPump() {
+        guard let fd = waitDescriptor, pumpToken.load(ordering: .acquiring) == 0 else { return }
+        let token = Reactor.shared.keepPumping(fd) { [weak self] in
+            guard let self else { return false }
+            // Read, then clear the signal; entries that came meanwhile are read again.
+            for _ in 0..<8 {
+                try? self.members.withCheckedLock(key: lockKey(self)) { (m: inout Members) throws(RStreamError) in try self.readAll(&m) }
+                if self.tryWait() { break }
+            }
+            return true
+        }
+        if let token, !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
+            _ = Reactor.shared.cancel(token) // another thread started it first
+        }
+    }
+}
