@@ -21,6 +21,8 @@ struct Perf: ParsableCommand {
     @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
     @Option(name: .customLong("round-trips"), help: "Round trips per size (default: by size; --quick fewer).") var roundTrips: Int?
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
+    @Option(name: .customLong("scale-ring"), help: "Send and receive rings of the scale test's client streams (default 32 KiB).") var scaleRing: Int?
+    @Option(name: .customLong("scale-queue"), help: "Transmit queue and posted receives of the scale test's client streams (default 384, capped by the core).") var scaleQueue: Int?
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
     @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, rstream-shm, rstream-shm-tuned, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
@@ -64,6 +66,8 @@ struct Perf: ParsableCommand {
         var options = defaultOptions
         let core = CoreProvider.available().first { $0.name == options.provider }
         options.iwarp = !(core?.writeConsumesReceive ?? true)
+        if let scaleRing { options.sendRingSize = scaleRing; options.receiveRingSize = scaleRing }
+        if let scaleQueue { options.txQueueSize = scaleQueue; options.rxCredits = scaleQueue }
         return options
     }
 
