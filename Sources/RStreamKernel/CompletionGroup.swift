@@ -118,9 +118,14 @@ package final class CompletionGroup: @unchecked Sendable {
     /// How many streams are members now (for tests).
     package var memberCount: Int { members.withCheckedLock(key: lockKey(self)) { $0.reservations.count } }
 
+    /// True once the reactor reads this queue whenever its descriptor fires.
+    package var isPumped: Bool { pumpToken.load(ordering: .acquiring) != 0 }
+
     /// Reads every completion now waiting and routes it, unless another thread is reading (it
-    /// routes them: a waiter it finds armed is rung). A queue error is thrown.
+    /// routes them: a waiter it finds armed is rung), or this is the reactor's thread and the
+    /// reactor reads the queue anyway. A queue error is thrown.
     package func drain() throws(RStreamError) {
+        if isPumped && Reactor.shared.isCurrentThread { return }
         _ = try members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout Members) throws(RStreamError) in
             try readAll(&m)
         }
@@ -164,7 +169,10 @@ package final class CompletionGroup: @unchecked Sendable {
             return
         }
         _ = inbox.push(completion) // a full inbox marks itself: its stream fails
-        inbox.announce()
+        // A local completion (a heartbeat or CONTROL word of ours gone) can only make room: it
+        // wakes no reader (each idle stream sends a heartbeat a second).
+        let arrival = completion.flags.contains(.receive) || completion.flags.contains(.remoteWrite) || completion.flags.contains(.error)
+        inbox.announce(serving: arrival ? .anything : .writable)
     }
 
     /// The member number a context names (0: none).

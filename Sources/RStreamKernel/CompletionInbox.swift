@@ -93,13 +93,13 @@ package final class CompletionInbox: @unchecked Sendable {
         return true
     }
 
-    /// After pushes: wakes the stream's waiters if any armed. The fence orders the pushes before
+    /// After a push: wakes the stream's waiters if any armed for what it can serve. The fence orders the pushes before
     /// the look at the armed flag (an arming orders itself before its look at the ring with its
     /// own read-modify-write): either the waiter's last look sees the entry, or this sees it armed.
     @inline(__always)
-    package func announce() {
+    package func announce(serving interest: WaitInterest) {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        waitSet?.stateMayHaveChanged(serving: .anything)
+        waitSet?.stateMayHaveChanged(serving: interest)
     }
 
     /// Consumer side (the stream's progress): moves up to `into.count` completions out.

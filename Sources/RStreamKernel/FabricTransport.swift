@@ -407,8 +407,10 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             throw RStreamError(.fabric, code: EPROTO, "the core reported more completions than this stream can have outstanding")
         }
         let n = inbox.take(into: UnsafeMutableBufferPointer(start: routed, count: min(events.count, Self.completionBatch)))
+        var arrivals = false
         for i in 0..<n {
             let entry = routed[i]
+            arrivals = arrivals || !entry.flags.isDisjoint(with: [.receive, .remoteWrite, .error])
             let context = UnsafeMutableRawPointer(bitPattern: entry.context)
             var flags: UInt64 = 0
             if entry.flags.contains(.receive) { flags |= UInt64(FI_RECV) }
@@ -421,7 +423,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             let data = entry.flags.contains(.dataFits) ? UInt64(entry.data) : UInt64.max
             events[i] = try event(context: context, flags: flags, length: entry.length, data: data)
         }
-        if n > 0 { waitSet?.stateMayHaveChanged() }
+        if n > 0 { waitSet?.stateMayHaveChanged(serving: arrivals ? .anything : .writable) }
         return n
     }
 

@@ -81,6 +81,17 @@ package final class Reactor: @unchecked Sendable {
     }
 
     private let state = Mutex(State())
+    /// The reactor's thread (0 until it runs).
+    private let thread = Atomic<UInt>(0)
+
+    /// True on the reactor's own thread: there, a shared queue that the reactor reads
+    /// (`keepPumping`) need not be read again by a check, since the reactor reads it whenever
+    /// its descriptor fires (each read of tcp's queue drives progress over every endpoint of
+    /// the domain: a check per idle stream reading it again cost most of the idle CPU).
+    package var isCurrentThread: Bool {
+        let mine = thread.load(ordering: .acquiring)
+        return mine != 0 && mine == UInt(pthread_self())
+    }
     private let epoll: Int32
     private let wakeFD: Int32
 
@@ -219,6 +230,7 @@ package final class Reactor: @unchecked Sendable {
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { context in
             let reactor = Unmanaged<Reactor>.fromOpaque(context!).takeRetainedValue()
+            reactor.thread.store(UInt(pthread_self()), ordering: .releasing)
             reactor.loop()
             return nil
         }, box)

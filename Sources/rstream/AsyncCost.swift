@@ -18,6 +18,7 @@ struct AsyncCost: ParsableCommand {
     @Option(help: "Wake-ups to time.") var wakeups = 2000
     @Option(help: "shm or a core provider (default: the best core).") var provider: String?
     @Option(help: "Pin to this CPU.") var cpu: Int?
+    @Flag(help: "iWarp mode (over tcp: the streams then share completion queues).") var iwarp = false
 
     func run() throws {
         try Pinning.apply(cpu: cpu, numaNode: nil)
@@ -54,6 +55,7 @@ struct AsyncCost: ParsableCommand {
     func measure() async throws {
         var options = StreamOptions()
         options.provider = provider
+        options.iwarp = iwarp
         options.busyPollWindow = .zero // an idle reader goes straight to the reactor
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
         let residentBefore = Self.residentBytes()
