@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-RSTREAM_STRESS_MIB=16 RSTREAM_CHURN=500 ${SWIFT:-swift} test --no-parallel --scratch-path .build-tsan \
+RSTREAM_STRESS_MIB=16 RSTREAM_CHURN=500 RSTREAM_SCALE_STREAMS=2000 ${SWIFT:-swift} test --no-parallel --scratch-path .build-tsan \
   --sanitize=thread -Xswiftc -DRSTREAM_TSAN --skip ProviderCTests --skip NamespaceTests 2>&1 | tee "$log"
 if grep -q "WARNING: ThreadSanitizer" "$log"; then
   echo "ThreadSanitizer reported races (above)"
