@@ -117,7 +117,9 @@ public final class StreamConnection: Sendable {
     ///     while stream.readableBytes == 0 {
     ///         if stream.prepareToWait(for: .readable) { poll(&pollfd(fd: stream.descriptor!, ...), 1, -1) }
     ///     }
-    public var descriptor: Int32? { waitSet?.descriptor }
+    /// nil where the transport has none, or where it could not be made now (a stream sharing
+    /// its queues makes its eventfd on first use: none when the process has no descriptor left).
+    public var descriptor: Int32? { waitSet.flatMap { $0.descriptor >= 0 ? $0.descriptor : nil } }
 
     /// The wait set (for tests).
     package var waitSetForTests: WaitSet? { waitSet }

@@ -22,8 +22,11 @@ import Synchronization
 /// Invariants: `capacity` is the queue's size, and the members' reserved entries (each its
 /// transmit queue plus its posted receives, all it can have outstanding) never exceed it, so the
 /// queue cannot overrun; member numbers are 1...maxMembers (0 names no group), each bound to one
-/// inbox from `join` until `leave`, which runs after the member's endpoint is closed and reads
-/// the queue first, so no entry of the old member can reach a new one given the same number.
+/// inbox from `attach` until `leave`, which runs after the member's endpoint is closed and reads
+/// the queue first; a number's generation (in the context too) changes with each new member, so
+/// an entry of an old member that came late still reaches nobody; a number whose last read failed
+/// is never given out again. A read that fails, or an error entry that names no stream, fails
+/// every member (`failure`): nobody can tell whose completion was lost.
 package final class CompletionGroup: @unchecked Sendable {
     package let domain: Domain
     package let cq: UnsafeMutablePointer<fid_cq>
@@ -38,6 +41,8 @@ package final class CompletionGroup: @unchecked Sendable {
 
     private struct Members {
         var inboxes: [CompletionInbox?] = [nil] // index 0: no member
+        /// Each number's generation, the context's bits 16-31.
+        var generations: [UInt16] = [0]
         var free: [Int] = []
         var reserved = 0
         /// Member number → the entries it reserved.
@@ -45,9 +50,23 @@ package final class CompletionGroup: @unchecked Sendable {
     }
     private let members = Mutex(Members())
     private let entries: UnsafeMutablePointer<fi_cq_data_entry>
-    /// Completions that named no member (a stream gone) or an unknown tag: dropped (for tests).
-    package let unrouted = Atomic<Int>(0)
     private let pumpToken = Atomic<UInt64>(0)
+    /// Set when the queue failed for everyone (see the invariants).
+    private let failed = Atomic<Bool>(false)
+    private let failureText = Mutex<RStreamError?>(nil)
+
+    /// The error that failed every member, if one did.
+    package var failure: RStreamError? {
+        guard failed.load(ordering: .acquiring) else { return nil }
+        return failureText.withCheckedLock(key: lockKey(self)) { $0 }
+    }
+
+    /// Fails every member and wakes their waiters to see it (the members lock held).
+    private func failEveryone(_ error: RStreamError, _ m: inout Members) {
+        failureText.withCheckedLock(key: lockKey(self)) { if $0 == nil { $0 = error } }
+        failed.store(true, ordering: .releasing)
+        for case let inbox? in m.inboxes { inbox.waitSet?.ring() }
+    }
 
     package init(domain: Domain, waitDescriptor wantsDescriptor: Bool, capacity: Int = CompletionGroup.defaultCapacity) throws(RStreamError) {
         var attr = fi_cq_attr()
@@ -78,20 +97,23 @@ package final class CompletionGroup: @unchecked Sendable {
     /// Reserves room for a stream that may have `reserving` completions outstanding: its member
     /// number, or nil when the queue has no room for it (the caller tries another group). The
     /// stream's inbox is attached before its endpoint can have completions.
-    package func reserve(_ reserving: Int) -> Int? {
-        members.withCheckedLock(key: lockKey(self)) { m -> Int? in
+    package func reserve(_ reserving: Int) -> (number: Int, generation: UInt16)? {
+        members.withCheckedLock(key: lockKey(self)) { m -> (number: Int, generation: UInt16)? in
             guard m.reserved + reserving <= capacity else { return nil }
             let number: Int
-            if let reused = m.free.popLast() {
+            if let reused = m.free.first {
+                m.free.removeFirst() // the longest free first
                 number = reused
+                m.generations[number] &+= 1
             } else {
                 guard m.inboxes.count <= Self.maxMembers else { return nil }
                 number = m.inboxes.count
                 m.inboxes.append(nil)
+                m.generations.append(0)
             }
             m.reserved += reserving
             m.reservations[number] = reserving
-            return number
+            return (number, m.generations[number])
         }
     }
 
@@ -107,16 +129,13 @@ package final class CompletionGroup: @unchecked Sendable {
     /// before its number is free for another stream.
     package func leave(_ number: Int) {
         members.withCheckedLock(key: lockKey(self)) { m in
-            _ = try? readAll(&m)
+            let read = (try? readAll(&m, batches: .max)) != nil
             guard let reserved = m.reservations.removeValue(forKey: number) else { return }
             m.inboxes[number] = nil
-            m.free.append(number)
+            if read { m.free.append(number) } // else its late entries could reach a successor
             m.reserved -= reserved
         }
     }
-
-    /// How many streams are members now (for tests).
-    package var memberCount: Int { members.withCheckedLock(key: lockKey(self)) { $0.reservations.count } }
 
     /// True once the reactor reads this queue whenever its descriptor fires.
     package var isPumped: Bool { pumpToken.load(ordering: .acquiring) != 0 }
@@ -125,15 +144,26 @@ package final class CompletionGroup: @unchecked Sendable {
     /// routes them: a waiter it finds armed is rung), or this is the reactor's thread and the
     /// reactor reads the queue anyway. A queue error is thrown.
     package func drain() throws(RStreamError) {
+        if let failure { throw failure }
         if isPumped && Reactor.shared.isCurrentThread { return }
-        _ = try members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout Members) throws(RStreamError) in
-            try readAll(&m)
+        _ = members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout Members) in
+            readOrFail(&m, batches: Self.batchesPerDrain)
         }
+        if let failure { throw failure }
     }
 
-    /// Reads until the queue is empty (the caller holds the members lock).
-    private func readAll(_ m: inout Members) throws(RStreamError) {
-        while true {
+    /// Batches one drain reads at most: a reader under steady load does not route for everyone
+    /// for ever (the queue's descriptor stays readable, so the reactor comes back for the rest).
+    private static let batchesPerDrain = 8
+
+    /// `readAll`, failing every member when the read fails.
+    private func readOrFail(_ m: inout Members, batches: Int) {
+        do throws(RStreamError) { try readAll(&m, batches: batches) } catch { failEveryone(error, &m) }
+    }
+
+    /// Reads until the queue is empty or `batches` were read (the caller holds the members lock).
+    private func readAll(_ m: inout Members, batches: Int) throws(RStreamError) {
+        for _ in 0..<batches {
             let n = fabricCall(.cqRead) { fi_cq_read(cq, entries, Self.batch) }
             if n == -Int(FI_EAGAIN) { return }
             if n == -Int(FI_EAVAIL) {
@@ -142,6 +172,9 @@ package final class CompletionGroup: @unchecked Sendable {
                 if rc < 0 { throw .fabric(rc, "fi_cq_readerr(shared)") }
                 var flags = RoutedCompletion.FlagBits.error
                 if err.flags & UInt64(FI_RECV) != 0 { flags.insert(.receive) }
+                if err.op_context == nil {
+                    throw RStreamError.fabric(Int(err.err), "an error completion on the shared completion queue named no stream")
+                }
                 route(RoutedCompletion(context: UInt(bitPattern: err.op_context), data: UInt32(bitPattern: err.err),
                                        flags: flags, length: 0), &m)
                 continue
@@ -164,20 +197,26 @@ package final class CompletionGroup: @unchecked Sendable {
     @inline(__always)
     private func route(_ completion: RoutedCompletion, _ m: inout Members) {
         let number = Self.member(of: completion.context)
-        guard number > 0, number < m.inboxes.count, let inbox = m.inboxes[number] else {
-            unrouted.add(1, ordering: .relaxed)
-            return
+        guard number > 0, number < m.inboxes.count, let inbox = m.inboxes[number],
+              Self.generation(of: completion.context) == m.generations[number] else {
+            return // a member gone since (its number free, or given to a newer member)
         }
         _ = inbox.push(completion) // a full inbox marks itself: its stream fails
-        // A local completion (a heartbeat or CONTROL word of ours gone) can only make room: it
-        // wakes no reader (each idle stream sends a heartbeat a second).
-        let arrival = completion.flags.contains(.receive) || completion.flags.contains(.remoteWrite) || completion.flags.contains(.error)
-        inbox.announce(serving: arrival ? .anything : .writable)
+        // Any waiter, a reader too: a local completion can free the transmit slot that a CONTROL
+        // word owed to the peer waits for, and only the stream's own progress sends it.
+        inbox.announce()
     }
 
-    /// The member number a context names (0: none).
+    /// The member number a context names (0: none), and its generation.
     @inline(__always)
     package static func member(of context: UInt) -> Int { Int(context >> 40) }
+    @inline(__always)
+    package static func generation(of context: UInt) -> UInt16 { UInt16(truncatingIfNeeded: context >> 16) }
+
+    /// The context bits that name member `number` of `generation`.
+    package static func contextBits(member number: Int, generation: UInt16) -> UInt {
+        UInt(number) << 40 | UInt(generation) << 16
+    }
 
     /// `fi_trywait` on the queue (it also clears the queue's signal): true when a caller may
     /// sleep on `waitDescriptor`.
@@ -189,19 +228,23 @@ package final class CompletionGroup: @unchecked Sendable {
     /// Has the reactor read the queue whenever its descriptor fires (once; for members whose
     /// waiters sleep on their own descriptors: an async task's, or one a C program polls), so
     /// that nobody needs to sleep on the shared descriptor itself.
-    package func startPump() {
-        guard let fd = waitDescriptor, pumpToken.load(ordering: .acquiring) == 0 else { return }
+    @discardableResult
+    package func startPump() -> Bool {
+        if pumpToken.load(ordering: .acquiring) != 0 { return true }
+        guard let fd = waitDescriptor else { return false }
         let token = Reactor.shared.keepPumping(fd) { [weak self] in
             guard let self else { return false }
             // Read, then clear the signal; entries that came meanwhile are read again.
             for _ in 0..<8 {
-                try? self.members.withCheckedLock(key: lockKey(self)) { (m: inout Members) throws(RStreamError) in try self.readAll(&m) }
-                if self.tryWait() { break }
+                self.members.withCheckedLock(key: lockKey(self)) { (m: inout Members) in self.readOrFail(&m, batches: Self.batchesPerDrain) }
+                if self.failed.load(ordering: .relaxed) || self.tryWait() { break }
             }
             return true
         }
-        if let token, !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
+        guard let token else { return false }
+        if !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
             _ = Reactor.shared.cancel(token) // another thread started it first
         }
+        return true
     }
 }

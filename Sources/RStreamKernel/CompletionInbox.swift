@@ -31,7 +31,8 @@ package struct RoutedCompletion: Sendable, Equatable {
     package var length: Int { Int(info >> 16) }
 }
 
-/// The two cursors of an inbox, each on a cache line of its own writer.
+/// The two cursors of an inbox, each on a pair of cache lines of its own writer (adjacent-line
+/// prefetch pairs lines).
 private struct InboxCursor: ~Copyable {
     let value = Atomic<Int>(0)
 }
@@ -53,7 +54,7 @@ package final class CompletionInbox: @unchecked Sendable {
     private let mask: Int
     private let cursors: UnsafeMutableRawPointer
     private var head: UnsafeMutablePointer<InboxCursor> { cursors.assumingMemoryBound(to: InboxCursor.self) }
-    private var tail: UnsafeMutablePointer<InboxCursor> { (cursors + 64).assumingMemoryBound(to: InboxCursor.self) }
+    private var tail: UnsafeMutablePointer<InboxCursor> { (cursors + 128).assumingMemoryBound(to: InboxCursor.self) }
     /// Raised when a push found the ring full (read by the consumer: the stream then fails).
     private let overflowed = Atomic<Bool>(false)
     /// Rung after every push (if armed): the stream's waiters may be asleep.
@@ -65,9 +66,9 @@ package final class CompletionInbox: @unchecked Sendable {
         while size < capacity { size <<= 1 }
         slots = .allocate(capacity: size)
         mask = size - 1
-        cursors = .allocate(byteCount: 128, alignment: 64)
+        cursors = .allocate(byteCount: 256, alignment: 128)
         (cursors.assumingMemoryBound(to: InboxCursor.self)).initialize(to: InboxCursor())
-        ((cursors + 64).assumingMemoryBound(to: InboxCursor.self)).initialize(to: InboxCursor())
+        ((cursors + 128).assumingMemoryBound(to: InboxCursor.self)).initialize(to: InboxCursor())
         self.waitSet = waitSet
     }
 
@@ -93,13 +94,13 @@ package final class CompletionInbox: @unchecked Sendable {
         return true
     }
 
-    /// After a push: wakes the stream's waiters if any armed for what it can serve. The fence orders the pushes before
+    /// After a push: wakes the stream's waiters if any armed. The fence orders the pushes before
     /// the look at the armed flag (an arming orders itself before its look at the ring with its
     /// own read-modify-write): either the waiter's last look sees the entry, or this sees it armed.
     @inline(__always)
-    package func announce(serving interest: WaitInterest) {
+    package func announce() {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        waitSet?.stateMayHaveChanged(serving: interest)
+        waitSet?.stateMayHaveChanged()
     }
 
     /// Consumer side (the stream's progress): moves up to `into.count` completions out.
@@ -113,9 +114,10 @@ package final class CompletionInbox: @unchecked Sendable {
         return n
     }
 
-    /// True when a routed completion waits (any thread).
+    /// True when no routed completion waits (any thread). Sequentially consistent: a waiter's
+    /// last look after its arming, paired with `announce`'s fence after a push.
     package var isEmpty: Bool {
-        tail.pointee.value.load(ordering: .acquiring) == head.pointee.value.load(ordering: .acquiring)
+        tail.pointee.value.load(ordering: .sequentiallyConsistent) == head.pointee.value.load(ordering: .sequentiallyConsistent)
     }
 
     /// True once a push found the ring full: a completion was lost, the stream must fail.

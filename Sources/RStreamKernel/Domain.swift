@@ -46,24 +46,32 @@ package final class Domain: @unchecked Sendable {
 
     /// A shared completion queue with room for `reserving` more entries (one is opened when every
     /// open group is full), and the member number reserved in it.
-    package func reserveCompletionGroup(reserving: Int, waitDescriptor: Bool) throws(RStreamError) -> (CompletionGroup, Int) {
-        try groups.withCheckedLock(key: lockKey(self)) { (all: inout [Bool: [WeakGroup]]) throws(RStreamError) -> (CompletionGroup, Int) in
-            var list = all[waitDescriptor, default: []].filter { $0.group != nil }
+    package func reserveCompletionGroup(reserving: Int, waitDescriptor: Bool) throws(RStreamError) -> (CompletionGroup, Int, UInt16) {
+        try groups.withCheckedLock(key: lockKey(self)) { (all: inout [Bool: [WeakGroup]]) throws(RStreamError) -> (CompletionGroup, Int, UInt16) in
+            var list = all[waitDescriptor, default: []].filter { $0.group.map { $0.failure == nil } ?? false }
             defer { all[waitDescriptor] = list }
             for entry in list {
-                if let group = entry.group, let number = group.reserve(reserving) { return (group, number) }
+                if let group = entry.group, let (number, generation) = group.reserve(reserving) { return (group, number, generation) }
             }
-            let group = try CompletionGroup(domain: self, waitDescriptor: waitDescriptor, capacity: max(CompletionGroup.defaultCapacity, reserving))
-            guard let number = group.reserve(reserving) else {
-                throw RStreamError(.fabric, "a new shared completion queue refused its first member")
+            // A core whose queues are smaller is asked for smaller ones.
+            var lastError = RStreamError(.fabric, "no shared completion queue could be opened")
+            for capacity in [CompletionGroup.defaultCapacity, 16384, 4096] where capacity >= reserving {
+                do throws(RStreamError) {
+                    let group = try CompletionGroup(domain: self, waitDescriptor: waitDescriptor, capacity: capacity)
+                    guard let (number, generation) = group.reserve(reserving) else { continue }
+                    list.append(WeakGroup(group: group))
+                    return (group, number, generation)
+                } catch {
+                    lastError = error
+                }
             }
-            list.append(WeakGroup(group: group))
-            return (group, number)
+            throw lastError
         }
     }
 
-    /// The event queue that this domain's connecting endpoints share (one per process, made on
-    /// first use and kept while an endpoint uses it): it routes each event by its endpoint.
+    /// The event queue that this domain's connecting endpoints share (one per domain, and the
+    /// domain is one per process: made on first use, kept while an endpoint uses it). It routes
+    /// each event by its endpoint.
     package func clientEventQueue() throws(RStreamError) -> EventQueue {
         try clientQueue.withCheckedLock(key: lockKey(self)) { (weak: inout WeakEventQueue) throws(RStreamError) -> EventQueue in
             if let queue = weak.queue { return queue }

@@ -120,8 +120,10 @@ package final class EventQueue: @unchecked Sendable {
 
     /// Has the reactor read the queue whenever its descriptor fires (once): its endpoints'
     /// waiters then sleep on their own descriptors, which the routing rings, not on this one.
-    package func startPump() {
-        guard let fd = waitDescriptor, pumpToken.load(ordering: .acquiring) == 0 else { return }
+    @discardableResult
+    package func startPump() -> Bool {
+        if pumpToken.load(ordering: .acquiring) != 0 { return true }
+        guard let fd = waitDescriptor else { return false }
         let token = Reactor.shared.keepPumping(fd) { [weak self] in
             guard let self else { return false }
             for _ in 0..<8 {
@@ -130,9 +132,11 @@ package final class EventQueue: @unchecked Sendable {
             }
             return true
         }
-        if let token, !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
+        guard let token else { return false }
+        if !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
             _ = Reactor.shared.cancel(token)
         }
+        return true
     }
 
     deinit {

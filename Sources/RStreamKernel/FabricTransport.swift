@@ -89,7 +89,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     /// An operation's context: the group member number (0: a queue of its own) in bits 40-63,
-    /// the tag in bits 32-39, the slot below.
+    /// the tag in bits 32-39, the member number's generation in bits 16-31, the slot below (a
+    /// transmit queue has at most 65,536 slots).
     private let memberBits: UInt
 
     @inline(__always)
@@ -101,7 +102,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     private static func decode(_ context: UnsafeMutableRawPointer?) -> (Tag, Int)? {
         let raw = UInt(bitPattern: context)
         guard let tag = Tag(rawValue: (raw >> 32) & 0xFF) else { return nil }
-        return (tag, Int(raw & 0xFFFF_FFFF))
+        return (tag, Int(raw & 0xFFFF))
     }
 
     /// Whether streams of `shape` over a core of `attributes` share a completion queue: only
@@ -158,22 +159,25 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         let wantsDescriptor = eventQueue.waitDescriptor != nil && shape.waitDescriptor
         var group: (group: CompletionGroup, member: Int, inbox: CompletionInbox)?
         var flatSet: WaitSet?
-        if Self.sharesCompletions(shape, over: attributes) {
-            let outstanding = txSize + shape.rxCredits
-            let (shared, member) = try domain.reserveCompletionGroup(reserving: outstanding, waitDescriptor: wantsDescriptor)
-            if let groupDescriptor = shared.waitDescriptor, let eqDescriptor = eventQueue.waitDescriptor {
-                // Waiters sleep on a flat set beside the shared queues' descriptors, which the
-                // reactor reads for everyone once someone sleeps on the set's own descriptor.
-                flatSet = WaitSet(flatBeside: [groupDescriptor, eqDescriptor]) { [weak shared, weak eventQueue] in
-                    shared?.startPump()
-                    eventQueue?.startPump()
-                }
+        let outstanding = txSize + shape.rxCredits
+        // A core that cannot open the shared queue leaves the stream a queue of its own.
+        if Self.sharesCompletions(shape, over: attributes),
+           let (shared, member, generation) = try? domain.reserveCompletionGroup(reserving: outstanding, waitDescriptor: wantsDescriptor) {
+            if shared.waitDescriptor != nil, eventQueue.waitDescriptor != nil {
+                // Waiters sleep on a flat set, whose eventfd the reactor rings as it reads the
+                // shared queues for everyone (started when someone first sleeps on the set).
+                flatSet = WaitSet(flatStartingReaders: { [weak shared, weak eventQueue] in
+                    guard let shared, let eventQueue else { return false }
+                    return shared.startPump() && eventQueue.startPump()
+                })
             }
             let inbox = CompletionInbox(capacity: outstanding, waitSet: flatSet)
             shared.attach(inbox, as: member)
             group = (shared, member, inbox)
+            memberBits = CompletionGroup.contextBits(member: member, generation: generation)
+        } else {
+            memberBits = 0
         }
-        memberBits = UInt(group?.member ?? 0) << 40
         undo.append { if let group { group.group.leave(group.member) } } // runs after the endpoint's close
         var ep: UnsafeMutablePointer<fid_ep>?
         let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, token.context) }
@@ -407,10 +411,8 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             throw RStreamError(.fabric, code: EPROTO, "the core reported more completions than this stream can have outstanding")
         }
         let n = inbox.take(into: UnsafeMutableBufferPointer(start: routed, count: min(events.count, Self.completionBatch)))
-        var arrivals = false
         for i in 0..<n {
             let entry = routed[i]
-            arrivals = arrivals || !entry.flags.isDisjoint(with: [.receive, .remoteWrite, .error])
             let context = UnsafeMutableRawPointer(bitPattern: entry.context)
             var flags: UInt64 = 0
             if entry.flags.contains(.receive) { flags |= UInt64(FI_RECV) }
@@ -423,14 +425,20 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             let data = entry.flags.contains(.dataFits) ? UInt64(entry.data) : UInt64.max
             events[i] = try event(context: context, flags: flags, length: entry.length, data: data)
         }
-        if n > 0 { waitSet?.stateMayHaveChanged(serving: arrivals ? .anything : .writable) }
+        if n > 0 { waitSet?.stateMayHaveChanged() }
         return n
     }
 
-    /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`
-    /// (for a grouped stream, also nothing routed here and not yet taken).
+    /// `fi_trywait` on the completion and event queues: true when a caller may sleep on `waitSet`.
+    /// A grouped stream's caller may sleep when the reactor reads the shared queues (it rings
+    /// the set for whatever it routes here after the arming) and nothing routed here waits: the
+    /// shared queues' own `fi_trywait` fails while any neighbour's completion is unread, which
+    /// kept idle waiters from sleeping beside a busy stream.
     package func tryWait(for interest: WaitInterest) -> Bool {
-        if let grouped, !grouped.inbox.isEmpty { return false }
+        if let grouped {
+            guard let waitSet, waitSet.wakeDescriptor >= 0, waitSet.sharedReadersRun else { return false }
+            return grouped.inbox.isEmpty
+        }
         return fabricTryWait() == 0
     }
 

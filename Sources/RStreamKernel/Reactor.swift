@@ -7,7 +7,8 @@ import Glibc
 /// The process's reactor: one thread that sleeps in `epoll_wait` on the descriptors that async
 /// tasks wait on (a stream's or a listener's wait set) and resumes each task when its descriptor
 /// becomes readable, or when its deadline comes. It is started by the first async wait; a
-/// program that only makes blocking calls never has it.
+/// program that only makes blocking calls never has it, unless it sleeps on a stream that
+/// shares its completion queue (`keepPumping`: the reactor then reads the shared queues).
 ///
 /// A descriptor is watched one-shot (`EPOLLONESHOT`) while a task waits on it, and re-armed for
 /// the next wait. Arming is level-triggered, so a descriptor that became readable between its

@@ -382,15 +382,6 @@ package final class StreamEngine: @unchecked Sendable {
             let finished = pc.pointee.finReceived.load(ordering: .acquiring)
                 || counters.send.pointee.finSent.load(ordering: .acquiring) && signals.pointee.peerDisconnected.load(ordering: .acquiring)
             if !transmit && finished { return false } // receives flushed at close
-            if transmit && pc.pointee.finReceived.load(ordering: .acquiring) {
-                // A word or write of ours that failed after the peer's FIN: the peer closed (tcp
-                // answers ENOTCONN). Its bytes and end are still read; sends report it has left.
-                // (Failing the stream turned a finished stream's end into a reset for a reader:
-                // issue 11's C server over a thousand connections saw it.)
-                signals.pointee.peerDisconnected.store(true, ordering: .releasing)
-                transport.waitSet?.ring()
-                return false
-            }
             var error = RStreamError.fabric(Int(code), transmit ? "a write to the peer failed" : "the connection failed")
             if error.kind == .fabric { error.kind = .connectionReset }
             fail(error)

@@ -23,10 +23,11 @@ public struct WaitInterest: OptionSet, Sendable {
 /// Owner of the descriptor a stream's waiters sleep on. Either an epoll set holding the
 /// completion queue's and event queue's wait descriptors and a private eventfd, or, for a stream
 /// whose queues are shared with many others (`CompletionGroup`, a shared event queue), *flat*: the
-/// private eventfd alone, made when first needed, beside the shared queues' descriptors, which a
-/// blocking sleeper polls with it and which the reactor reads once for every stream (so that one
-/// epoll holds ten thousand such descriptors: a nested set counts against the kernel's limit on
-/// wake-up paths through shared descriptors, about a hundred tcp streams per epoll).
+/// private eventfd alone, made when first needed; the reactor reads the shared queues for every
+/// stream and rings the eventfds (so that one epoll holds ten thousand such descriptors: a nested
+/// set counts against the kernel's limit on wake-up paths through shared descriptors, about a
+/// hundred tcp streams per epoll; and so that an idle sleeper does not wake, or fail its
+/// `fi_trywait`, for every completion of its neighbours).
 ///
 /// A completion-queue wakeup is not stream readiness (rsockets' poll hung on exactly that): another
 /// thread may take the completion, and clear the queue's signal, before a sleeper wakes. So a
@@ -45,10 +46,8 @@ package final class WaitSet: @unchecked Sendable {
     private let epollFD: Int32
     /// The private eventfd (-1 until a flat set first needs it).
     private let wake = Atomic<Int32>(-1)
-    /// A flat set's shared descriptors (a sleeper polls them with the eventfd), and what starts
-    /// the reactor reading them for everyone (when a task or a C program sleeps on the eventfd).
-    private let shared: [Int32]
-    private let startSharedReaders: (@Sendable () -> Void)?
+    /// What has the reactor read a flat set's shared queues (once), and says whether it does.
+    private let startSharedReaders: (@Sendable () -> Bool)?
     /// A same-host peer's doorbell: this side's end of a socket pair, in the set, drained with the
     /// eventfd (-1: none). Never the eventfd itself: a peer holding that could clear its
     /// O_NONBLOCK (a flag of the shared open file) and make our next read or write block.
@@ -68,12 +67,15 @@ package final class WaitSet: @unchecked Sendable {
 
     /// What a caller sleeps on: the epoll set, or a flat set's eventfd (made now if need be;
     /// the shared queues are then read by the reactor, since whoever sleeps on this alone does
-    /// not read them).
+    /// not read them). -1 when it cannot be had (no descriptor left, or no reactor).
     package var descriptor: Int32 {
         guard isFlat else { return epollFD }
-        startSharedReaders?()
-        return wakeDescriptor
+        return sharedReadersRun ? wakeDescriptor : -1
     }
+
+    /// True when a flat set's shared queues are read by the reactor (started now if need be):
+    /// only then may anyone sleep on its eventfd. Always true for a set of its own queues.
+    package var sharedReadersRun: Bool { startSharedReaders?() ?? true }
 
     /// The private eventfd (made now for a flat set; tests use it as an eventfd to offer a
     /// hostile peer's listener).
@@ -90,7 +92,8 @@ package final class WaitSet: @unchecked Sendable {
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
         guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0 } }
-        return [descriptor]
+        let fd = descriptor
+        return fd >= 0 ? [fd] : []
     }
 
     package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
@@ -109,17 +112,15 @@ package final class WaitSet: @unchecked Sendable {
         }
         epollFD = epoll
         self.wake.store(wake, ordering: .releasing)
-        shared = []
         startSharedReaders = nil
         doorbellFD = doorbell
         memberList = Mutex(waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []))
     }
 
-    /// A flat set beside `shared` descriptors that many sets have in common; `startSharedReaders`
-    /// has the reactor read them (the first time anyone sleeps on this set's own descriptor).
-    package init(flatBeside shared: [Int32], startSharedReaders: @escaping @Sendable () -> Void) {
+    /// A flat set of a stream whose queues are shared; `startSharedReaders` has the reactor read
+    /// them (the first time anyone sleeps on this set) and says whether it does.
+    package init(flatStartingReaders startSharedReaders: @escaping @Sendable () -> Bool) {
         epollFD = -1
-        self.shared = shared
         self.startSharedReaders = startSharedReaders
         doorbellFD = -1
         memberList = Mutex([])
@@ -198,7 +199,8 @@ package final class WaitSet: @unchecked Sendable {
     /// anyone armed for it (a completion of this side's own CONTROL word, say, wakes no reader).
     @inline(__always)
     package func stateMayHaveChanged(serving serves: WaitInterest = .anything) {
-        guard armed.load(ordering: .relaxed) & serves.rawValue != 0 else { return }
+        // Acquiring: a flat set's eventfd, made before the arming, is then seen by `ring`.
+        guard armed.load(ordering: .acquiring) & serves.rawValue != 0 else { return }
         ring()
     }
 
@@ -226,18 +228,9 @@ package final class WaitSet: @unchecked Sendable {
     /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced
     /// itself with `willSleep` under the progress lock.
     package func sleep(timeoutMilliseconds: Int32) {
-        var woken: Int32
-        if isFlat {
-            // The shared queues too: this thread reads them when they fire (nobody else may).
-            woken = withUnsafeTemporaryAllocation(of: pollfd.self, capacity: shared.count + 1) { fds in
-                fds[0] = pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0)
-                for (i, fd) in shared.enumerated() { fds[i + 1] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
-                return poll(fds.baseAddress, nfds_t(fds.count), timeoutMilliseconds)
-            }
-        } else {
-            var pfd = pollfd(fd: epollFD, events: Int16(POLLIN), revents: 0)
-            woken = poll(&pfd, 1, timeoutMilliseconds)
-        }
+        // A flat set's eventfd alone: the reactor reads the shared queues and rings it.
+        var pfd = pollfd(fd: isFlat ? wakeDescriptor : epollFD, events: Int16(POLLIN), revents: 0)
+        let woken = poll(&pfd, 1, timeoutMilliseconds)
         if woken == 0 { timedOutSleeps.add(1, ordering: .relaxed) }
         endSleep()
     }

@@ -397,7 +397,11 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         case Int32(FI_GETWAIT):
             guard let argument else { return -Int32(FI_EINVAL) }
             guard let waitSet = waitSet() else { return -Int32(FI_EOPBADSTATE) }
-            argument.storeBytes(of: waitSet.descriptor, as: Int32.self)
+            // A flat set's eventfd is made now: no descriptor left (or no reactor to ring it) is
+            // an error, not a -1 to poll for ever.
+            let descriptor = waitSet.descriptor
+            guard descriptor >= 0 else { return -Int32(EMFILE) }
+            argument.storeBytes(of: descriptor, as: Int32.self)
             return 0
         default:
             return -Int32(FI_ENOSYS)

@@ -505,14 +505,16 @@ struct Perf: ParsableCommand {
         var residentBytesPerConnection: Double
         var ringBytesPerConnection: Int
         var descriptorsPerConnection: Double
+        var iwarp: Bool
     }
 
     func measureScale(host: String, port: UInt16) throws -> ScaleResult {
         let before = Pinning.residentBytes()
         let descriptorsBefore = Self.openDescriptors()
         var streams: [StreamConnection] = []
+        let options = scaleOptions // asks the core once (fi_getinfo)
         for i in 0..<connections {
-            streams.append(try StreamConnection.connect(host: host, port: port, options: scaleOptions))
+            streams.append(try StreamConnection.connect(host: host, port: port, options: options))
             if i == 0 { // tells the server how many streams to accept
                 try streams[0].sendAll(PerfHeader(mode: .scale, size: 64, count: connections).bytes)
             }
@@ -536,11 +538,10 @@ struct Perf: ParsableCommand {
         // Each released once closed: a close that sleeps gives its stream an eventfd, and 10,000
         // of them beside 10,000 sockets would not fit the descriptor limit.
         while let stream = streams.popLast() { stream.close() }
-        let options = scaleOptions
         return ScaleResult(connections: connections, roundTripsPerSecond: Double(rounds * connections) / seconds,
                            residentBytesPerConnection: Double(after - before) / Double(connections),
                            ringBytesPerConnection: options.sendRingSize + options.receiveRingSize,
-                           descriptorsPerConnection: descriptors)
+                           descriptorsPerConnection: descriptors, iwarp: options.iwarp)
     }
 
     /// Descriptors open in this process now.
@@ -596,7 +597,7 @@ struct Perf: ParsableCommand {
             print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
                   + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings \(scale.ringBytesPerConnection / 1024) KiB of it), "
                   + "\(fmt(scale.descriptorsPerConnection, 2)) descriptors per connection"
-                  + (scaleOptions.iwarp ? " (iWarp mode: words as messages, so the streams share completion queues)" : ""))
+                  + (scale.iwarp ? " (iWarp mode: words as messages, so the streams share completion queues)" : ""))
         }
     }
 

@@ -154,29 +154,35 @@ import RStreamFakeWire
     }
 
     // Issue 11's C server over 1,000 connections: the peer sent its FIN and closed, a CONTROL
-    // word of ours then failed (tcp: ENOTCONN), and the stream failed, so a reader that had every
-    // byte got a reset instead of the end. Now the bytes and the end are read, and a send says
-    // the peer has left.
-    @Test func aWordThatFailsAfterThePeersFinEndsTheStreamCleanly() throws {
+    // word of ours then failed (tcp: ENOTCONN), and a reader that had every byte got a reset
+    // instead of the end. Now the bytes and the end are read; the send side reports the
+    // failure with its code (a send, a flush), and so does the close (nothing is claimed
+    // delivered).
+    @Test func aWordThatFailsAfterThePeersFinLeavesTheEndToRead() throws {
         let pair = EnginePair()
         #expect(try pair.a.send([1, 2, 3]) == 3)
         pair.a.shutdown()
         pair.b.progress()
         pair.wire.inject(to: 1, .failed(code: 107, transmit: true))
         pair.b.progress()
-        #expect(pair.b.failure == nil)
+        #expect(pair.b.failure?.code == 107)
         #expect(try pair.b.receiveAll().0 == [1, 2, 3])
         #expect(try pair.b.receiveAll().1 == .endOfStream)
         #expect(throws: RStreamError.self) { try pair.b.send([4]) }
-        #expect(pair.b.peerHasDisconnected)
+        #expect(throws: RStreamError.self) { try pair.b.progressAndCheckFlushed() }
+        #expect(!pair.b.hasDeliveredEverything)
     }
 
-    // A transmit failure before the peer's FIN is still a reset.
-    @Test func aWriteThatFailsBeforeThePeersFinResetsTheStream() throws {
+    // Before the FIN, a failure is reported to the reader once the bytes before it are read.
+    @Test func aWriteThatFailsBeforeThePeersFinIsReportedAfterTheBytes() throws {
         let pair = EnginePair()
+        #expect(try pair.a.send([1, 2]) == 2)
+        pair.b.progress()
         pair.wire.inject(to: 1, .failed(code: 107, transmit: true))
         pair.b.progress()
         #expect(pair.b.failure?.kind == .connectionReset)
+        #expect(try pair.b.receiveAll().0 == [1, 2])
+        #expect(throws: RStreamError.self) { try pair.b.receiveAll() }
     }
 
     // Before the fix, a record longer than the tail that the FIN left would block for ever.

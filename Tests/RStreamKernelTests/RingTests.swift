@@ -93,3 +93,44 @@ import Testing
         #expect(fifo.inFlight == 0)
     }
 }
+
+/// The inbox a shared completion queue's reader routes one stream's completions into.
+@Suite struct CompletionInboxTests {
+    static func completion(_ i: Int) -> RoutedCompletion {
+        RoutedCompletion(context: UInt(i), data: UInt32(i), flags: [.receive, .dataFits], length: i)
+    }
+
+    @Test func completionsComeOutInOrderAndIntact() {
+        let inbox = CompletionInbox(capacity: 5, waitSet: nil) // rounded up to 8
+        #expect(inbox.capacity == 8)
+        var out = [RoutedCompletion](repeating: Self.completion(0), count: 3)
+        for round in 0..<5 { // wraps several times
+            for i in 0..<6 { #expect(inbox.push(Self.completion(round * 10 + i))) }
+            var taken: [RoutedCompletion] = []
+            while case let n = out.withUnsafeMutableBufferPointer({ inbox.take(into: $0) }), n > 0 { taken += out[0..<n] }
+            #expect(taken == (0..<6).map { Self.completion(round * 10 + $0) })
+            #expect(inbox.isEmpty)
+        }
+        #expect(!inbox.hasOverflowed)
+    }
+
+    /// A push beyond what the stream can have outstanding is refused and marks the inbox, so the
+    /// stream fails rather than losing a completion unseen.
+    @Test func aPushIntoAFullInboxIsRefusedAndMarked() {
+        let inbox = CompletionInbox(capacity: 4, waitSet: nil)
+        for i in 0..<4 { #expect(inbox.push(Self.completion(i))) }
+        #expect(!inbox.push(Self.completion(4)))
+        #expect(inbox.hasOverflowed)
+    }
+
+    @Test func aRoutedCompletionKeepsItsFieldsAndClampsItsLength() {
+        let c = RoutedCompletion(context: 0xABCD_0001_0002_0003, data: 7, flags: [.error, .receive], length: 1 << 20)
+        #expect(c.context == 0xABCD_0001_0002_0003 && c.data == 7 && c.flags == [.error, .receive] && c.length == 0xFFFF)
+    }
+
+    @Test func aContextNamesItsMemberAndGeneration() {
+        let bits = CompletionGroup.contextBits(member: 0x12345, generation: 0xBEEF) | 3 << 32 | 0x1234
+        #expect(CompletionGroup.member(of: bits) == 0x12345)
+        #expect(CompletionGroup.generation(of: bits) == 0xBEEF)
+    }
+}

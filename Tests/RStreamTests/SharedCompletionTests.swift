@@ -34,27 +34,46 @@ import Testing
         return Array(zip(clients, try accepted.value()))
     }
 
-    /// Busy-polls until `stream` has `count` bytes: no sleep, so no eventfd is made.
+    struct StillWaiting: Error {}
+
+    /// Busy-polls until `stream` has `count` bytes: no sleep, so no eventfd is made. Gives up
+    /// after a minute (a lost completion fails the test instead of hanging the run).
     static func receiveSpinning(_ stream: StreamConnection, _ count: Int) throws -> [UInt8] {
         var got: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: count)
+        let giveUp = ContinuousClock.now + .seconds(60)
         while got.count < count {
             if case .received(let n) = try stream.tryReceive(into: &buffer[0..<(count - got.count)]) { got += buffer[0..<n] }
+            if got.count < count && ContinuousClock.now > giveUp { throw StillWaiting() }
         }
         return got
     }
 
+    /// Raises this process's soft descriptor limit as far as the hard one allows (children
+    /// inherit it); returns the limit now.
+    static func raiseDescriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return Int(min(limit.rlim_cur, 1 << 30))
+    }
+
     /// 10,000 streams (5,000 pairs, both ends here) under this machine's 20,000-descriptor
-    /// limit: each holds its core socket alone until something sleeps on it, bytes cross every
-    /// one of them to the right peer, and closing them gives every descriptor back. Before the
-    /// shared queues a tcp stream held six to nine (its completion queue's three, its wait set's
-    /// two, a client's own event queue), so this failed with EMFILE near 2,000.
+    /// limit (fewer where the limit is lower: what it allows): each holds its core socket alone
+    /// until something sleeps on it, and bytes cross every one of them to the right peer. Before
+    /// the shared queues a tcp stream held six to nine (its completion queue's three, its wait
+    /// set's two, a client's own event queue), so this failed with EMFILE near 2,000.
     @Test func tenThousandStreamsHoldOneDescriptorEach() throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 1024, options: options)
         let before = Self.openDescriptors()
         // RSTREAM_SCALE_STREAMS scales it down (the ThreadSanitizer pass: 2,000).
-        let streams = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
+        let wanted = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
+        let streams = min(wanted, (Self.raiseDescriptorLimit() - 256) / 2 * 2)
         let pairs = try Self.openPairs(streams / 2, options: options, listener: listener)
         let perStream = Double(Self.openDescriptors() - before) / Double(2 * pairs.count)
         // The core's socket; the shared queues (a few descriptors for all) round away.
@@ -107,6 +126,8 @@ import Testing
         let (sleeperClient, sleeperServer) = pairs[0]
         let (busyClient, busyServer) = pairs[1]
         let stop = Locked(false)
+        defer { stop.withLock { $0 = true } }
+        let timedOut = sleeperServer.waitSetForTests!.timedOutSleeps.load(ordering: .relaxed)
         let poller = Background { () throws -> Int in
             var spins = 0
             var buffer = [UInt8](repeating: 0, count: 16)
@@ -120,6 +141,8 @@ import Testing
         Thread.sleep(forTimeInterval: 0.3) // both asleep or spinning
         try sleeperClient.sendAll(Array("hello".utf8))
         #expect(try sleeper.value() == Array("hello".utf8))
+        // Woken by a ring, not by the sleep's 500 ms cap.
+        #expect(sleeperServer.waitSetForTests!.timedOutSleeps.load(ordering: .relaxed) == timedOut)
         stop.withLock { $0 = true }
         #expect(try poller.value() > 0)
         _ = busyClient
@@ -151,6 +174,11 @@ import Testing
         let pairs = try Self.openPairs(300, options: options, listener: listener)
         let epoll = epoll_create1(0)
         #expect(epoll >= 0)
+        defer {
+            close(epoll)
+            for (a, b) in pairs { a.close(linger: .zero); b.close(linger: .zero) }
+            listener.close()
+        }
         var refused = 0
         for (a, b) in pairs {
             for stream in [a, b] {
@@ -170,8 +198,5 @@ import Testing
         let n = epoll_wait(epoll, &events, 8, 10_000)
         #expect(n >= 1 && events[0].data.fd == server.descriptor)
         #expect(try server.receive(maxBytes: 1) == [9])
-        close(epoll)
-        for (a, b) in pairs { a.close(linger: .zero); b.close(linger: .zero) }
-        listener.close()
     }
 }
