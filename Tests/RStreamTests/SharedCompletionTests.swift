@@ -150,6 +150,44 @@ import Testing
         listener.close()
     }
 
+    /// An idle blocked reader beside a stream of its group that streams flat out sleeps on its
+    /// descriptor (its sleeps end at the 500 ms cap: nothing comes), and wakes for its byte. A
+    /// guard: with the shared queue's `fi_trywait` back in its `tryWait` (the review's finding:
+    /// it fails while a neighbour's completion is unread) this still passed, the busy reader
+    /// here draining the queue too quickly for the idle one to notice.
+    @Test func anIdleReaderSleepsBesideABusyStream() throws {
+        let options = Self.options()
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
+        let pairs = try Self.openPairs(2, options: options, listener: listener)
+        defer {
+            for (a, b) in pairs { a.close(linger: .zero); b.close(linger: .zero) }
+            listener.close()
+        }
+        let (idleClient, idleServer) = pairs[0]
+        let (busyClient, busyServer) = pairs[1]
+        let idleSet = idleServer.waitSetForTests!
+        let before = idleSet.timedOutSleeps.load(ordering: .relaxed)
+        let idle = Background { try idleServer.receive(maxBytes: 1) }
+        let stop = Locked(false)
+        defer { stop.withLock { $0 = true } }
+        let sink = Background { () throws -> Int in
+            var total = 0
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !stop.withLock({ $0 }) {
+                if case .received(let n) = try busyServer.tryReceive(into: &buffer) { total += n }
+            }
+            return total
+        }
+        let chunk = [UInt8](repeating: 1, count: 1024)
+        let until = ContinuousClock.now + .milliseconds(1500)
+        while ContinuousClock.now < until { _ = try busyClient.trySend(chunk) }
+        #expect(idleSet.timedOutSleeps.load(ordering: .relaxed) > before, "the idle reader never slept on its descriptor")
+        try idleClient.sendAll([1])
+        #expect(try idle.value() == [1])
+        stop.withLock { $0 = true }
+        #expect(try sink.value() > 0)
+    }
+
     /// An async reader of a grouped stream suspends on the reactor, which reads the shared
     /// queue for it, and resumes for its bytes.
     @Test func anAsyncReaderOfAGroupedStreamResumes() async throws {
