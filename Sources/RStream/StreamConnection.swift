@@ -301,7 +301,8 @@ public final class StreamConnection: Sendable {
     }
 
     /// Blocks until bytes arrive; returns how many were written to the front of `buffer`, or 0 at
-    /// end of stream. A reset or protocol error is thrown once the bytes before it have been read.
+    /// end of stream. A reset or protocol error is thrown once the bytes before it have been read
+    /// (a reset that comes after the peer's FIN leaves the end to read: it is the sending side's).
     public func receive<Buffer: MutableCollection<UInt8>>(into buffer: inout Buffer) throws(RStreamError) -> Int {
         precondition(!buffer.isEmpty, "receive into an empty buffer")
         return try block(for: .readable) { (engine) throws(RStreamError) -> Int? in

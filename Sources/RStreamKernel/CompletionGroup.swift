@@ -12,7 +12,7 @@ import Synchronization
 ///
 /// Why: a queue of its own costs a stream the queue's wait object (three descriptors on tcp) and
 /// its entries; sharing one, 10,000 streams fit a 20,000-descriptor limit, and one descriptor (the
-/// queue's) tells a sleeper or the reactor that any of them has news.
+/// queue's) tells the reactor that any of them has news.
 ///
 /// Whoever drives progress on any member reads the queue for all of them (one reader at a time:
 /// a stream that finds another reading leaves it to that one) and pushes each completion into
@@ -57,14 +57,16 @@ package final class CompletionGroup: @unchecked Sendable {
 
     /// The error that failed every member, if one did.
     package var failure: RStreamError? {
-        guard failed.load(ordering: .acquiring) else { return nil }
-        return failureText.withCheckedLock(key: lockKey(self)) { $0 }
+        guard failed.load(ordering: .sequentiallyConsistent) else { return nil }
+        return failureText.withCheckedLock(key: lockKey(self) + 1) { $0 }
     }
 
-    /// Fails every member and wakes their waiters to see it (the members lock held).
+    /// Fails every member and wakes their waiters to see it (the members lock held). Stored
+    /// before the rings, sequentially consistent: a waiter's last look (`tryWait`) sees it, or
+    /// its arming came before the ring.
     private func failEveryone(_ error: RStreamError, _ m: inout Members) {
-        failureText.withCheckedLock(key: lockKey(self)) { if $0 == nil { $0 = error } }
-        failed.store(true, ordering: .releasing)
+        failureText.withCheckedLock(key: lockKey(self) + 1) { if $0 == nil { $0 = error } }
+        failed.store(true, ordering: .sequentiallyConsistent)
         for case let inbox? in m.inboxes { inbox.waitSet?.ring() }
     }
 
@@ -129,7 +131,11 @@ package final class CompletionGroup: @unchecked Sendable {
     /// before its number is free for another stream.
     package func leave(_ number: Int) {
         members.withCheckedLock(key: lockKey(self)) { m in
-            let read = (try? readAll(&m, batches: .max)) != nil
+            var read = true
+            do throws(RStreamError) { try readAll(&m, batches: .max) } catch {
+                failEveryone(error, &m)
+                read = false
+            }
             guard let reserved = m.reservations.removeValue(forKey: number) else { return }
             m.inboxes[number] = nil
             if read { m.free.append(number) } // else its late entries could reach a successor
@@ -140,9 +146,9 @@ package final class CompletionGroup: @unchecked Sendable {
     /// True once the reactor reads this queue whenever its descriptor fires.
     package var isPumped: Bool { pumpToken.load(ordering: .acquiring) != 0 }
 
-    /// Reads every completion now waiting and routes it, unless another thread is reading (it
-    /// routes them: a waiter it finds armed is rung), or this is the reactor's thread and the
-    /// reactor reads the queue anyway. A queue error is thrown.
+    /// Reads what is waiting (at most `batchesPerDrain` batches) and routes it, unless another
+    /// thread is reading (it routes them: a waiter it finds armed is rung), or this is the
+    /// reactor's thread and the reactor reads the queue anyway. The group's failure is thrown.
     package func drain() throws(RStreamError) {
         if let failure { throw failure }
         if isPumped && Reactor.shared.isCurrentThread { return }
@@ -232,15 +238,25 @@ package final class CompletionGroup: @unchecked Sendable {
     package func startPump() -> Bool {
         if pumpToken.load(ordering: .acquiring) != 0 { return true }
         guard let fd = waitDescriptor else { return false }
-        let token = Reactor.shared.keepPumping(fd) { [weak self] in
+        let token = Reactor.shared.keepPumping(fd, pump: { [weak self] in
             guard let self else { return false }
-            // Read, then clear the signal; entries that came meanwhile are read again.
+            // Read, then clear the signal (`fi_trywait` clears it before it looks, so a failed
+            // one clears it too); entries that came meanwhile are read again.
             for _ in 0..<8 {
                 self.members.withCheckedLock(key: lockKey(self)) { (m: inout Members) in self.readOrFail(&m, batches: Self.batchesPerDrain) }
-                if self.failed.load(ordering: .relaxed) || self.tryWait() { break }
+                if self.failure != nil {
+                    _ = self.tryWait()
+                    return false // every member failed and was rung: nothing more to read for
+                }
+                if self.tryWait() { return true }
             }
+            // Still busy: signal the queue again, so that the reactor comes back for the rest
+            // (its signal was cleared by the failed `fi_trywait`).
+            _ = fi_cq_signal(self.cq)
             return true
-        }
+        }, ended: { [weak self] in
+            self?.pumpToken.store(0, ordering: .sequentiallyConsistent) // the next sleeper starts it again
+        })
         guard let token else { return false }
         if !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
             _ = Reactor.shared.cancel(token) // another thread started it first

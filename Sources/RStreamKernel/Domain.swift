@@ -73,7 +73,7 @@ package final class Domain: @unchecked Sendable {
     /// domain is one per process: made on first use, kept while an endpoint uses it). It routes
     /// each event by its endpoint.
     package func clientEventQueue() throws(RStreamError) -> EventQueue {
-        try clientQueue.withCheckedLock(key: lockKey(self)) { (weak: inout WeakEventQueue) throws(RStreamError) -> EventQueue in
+        try clientQueue.withCheckedLock(key: lockKey(self) + 1) { (weak: inout WeakEventQueue) throws(RStreamError) -> EventQueue in
             if let queue = weak.queue { return queue }
             let queue = try EventQueue(domain: self)
             weak.queue = queue

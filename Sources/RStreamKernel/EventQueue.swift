@@ -116,32 +116,7 @@ package final class EventQueue: @unchecked Sendable {
         }) ?? true
     }
 
-    private let pumpToken = Atomic<UInt64>(0)
-
-    /// Has the reactor read the queue whenever its descriptor fires (once): its endpoints'
-    /// waiters then sleep on their own descriptors, which the routing rings, not on this one.
-    @discardableResult
-    package func startPump() -> Bool {
-        if pumpToken.load(ordering: .acquiring) != 0 { return true }
-        guard let fd = waitDescriptor else { return false }
-        let token = Reactor.shared.keepPumping(fd) { [weak self] in
-            guard let self else { return false }
-            for _ in 0..<8 {
-                _ = try? self.demux.withCheckedLock(key: lockKey(self)) { (d: inout Demux) throws(RStreamError) in try self.drain(&d) }
-                if self.tryWait() == 0 { break }
-            }
-            return true
-        }
-        guard let token else { return false }
-        if !pumpToken.compareExchange(expected: 0, desired: token, ordering: .acquiringAndReleasing).exchanged {
-            _ = Reactor.shared.cancel(token)
-        }
-        return true
-    }
-
     deinit {
-        let token = pumpToken.load(ordering: .acquiring)
-        if token != 0 { _ = Reactor.shared.cancel(token) } // before the descriptor closes
         closeFabricObject(fidOf(handle), "event queue")
         demux.withCheckedLock(key: lockKey(self)) { d in for r in d.requests { fi_freeinfo(r.info) } }
     }

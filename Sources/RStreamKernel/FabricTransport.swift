@@ -165,11 +165,12 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
            let (shared, member, generation) = try? domain.reserveCompletionGroup(reserving: outstanding, waitDescriptor: wantsDescriptor) {
             if shared.waitDescriptor != nil, eventQueue.waitDescriptor != nil {
                 // Waiters sleep on a flat set, whose eventfd the reactor rings as it reads the
-                // shared queues for everyone (started when someone first sleeps on the set).
-                flatSet = WaitSet(flatStartingReaders: { [weak shared, weak eventQueue] in
-                    guard let shared, let eventQueue else { return false }
-                    return shared.startPump() && eventQueue.startPump()
-                })
+                // shared completion queue for everyone (started when someone first sleeps on
+                // the set). The shared event queue is not read for them: a connection event is
+                // seen at the next look (a sleep's 500 ms cap, a task's tick each second, a C
+                // program's event queue), and a peer that goes away fails the stream's posted
+                // receives, which the completion queue brings at once.
+                flatSet = WaitSet(flatStartingReaders: { [weak shared] in shared?.startPump() ?? false })
             }
             let inbox = CompletionInbox(capacity: outstanding, waitSet: flatSet)
             shared.attach(inbox, as: member)
@@ -437,7 +438,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     package func tryWait(for interest: WaitInterest) -> Bool {
         if let grouped {
             guard let waitSet, waitSet.wakeDescriptor >= 0, waitSet.sharedReadersRun else { return false }
-            return grouped.inbox.isEmpty
+            return grouped.inbox.isEmpty && grouped.group.failure == nil
         }
         return fabricTryWait() == 0
     }

@@ -392,7 +392,9 @@ extension Reactor {
     /// answers true: the reader of a queue that many streams share, which routes what it reads
     /// to each stream and rings the stream's own descriptor. Returns the token that `cancel`
     /// takes (before `fd` is closed), nil when the descriptor cannot be watched.
-    package func keepPumping(_ fd: Int32, _ pump: @escaping @Sendable () -> Bool) -> Token? {
-        whenReadable([fd], deadline: .now + .seconds(100 * 365 * 86_400), stillIdle: pump) {}
+    /// `ended` runs when the reactor stops running it (it answered false, it was cancelled, or
+    /// its descriptor could not be watched again), so that its owner can start it again.
+    package func keepPumping(_ fd: Int32, pump: @escaping @Sendable () -> Bool, ended: @escaping @Sendable () -> Void) -> Token? {
+        whenReadable([fd], deadline: .now + .seconds(100 * 365 * 86_400), stillIdle: pump, ended)
     }
 }

@@ -2,18 +2,25 @@
 // returned to the peer by the CONTROL rule.
 extension StreamEngine {
     /// What a receive reports when no bytes are waiting: end of stream, the failure, or would block.
-    /// After the peer's FIN and every byte before it, the end even if the stream failed since:
-    /// a failure after the FIN (a CONTROL word of ours refused because the peer closed: tcp's
-    /// ENOTCONN) is the send side's, which sends, `flush` and a lingering close report. (A
+    /// After the peer's FIN and every byte before it, the end even if the connection was reset
+    /// since: a reset after the FIN (a CONTROL word of ours refused because the peer closed:
+    /// tcp's ENOTCONN) is the send side's, which sends, `flush` and a lingering close report. (A
     /// reader that had every byte got a reset instead of the end: issue 11's C server over a
-    /// thousand connections saw it.)
+    /// thousand connections saw it.) A protocol violation after the FIN is still the reader's.
     package func outcomeWhenEmpty() throws(RStreamError) -> ReceiveOutcome {
-        if hasReceivedFin {
+        if endsDespiteFailure {
             // The FIN is handled after the bytes before it; look again in case one landed since.
             return readableCount > 0 ? .wouldBlock : .endOfStream
         }
         if let failure { throw failure }
         return .wouldBlock
+    }
+
+    /// The FIN came, and nothing but a reset (if anything) failed the stream after it.
+    private var endsDespiteFailure: Bool {
+        guard hasReceivedFin else { return false }
+        guard let failure else { return true }
+        return failure.kind == .connectionReset
     }
 
     /// Copies `count` received bytes (no more than are in the ring) out of the receive ring from
@@ -108,7 +115,7 @@ extension StreamEngine {
         // seen, what is readable is all that will ever be (looked at again in case a byte landed
         // after the first look).
         guard hasReceivedFin || hasFailed, readableCount < buffer.count else { return .wouldBlock }
-        if !hasReceivedFin, let failure { throw failure } // after the FIN: the end (see `outcomeWhenEmpty`)
+        if !endsDespiteFailure, let failure { throw failure } // see `outcomeWhenEmpty`
         return .endOfStream
     }
 

@@ -37,8 +37,10 @@ public struct WaitInterest: OptionSet, Sendable {
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
 /// Invariants: the descriptors are open until deinit (a flat set's eventfd from when it is made);
-/// `armed` is set only under the lock where completions are taken (the engine's progress lock; a
-/// listener's accept lock) and cleared by whoever rings; `sleepers` is raised under that lock,
+/// `armed` is set under the engine's progress lock (a listener's accept lock) and cleared by
+/// whoever rings: the thread taking completions under that lock, or, for a flat set, the shared
+/// queue's reader under the group's lock, ordered against the arming by `CompletionInbox`'s
+/// fences; `sleepers` is raised under that lock,
 /// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. A
 /// flat set's eventfd is made before its first arming, so whoever finds it armed finds the eventfd.
 package final class WaitSet: @unchecked Sendable {

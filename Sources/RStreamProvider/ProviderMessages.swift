@@ -8,7 +8,8 @@ import Glibc
 // The socket-endpoint subset of fi_msg (fi_endpoint(3), "SOCKET ENDPOINTS"): every call is
 // synchronous and returns the bytes it moved, or -FI_EAGAIN when it could move none now. A
 // receive returns 0 at the end of the stream (after the peer's FIN and every byte before it);
-// a reset or a protocol error is reported once the bytes that arrived before it have been read.
+// a reset or a protocol error is reported once the bytes that arrived before it have been read
+// (a reset after the peer's FIN leaves the end to read, and is reported by sends and fi_close).
 extension ProviderEndpoint {
     /// What a data call answers before the connection is made: try again while it is being made.
     @inline(never)

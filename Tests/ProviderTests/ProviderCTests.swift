@@ -241,11 +241,14 @@ final class ServerSide {
     /// each descriptor is a flat eventfd; before, `EPOLL_CTL_ADD` of the 50th to 92nd endpoint's
     /// nested epoll set failed with EINVAL.
     @Test func aThousandConnectionsServedFromOneEpoll() throws {
-        var limit = rlimit() // each side needs about 2,100 descriptors; children inherit the limit
-        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < 4096, limit.rlim_max > limit.rlim_cur {
-            limit.rlim_cur = min(limit.rlim_max, 4096)
-            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        var saved = rlimit() // each side needs about 2,100 descriptors; children inherit the limit
+        let known = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0
+        if known, saved.rlim_cur < 4096, saved.rlim_max > saved.rlim_cur {
+            var raised = saved
+            raised.rlim_cur = min(saved.rlim_max, 4096)
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
         }
+        defer { if known { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) } }
         let (server, client) = try pair(["epoll-echo-server", "1000"], { ["echo-clients", "127.0.0.1", String($0), "1000", "65536"] },
                                         environment: providerEnvironment(iwarp: true))
         #expect(server.contains("echoed 1000 connections") && client.contains("1000 connections echoed 65536 bytes each"),

@@ -49,17 +49,19 @@ import Testing
         return got
     }
 
-    /// Raises this process's soft descriptor limit as far as the hard one allows (children
-    /// inherit it); returns the limit now.
-    static func raiseDescriptorLimit() -> Int {
-        var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max
-            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-            _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    /// Runs `body` with this process's soft descriptor limit raised to at least `wanted` where
+    /// the hard one allows (children inherit it), handing it the limit; restores it after.
+    static func withDescriptorLimit<R>(_ wanted: Int, _ body: (Int) throws -> R) rethrows -> R {
+        var saved = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return try body(1024) }
+        var raised = saved
+        if raised.rlim_cur < rlim_t(wanted) {
+            raised.rlim_cur = min(raised.rlim_max, rlim_t(wanted))
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
         }
-        return Int(min(limit.rlim_cur, 1 << 30))
+        defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+        _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
+        return try body(Int(min(raised.rlim_cur, 1 << 30)))
     }
 
     /// 10,000 streams (5,000 pairs, both ends here) under this machine's 20,000-descriptor
@@ -68,12 +70,16 @@ import Testing
     /// the shared queues a tcp stream held six to nine (its completion queue's three, its wait
     /// set's two, a client's own event queue), so this failed with EMFILE near 2,000.
     @Test func tenThousandStreamsHoldOneDescriptorEach() throws {
+        try Self.withDescriptorLimit(20_000) { limit in try tenThousandStreams(limit: limit) }
+    }
+
+    private func tenThousandStreams(limit: Int) throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 1024, options: options)
         let before = Self.openDescriptors()
         // RSTREAM_SCALE_STREAMS scales it down (the ThreadSanitizer pass: 2,000).
         let wanted = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
-        let streams = min(wanted, (Self.raiseDescriptorLimit() - 256) / 2 * 2)
+        let streams = min(wanted, (limit - 256) / 2 * 2)
         let pairs = try Self.openPairs(streams / 2, options: options, listener: listener)
         let perStream = Double(Self.openDescriptors() - before) / Double(2 * pairs.count)
         // The core's socket; the shared queues (a few descriptors for all) round away.
@@ -116,9 +122,9 @@ import Testing
         #expect(Self.openDescriptors() - before <= 4)
     }
 
-    /// A blocking receive sleeps on the stream's own eventfd beside the shared queue's
-    /// descriptor and wakes for its own bytes, whoever reads the shared queue: here a second
-    /// stream's thread busy-polls it, routing the sleeper's completion to it.
+    /// A blocking receive sleeps on the stream's own eventfd and is rung awake for its own
+    /// bytes, whoever reads the shared queue: here a second stream's thread busy-polls it (and
+    /// the reactor reads it too), routing the sleeper's completion to it.
     @Test func aSleeperWakesWhenAnotherStreamReadsItsCompletion() throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
@@ -138,7 +144,7 @@ import Testing
             return spins
         }
         let sleeper = Background { try sleeperServer.receive(maxBytes: 5) }
-        Thread.sleep(forTimeInterval: 0.3) // both asleep or spinning
+        Thread.sleep(forTimeInterval: 0.1) // asleep, well before its 500 ms cap
         try sleeperClient.sendAll(Array("hello".utf8))
         #expect(try sleeper.value() == Array("hello".utf8))
         // Woken by a ring, not by the sleep's 500 ms cap.
@@ -190,7 +196,7 @@ import Testing
 
     /// An async reader of a grouped stream suspends on the reactor, which reads the shared
     /// queue for it, and resumes for its bytes.
-    @Test func anAsyncReaderOfAGroupedStreamResumes() async throws {
+    @Test(.timeLimit(.minutes(1))) func anAsyncReaderOfAGroupedStreamResumes() async throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
         let pairs = try Self.openPairs(3, options: options, listener: listener)
