@@ -185,6 +185,29 @@ import Testing
         try Self.expectUsable()
     }
 
+    /// A shared completion queue (iWarp mode over tcp) that cannot be read fails every member:
+    /// nobody can tell whose completions the failed read lost. The reader still gets the bytes
+    /// that came first; a new stream gets a new queue and works.
+    @Test func aSharedCompletionQueueThatCannotBeReadFailsEveryMember() throws {
+        let options = loopbackOptions { $0.iwarp = true }
+        let (client1, server1) = try connectedPair(options)
+        let (client2, server2) = try connectedPair(options)
+        try client1.sendAll([1, 2])
+        try Self.waitReadable(server1, 2)
+        var buffer = [UInt8](repeating: 0, count: 2)
+        let error = Self.failing(.cqRead) {
+            #expect(try server1.tryReceive(into: &buffer) == .received(2)) // the bytes that arrived first
+            _ = try server1.tryReceive(into: &buffer)
+        }
+        Self.expect(error, names: "fi_cq_read", .cqRead)
+        // The other stream of the queue, which read nothing, fails with the same error.
+        var other: RStreamError?
+        do { _ = try server2.tryReceive(into: &buffer) } catch { other = error }
+        #expect(other?.context.contains("fi_cq_read") == true, "\(String(describing: other))")
+        for stream in [client1, server1, client2, server2] { stream.close(linger: .zero) }
+        try Self.expectUsable(options)
+    }
+
     // Only the provider asks for the core's connection-data size (FI_OPT_CM_DATA_SIZE).
     @Test func theCoresConnectionDataSizeThatCannotBeReadSaysSo() throws {
         let requirements = CoreRequirements(provider: "sockets", iwarp: true) // a core and mode nobody asked about yet
