@@ -21,6 +21,7 @@ struct Perf: ParsableCommand {
     @Flag(help: "Fewer iterations: finishes within 30 seconds.") var quick = false
     @Option(name: .customLong("round-trips"), help: "Round trips per size (default: by size; --quick fewer).") var roundTrips: Int?
     @Option(help: "Streams for the scale test (0 skips it).") var connections = 64
+    @Option(help: "Threads test: 1...N streams, each busy with 64 B round trips on a thread of its own (0 skips it).") var threads = 0
     @Option(name: .customLong("scale-ring"), help: "Send and receive rings of the scale test's client streams (default 32 KiB).") var scaleRing: Int?
     @Option(name: .customLong("scale-queue"), help: "Transmit queue and posted receives of the scale test's client streams (default 384, capped by the core).") var scaleQueue: Int?
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
@@ -159,9 +160,14 @@ struct Perf: ParsableCommand {
             }
         }
         forever {
-            var channel = StreamChannel(try streamDefault.accept(), maxMessage: 1 << 20)
-            try serve(&channel)
-            channel.stream.close()
+            // A thread per stream: the threads test runs several at once.
+            let stream = try streamDefault.accept()
+            Thread.detachNewThread {
+                var channel = StreamChannel(stream, maxMessage: 1 << 20)
+                do { try serve(&channel) } catch let error as RStreamError where error.kind == .connectionReset {
+                } catch { FileHandle.standardError.write(Data("rstream perf server: \(error)\n".utf8)) }
+                channel.stream.close()
+            }
         }
         forever {
             var channel = StreamChannel(try streamTuned.accept(), maxMessage: 1 << 20)
@@ -302,6 +308,7 @@ struct Perf: ParsableCommand {
         }
         var scale: ScaleResult?
         if connections > 0 { scale = try measureScale(host: host, port: ports[4]) }
+        if threads > 0 { try measureThreads(host: host, port: ports[0]) }
         report(results, scale: scale)
         if let json { try writeJSON(results, scale: scale, to: json) }
     }
@@ -549,6 +556,50 @@ struct Perf: ParsableCommand {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
+    /// 1...`threads` streams at once, each on a thread of its own doing 64 B round trips against a
+    /// server thread of its own: round trips per second in all, which scale with the cores while
+    /// both sides' threads fit them.
+    func measureThreads(host: String, port: UInt16) throws {
+        let rounds = quick ? 20_000 : 200_000
+        for count in 1...threads {
+            var channels: [StreamChannel] = []
+            for _ in 0..<count {
+                channels.append(StreamChannel(try StreamConnection.connect(host: host, port: port, options: defaultOptions), maxMessage: 64))
+            }
+            final class Outcome: @unchecked Sendable { var errors: [String] = []; let lock = NSLock() }
+            let outcome = Outcome()
+            let ready = DispatchSemaphore(value: 0), go = DispatchSemaphore(value: 0), done = DispatchGroup()
+            for channel in channels {
+                done.enter()
+                let box = UncheckedBox(channel)
+                Thread.detachNewThread {
+                    defer { done.leave() }
+                    var channel = box.value
+                    do {
+                        try channel.sendHeader(PerfHeader(mode: .echo, size: 64, count: rounds))
+                        ready.signal()
+                        go.wait()
+                        for _ in 0..<rounds {
+                            try channel.send(64)
+                            try channel.receive(64)
+                        }
+                    } catch {
+                        outcome.lock.lock(); outcome.errors.append("\(error)"); outcome.lock.unlock()
+                    }
+                }
+            }
+            for _ in 0..<count { ready.wait() }
+            let start = ContinuousClock.now
+            for _ in 0..<count { go.signal() }
+            done.wait()
+            let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
+            for channel in channels { channel.stream.close() }
+            if let first = outcome.errors.first { throw PerfError(description: "threads test: \(first)") }
+            print("threads: \(count) stream\(count == 1 ? "" : "s") on \(count) thread\(count == 1 ? "" : "s"): "
+                  + String(format: "%.0f round trips/s of 64 B in all", Double(count * rounds) / seconds))
+        }
+    }
+
     // MARK: Output
 
     static func microseconds(_ ns: UInt64) -> Double { Double(ns) / 1000 }
@@ -636,4 +687,10 @@ enum Pinning {
         guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
         return (Int(text.split(separator: " ")[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
+}
+
+/// A value handed to another thread once (the threads test's channels).
+private final class UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
