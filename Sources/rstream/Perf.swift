@@ -556,9 +556,8 @@ struct Perf: ParsableCommand {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
-    /// 1...`threads` streams at once, each on a thread of its own doing 64 B round trips against a
-    /// server thread of its own: round trips per second in all, which scale with the cores while
-    /// both sides' threads fit them.
+    /// 1...`threads` streams at once, each on a thread of its own doing 64 B round trips through
+    /// the blocking calls against a server thread of its own: round trips per second in all.
     func measureThreads(host: String, port: UInt16) throws {
         let rounds = quick ? 20_000 : 200_000
         for count in 1...threads {
@@ -576,12 +575,12 @@ struct Perf: ParsableCommand {
                     defer { done.leave() }
                     var channel = box.value
                     do {
-                        try channel.sendHeader(PerfHeader(mode: .echo, size: 64, count: rounds))
+                        try channel.sendHeader(PerfHeader(mode: .echoBlocking, size: 64, count: rounds))
                         ready.signal()
                         go.wait()
                         for _ in 0..<rounds {
-                            try channel.send(64)
-                            try channel.receive(64)
+                            try channel.sendBlocking(64)
+                            try channel.receiveBlocking(64)
                         }
                     } catch {
                         outcome.lock.lock(); outcome.errors.append("\(error)"); outcome.lock.unlock()

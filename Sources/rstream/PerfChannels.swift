@@ -11,10 +11,19 @@ protocol PerfChannel: ~Copyable {
     /// The 16-byte test header: what the server does next. Nil at end of stream.
     mutating func sendHeader(_ header: PerfHeader) throws
     mutating func receiveHeader() throws -> PerfHeader?
+    /// A whole message each way through the blocking calls (they sleep after their busy-poll
+    /// window): the threads test's, where more threads than cores spin otherwise.
+    mutating func sendBlocking(_ size: Int) throws
+    mutating func receiveBlocking(_ size: Int) throws
+}
+
+extension PerfChannel where Self: ~Copyable {
+    mutating func sendBlocking(_ size: Int) throws { try send(size) }
+    mutating func receiveBlocking(_ size: Int) throws { try receive(size) }
 }
 
 struct PerfHeader: Equatable {
-    enum Mode: UInt32 { case echo = 1, sink = 2, scale = 3 }
+    enum Mode: UInt32 { case echo = 1, sink = 2, scale = 3, echoBlocking = 4 }
     var mode: Mode
     var size: Int
     var count: Int
@@ -69,6 +78,20 @@ struct StreamChannel: PerfChannel {
     }
 
     func sendHeader(_ header: PerfHeader) throws { try stream.sendAll(header.bytes) }
+
+    func sendBlocking(_ size: Int) throws {
+        try stream.sendAll(UnsafeRawBufferPointer(rebasing: buffer[0..<size]))
+    }
+
+    func receiveBlocking(_ size: Int) throws {
+        var received = 0
+        while received < size {
+            var region = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, size - received)])
+            let n = try stream.receive(into: &region)
+            guard n > 0 else { throw PerfError(description: "end of stream inside a message") }
+            received += n
+        }
+    }
 
     func receiveHeader() throws -> PerfHeader? {
         var bytes = [UInt8](repeating: 0, count: 12)
@@ -208,6 +231,11 @@ func serve(_ channel: inout some PerfChannel & ~Copyable) throws {
             for _ in 0..<header.count {
                 try channel.receive(header.size)
                 try channel.send(header.size)
+            }
+        case .echoBlocking:
+            for _ in 0..<header.count {
+                try channel.receiveBlocking(header.size)
+                try channel.sendBlocking(header.size)
             }
         case .sink:
             for _ in 0..<header.count { try channel.receive(header.size) }
