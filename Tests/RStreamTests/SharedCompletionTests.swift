@@ -194,6 +194,30 @@ import Testing
         #expect(try sink.value() > 0)
     }
 
+    /// With no descriptor left in the process, a flat wait set cannot make its eventfd: it
+    /// hands out none (-1, which `StreamConnection.descriptor` reports as nil and `FI_GETWAIT` as
+    /// `-EMFILE`, rather than a -1 to poll for ever) and gives the reactor nothing to file, and
+    /// it makes one once descriptors are there again.
+    @Test func aFlatWaitSetWithoutDescriptorsHandsOutNone() throws {
+        let set = WaitSet(flatStartingReaders: { true })
+        var saved = rlimit()
+        try #require(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0)
+        _ = Reactor.shared.waiting // nothing else here opens a descriptor while the limit is low
+        do {
+            var lowered = saved
+            let lowest = dup(0) // the lowest free number: every one below it is taken
+            close(lowest)
+            lowered.rlim_cur = rlim_t(lowest) // so no new descriptor fits
+            try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0)
+            defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+            #expect(set.descriptor == -1)
+            #expect(set.members.isEmpty)
+            set.ring() // rings nothing, harmlessly
+        }
+        #expect(set.descriptor >= 0)
+        #expect(set.members == [set.descriptor])
+    }
+
     /// An async reader of a grouped stream suspends on the reactor, which reads the shared
     /// queue for it, and resumes for its bytes.
     @Test(.timeLimit(.minutes(1))) func anAsyncReaderOfAGroupedStreamResumes() async throws {
