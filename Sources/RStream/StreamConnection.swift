@@ -119,7 +119,10 @@ public final class StreamConnection: Sendable {
     ///     }
     /// nil where the transport has none, or where it could not be made now (a stream sharing
     /// its queues makes its eventfd on first use: none when the process has no descriptor left).
-    public var descriptor: Int32? { waitSet.flatMap { $0.descriptor >= 0 ? $0.descriptor : nil } }
+    public var descriptor: Int32? {
+        guard let fd = waitSet?.descriptor, fd >= 0 else { return nil }
+        return fd
+    }
 
     /// The wait set (for tests).
     package var waitSetForTests: WaitSet? { waitSet }

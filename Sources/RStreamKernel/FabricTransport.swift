@@ -437,7 +437,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     /// kept idle waiters from sleeping beside a busy stream.
     package func tryWait(for interest: WaitInterest) -> Bool {
         if let grouped {
-            guard let waitSet, waitSet.wakeDescriptor >= 0, waitSet.sharedReadersRun else { return false }
+            guard let waitSet, waitSet.descriptor >= 0 else { return false } // the eventfd, and the reactor reading
             return grouped.inbox.isEmpty && grouped.group.failure == nil
         }
         return fabricTryWait() == 0

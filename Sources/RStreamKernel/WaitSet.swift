@@ -22,9 +22,9 @@ public struct WaitInterest: OptionSet, Sendable {
 
 /// Owner of the descriptor a stream's waiters sleep on. Either an epoll set holding the
 /// completion queue's and event queue's wait descriptors and a private eventfd, or, for a stream
-/// whose queues are shared with many others (`CompletionGroup`, a shared event queue), *flat*: the
-/// private eventfd alone, made when first needed; the reactor reads the shared queues for every
-/// stream and rings the eventfds (so that one epoll holds ten thousand such descriptors: a nested
+/// whose completion queue is shared with many others (`CompletionGroup`), *flat*: the private
+/// eventfd alone, made when first needed; the reactor reads the shared queue for every stream
+/// and rings the eventfds (so that one epoll holds ten thousand such descriptors: a nested
 /// set counts against the kernel's limit on wake-up paths through shared descriptors, about a
 /// hundred tcp streams per epoll; and so that an idle sleeper does not wake, or fail its
 /// `fi_trywait`, for every completion of its neighbours).
@@ -77,7 +77,7 @@ package final class WaitSet: @unchecked Sendable {
 
     /// True when a flat set's shared queues are read by the reactor (started now if need be):
     /// only then may anyone sleep on its eventfd. Always true for a set of its own queues.
-    package var sharedReadersRun: Bool { startSharedReaders?() ?? true }
+    private var sharedReadersRun: Bool { startSharedReaders?() ?? true }
 
     /// The private eventfd (made now for a flat set; tests use it as an eventfd to offer a
     /// hostile peer's listener).
