@@ -26,7 +26,7 @@ struct Perf: ParsableCommand {
     @Option(name: .customLong("scale-queue"), help: "Transmit queue and posted receives of the scale test's client streams (default 384, capped by the core).") var scaleQueue: Int?
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
-    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-busypoll, rstream-shm, rstream-shm-tuned, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
+    @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-zerocopy (tuned, no copies), rstream-busypoll, rstream-shm, rstream-shm-tuned, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
     var transports = "all"
     @Option(name: .customLong("send-ring"), help: "Send ring of rstream-tuned and rstream-shm-tuned.") var sendRing = 512 * 1024
     @Option(name: .customLong("recv-ring"), help: "Receive ring of rstream-tuned and rstream-shm-tuned.") var recvRing = 512 * 1024
@@ -248,22 +248,23 @@ struct Perf: ParsableCommand {
         return max(8, min(volume / size, quick ? 100_000 : 1_000_000))
     }
 
-    func measure(_ channel: inout some PerfChannel & ~Copyable, transport: String, sizes: [Int]) throws -> [Result] {
+    /// Round trips then one-way bandwidth for each size; `inPlace` goes through the zero-copy calls
+    /// (the server mirrors it).
+    func measure(_ channel: inout some PerfChannel & ~Copyable, transport: String, sizes: [Int], inPlace: Bool = false) throws -> [Result] {
         var results: [Result] = []
         for size in sizes {
             let (warmup, measured) = iterations(for: size)
             var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-            try channel.sendHeader(PerfHeader(mode: .echo, size: size, count: warmup + measured))
+            try channel.sendHeader(PerfHeader(mode: inPlace ? .echoInPlace : .echo, size: size, count: warmup + measured))
             for i in 0..<(warmup + measured) {
                 let start = ContinuousClock.now
-                try channel.send(size)
-                try channel.receive(size)
+                if inPlace { try channel.sendInPlace(size); try channel.receiveInPlace(size) } else { try channel.send(size); try channel.receive(size) }
                 if i >= warmup { _ = histogram.record(UInt64((ContinuousClock.now - start) / .nanoseconds(1))) }
             }
             let count = bandwidthCount(for: size)
-            try channel.sendHeader(PerfHeader(mode: .sink, size: size, count: count))
+            try channel.sendHeader(PerfHeader(mode: inPlace ? .sinkInPlace : .sink, size: size, count: count))
             let start = ContinuousClock.now
-            for _ in 0..<count { try channel.send(size) }
+            for _ in 0..<count { if inPlace { try channel.sendInPlace(size) } else { try channel.send(size) } }
             try channel.receive(1)
             let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
             results.append(Result(transport: transport, size: size, rtt: histogram,
@@ -281,13 +282,16 @@ struct Perf: ParsableCommand {
         var results: [Result] = []
         // The same-host rows reach the same listeners (each serves shared memory too; the busy-poll
         // one has no wait descriptor on its side either).
-        for (name, port, options) in [("rstream", ports[0], defaultOptions), ("rstream-tuned", ports[1], tunedOptions),
-                                      ("rstream-busypoll", ports[5], busyPollOptions),
-                                      ("rstream-shm", ports[0], sameHostOptions), ("rstream-shm-tuned", ports[1], sameHostTunedOptions),
-                                      ("rstream-shm-busypoll", ports[5], sameHostBusyPollOptions)]
+        // The zero-copy rows are the tuned ones through `withSendBuffer` / `withReceivedBytes`.
+        for (name, port, options, inPlace) in [("rstream", ports[0], defaultOptions, false), ("rstream-tuned", ports[1], tunedOptions, false),
+                                               ("rstream-zerocopy", ports[1], tunedOptions, true),
+                                               ("rstream-busypoll", ports[5], busyPollOptions, false),
+                                               ("rstream-shm", ports[0], sameHostOptions, false),
+                                               ("rstream-shm-tuned", ports[1], sameHostTunedOptions, false),
+                                               ("rstream-shm-busypoll", ports[5], sameHostBusyPollOptions, false)]
             where runs(name) && (client == nil || !name.hasPrefix("rstream-shm")) {
             var channel = StreamChannel(try StreamConnection.connect(host: host, port: port, options: options), maxMessage: maxMessage)
-            results += try measure(&channel, transport: name, sizes: sizes)
+            results += try measure(&channel, transport: name, sizes: sizes, inPlace: inPlace)
             channel.stream.close()
         }
         if client == nil && runs("provider-c") { results += try measureThroughProvider(sizes: sizes) }
@@ -608,11 +612,11 @@ struct Perf: ParsableCommand {
         func fmt(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
         print("RTT in µs (one-way = RTT/2); bandwidth one-way in MB/s (10^6 B/s)")
         print(["transport", "size", "min", "p50", "p99", "p99.9", "max", "MB/s", "msg/s"].enumerated()
-            .map { $0.offset == 0 ? $0.element.padding(toLength: 18, withPad: " ", startingAt: 0) : pad($0.element, 10) }.joined())
+            .map { $0.offset == 0 ? $0.element.padding(toLength: 22, withPad: " ", startingAt: 0) : pad($0.element, 10) }.joined())
         for r in results {
             let h = r.rtt!
             let cells = [h.min, h.valueAtPercentile(50), h.valueAtPercentile(99), h.valueAtPercentile(99.9), h.max].map { fmt(Self.microseconds($0)) }
-            print(r.transport.padding(toLength: 18, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
+            print(r.transport.padding(toLength: 22, withPad: " ", startingAt: 0) + pad("\(r.size)", 10)
                   + cells.map { pad($0, 10) }.joined() + pad(r.bandwidthMBps.map { fmt($0) } ?? "-", 10)
                   + pad(r.messagesPerSecond.map { fmt($0, 0) } ?? "-", 10))
         }

@@ -15,15 +15,22 @@ protocol PerfChannel: ~Copyable {
     /// window): the threads test's, where more threads than cores spin otherwise.
     mutating func sendBlocking(_ size: Int) throws
     mutating func receiveBlocking(_ size: Int) throws
+    /// A whole message each way through the zero-copy calls where the channel has them: the bytes
+    /// are claimed where they lie in the rings, never copied (what the protocol costs without the
+    /// two copies; a producer would write its bytes into the region it is handed).
+    mutating func sendInPlace(_ size: Int) throws
+    mutating func receiveInPlace(_ size: Int) throws
 }
 
 extension PerfChannel where Self: ~Copyable {
     mutating func sendBlocking(_ size: Int) throws { try send(size) }
     mutating func receiveBlocking(_ size: Int) throws { try receive(size) }
+    mutating func sendInPlace(_ size: Int) throws { try send(size) }
+    mutating func receiveInPlace(_ size: Int) throws { try receive(size) }
 }
 
 struct PerfHeader: Equatable {
-    enum Mode: UInt32 { case echo = 1, sink = 2, scale = 3, echoBlocking = 4 }
+    enum Mode: UInt32 { case echo = 1, sink = 2, scale = 3, echoBlocking = 4, echoInPlace = 5, sinkInPlace = 6 }
     var mode: Mode
     var size: Int
     var count: Int
@@ -70,6 +77,26 @@ struct StreamChannel: PerfChannel {
         while received < size {
             var region = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, size - received)])
             switch try stream.tryReceive(into: &region) {
+            case .received(let n): received += n
+            case .wouldBlock: continue
+            case .endOfStream: throw PerfError(description: "end of stream inside a message")
+            }
+        }
+    }
+
+    func sendInPlace(_ size: Int) throws {
+        var sent = 0
+        while sent < size {
+            let wanted = size - sent
+            if case .sent(let n) = try stream.withSendBuffer({ region in min(region.count, wanted) }) { sent += n }
+        }
+    }
+
+    func receiveInPlace(_ size: Int) throws {
+        var received = 0
+        while received < size {
+            let wanted = size - received
+            switch try stream.withReceivedBytes({ bytes in min(bytes.count, wanted) }) {
             case .received(let n): received += n
             case .wouldBlock: continue
             case .endOfStream: throw PerfError(description: "end of stream inside a message")
@@ -237,8 +264,16 @@ func serve(_ channel: inout some PerfChannel & ~Copyable) throws {
                 try channel.receiveBlocking(header.size)
                 try channel.sendBlocking(header.size)
             }
+        case .echoInPlace:
+            for _ in 0..<header.count {
+                try channel.receiveInPlace(header.size)
+                try channel.sendInPlace(header.size)
+            }
         case .sink:
             for _ in 0..<header.count { try channel.receive(header.size) }
+            try channel.send(1)
+        case .sinkInPlace:
+            for _ in 0..<header.count { try channel.receiveInPlace(header.size) }
             try channel.send(1)
         case .scale:
             throw PerfError(description: "scale headers go to the scale port")
