@@ -44,14 +44,23 @@ package struct BlockingWait {
         readable: () -> Int32? = { nil },
         attempt: (_ round: Int) throws(RStreamError) -> R?
     ) throws(RStreamError) -> R {
-        let busyUntil = ContinuousClock.now + busyWindow
+        let start = ContinuousClock.now
+        let busyUntil = start + busyWindow
+        let yieldAfter = start + Self.spinBeforeYielding
         var round = 0
         var notYet = 0
         while true {
             if let value = try look(round, interruption, attempt) { return value }
             let now = ContinuousClock.now
             round += 1
-            guard now >= busyUntil else { continue }
+            guard now >= busyUntil else {
+                // Past its first microseconds a busy-poll gives the core to any other thread ready
+                // to run (the peer this call waits for may be one); alone on its core it goes on
+                // at once. A pure spin held the core to the window's end: two pairs of threads on
+                // two cores fell to a third of one pair's round trips (issue 12).
+                if now >= yieldAfter { sched_yield() }
+                continue
+            }
             if let waitSet {
                 if prepare() {
                     notYet = 0
@@ -73,6 +82,11 @@ package struct BlockingWait {
 }
 
 extension BlockingWait {
+    /// How long a blocking call's busy-poll spins before it yields its core between rounds: a
+    /// same-host answer (a fraction of a microsecond) comes within it, so it costs that path no
+    /// system call.
+    package static let spinBeforeYielding: Duration = .microseconds(5)
+
     /// One round's look, sync or async: the interruption, the attempt, then the deadline. The
     /// attempt's value, or nil to go on.
     private func look<R>(_ round: Int, _ interruption: () -> RStreamError?,
