@@ -21,10 +21,8 @@ import Synchronization
 ///
 /// Invariants: `capacity` is the queue's size, and the members' reserved entries (each its
 /// transmit queue plus its posted receives, all it can have outstanding) never exceed it, so the
-/// queue cannot overrun; member numbers are 1...maxMembers (0 names no group), each bound to one
-/// inbox from `attach` until `leave`, which runs after the member's endpoint is closed and reads
-/// the queue first; a number's generation (in the context too) changes with each new member, so
-/// an entry of an old member that came late still reaches nobody; a number whose last read failed
+/// queue cannot overrun (the member table's rules are `CompletionMembers`'); `leave` runs after
+/// the member's endpoint is closed and reads the queue first, and a number whose last read failed
 /// is never given out again. A read that fails, or an error entry that names no stream, fails
 /// every member (`failure`): nobody can tell whose completion was lost.
 package final class CompletionGroup: @unchecked Sendable {
@@ -39,16 +37,7 @@ package final class CompletionGroup: @unchecked Sendable {
     package static let defaultCapacity = 65536
     private static let batch = 32
 
-    private struct Members {
-        var inboxes: [CompletionInbox?] = [nil] // index 0: no member
-        /// Each number's generation, the context's bits 16-31.
-        var generations: [UInt16] = [0]
-        var free: [Int] = []
-        var reserved = 0
-        /// Member number → the entries it reserved.
-        var reservations: [Int: Int] = [:]
-    }
-    private let members = Mutex(Members())
+    private let members: Mutex<CompletionMembers>
     private let entries: UnsafeMutablePointer<fi_cq_data_entry>
     private let pumpToken = Atomic<UInt64>(0)
     /// Set when the queue failed for everyone (see the invariants).
@@ -64,10 +53,10 @@ package final class CompletionGroup: @unchecked Sendable {
     /// Fails every member and wakes their waiters to see it (the members lock held). Stored
     /// before the rings, sequentially consistent: a waiter's last look (`tryWait`) sees it, or
     /// its arming came before the ring.
-    private func failEveryone(_ error: RStreamError, _ m: inout Members) {
+    private func failEveryone(_ error: RStreamError, _ m: inout CompletionMembers) {
         failureText.withCheckedLock(key: lockKey(self) + 1) { if $0 == nil { $0 = error } }
         failed.store(true, ordering: .sequentiallyConsistent)
-        for case let inbox? in m.inboxes { inbox.waitSet?.ring() }
+        for inbox in m.everyInbox { inbox.waitSet?.ring() }
     }
 
     package init(domain: Domain, waitDescriptor wantsDescriptor: Bool, capacity: Int = CompletionGroup.defaultCapacity) throws(RStreamError) {
@@ -86,6 +75,7 @@ package final class CompletionGroup: @unchecked Sendable {
         self.domain = domain
         self.cq = cq!
         self.capacity = capacity
+        members = Mutex(CompletionMembers(capacity: capacity, maxMembers: Self.maxMembers))
         entries = .allocate(capacity: Self.batch)
     }
 
@@ -100,31 +90,12 @@ package final class CompletionGroup: @unchecked Sendable {
     /// number, or nil when the queue has no room for it (the caller tries another group). The
     /// stream's inbox is attached before its endpoint can have completions.
     package func reserve(_ reserving: Int) -> (number: Int, generation: UInt16)? {
-        members.withCheckedLock(key: lockKey(self)) { m -> (number: Int, generation: UInt16)? in
-            guard m.reserved + reserving <= capacity else { return nil }
-            let number: Int
-            if let reused = m.free.first {
-                m.free.removeFirst() // the longest free first
-                number = reused
-                m.generations[number] &+= 1
-            } else {
-                guard m.inboxes.count <= Self.maxMembers else { return nil }
-                number = m.inboxes.count
-                m.inboxes.append(nil)
-                m.generations.append(0)
-            }
-            m.reserved += reserving
-            m.reservations[number] = reserving
-            return (number, m.generations[number])
-        }
+        members.withCheckedLock(key: lockKey(self)) { m in m.reserve(reserving) }
     }
 
     /// Routes member `number`'s completions to `inbox` from now on.
     package func attach(_ inbox: CompletionInbox, as number: Int) {
-        members.withCheckedLock(key: lockKey(self)) { m in
-            precondition(m.reservations[number] != nil && m.inboxes[number] == nil, "attach of member \(number), not reserved")
-            m.inboxes[number] = inbox
-        }
+        members.withCheckedLock(key: lockKey(self)) { m in m.attach(inbox, as: number) }
     }
 
     /// Removes a member whose endpoint is closed: its last completions are read (and dropped)
@@ -136,10 +107,7 @@ package final class CompletionGroup: @unchecked Sendable {
                 failEveryone(error, &m)
                 read = false
             }
-            guard let reserved = m.reservations.removeValue(forKey: number) else { return }
-            m.inboxes[number] = nil
-            if read { m.free.append(number) } // else its late entries could reach a successor
-            m.reserved -= reserved
+            m.release(number, reusable: read) // else its late entries could reach a successor
         }
     }
 
@@ -152,7 +120,7 @@ package final class CompletionGroup: @unchecked Sendable {
     package func drain() throws(RStreamError) {
         if let failure { throw failure }
         if isPumped && Reactor.shared.isCurrentThread { return }
-        _ = members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout Members) in
+        _ = members.withCheckedLockIfAvailable(key: lockKey(self)) { (m: inout CompletionMembers) in
             readOrFail(&m, batches: Self.batchesPerDrain)
         }
         if let failure { throw failure }
@@ -163,13 +131,13 @@ package final class CompletionGroup: @unchecked Sendable {
     private static let batchesPerDrain = 8
 
     /// `readAll`, failing every member when the read fails.
-    private func readOrFail(_ m: inout Members, batches: Int) {
+    private func readOrFail(_ m: inout CompletionMembers, batches: Int) {
         do throws(RStreamError) { try readAll(&m, batches: batches) } catch { failEveryone(error, &m) }
     }
 
     /// Reads until the queue is empty (or a batch comes back short, unless `untilEmpty`) or
     /// `batches` were read (the caller holds the members lock).
-    private func readAll(_ m: inout Members, batches: Int, untilEmpty: Bool = false) throws(RStreamError) {
+    private func readAll(_ m: inout CompletionMembers, batches: Int, untilEmpty: Bool = false) throws(RStreamError) {
         for _ in 0..<batches {
             let n = fabricCall(.cqRead) { fi_cq_read(cq, entries, Self.batch) }
             if n == -Int(FI_EAGAIN) { return }
@@ -206,10 +174,8 @@ package final class CompletionGroup: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func route(_ completion: RoutedCompletion, _ m: inout Members) {
-        let number = Self.member(of: completion.context)
-        guard number > 0, number < m.inboxes.count, let inbox = m.inboxes[number],
-              Self.generation(of: completion.context) == m.generations[number] else {
+    private func route(_ completion: RoutedCompletion, _ m: inout CompletionMembers) {
+        guard let inbox = m.inbox(for: completion.context) else {
             return // a member gone since (its number free, or given to a newer member)
         }
         _ = inbox.push(completion) // a full inbox marks itself: its stream fails
@@ -248,7 +214,7 @@ package final class CompletionGroup: @unchecked Sendable {
             // Read, then clear the signal (`fi_trywait` clears it before it looks, so a failed
             // one clears it too); entries that came meanwhile are read again.
             for _ in 0..<8 {
-                self.members.withCheckedLock(key: lockKey(self)) { (m: inout Members) in self.readOrFail(&m, batches: Self.batchesPerDrain) }
+                self.members.withCheckedLock(key: lockKey(self)) { (m: inout CompletionMembers) in self.readOrFail(&m, batches: Self.batchesPerDrain) }
                 if self.failure != nil {
                     _ = self.tryWait()
                     return false // every member failed and was rung: nothing more to read for

@@ -134,3 +134,77 @@ import Testing
         #expect(CompletionGroup.generation(of: bits) == 0xBEEF)
     }
 }
+
+/// The member table of a shared completion queue: who a completion's context reaches.
+@Suite struct CompletionMembersTests {
+    static func context(_ member: (number: Int, generation: UInt16), slot: UInt = 5) -> UInt {
+        CompletionGroup.contextBits(member: member.number, generation: member.generation) | slot
+    }
+
+    /// A late completion of a member that left, whose number now belongs to another stream,
+    /// reaches nobody; the new member's reach it.
+    @Test func aLateCompletionOfAMemberGoneReachesNobody() throws {
+        var members = CompletionMembers(capacity: 100, maxMembers: 8)
+        let firstReserved = members.reserve(10)
+        let first = try #require(firstReserved)
+        let old = CompletionInbox(capacity: 4, waitSet: nil)
+        members.attach(old, as: first.number)
+        #expect(members.inbox(for: Self.context(first)) === old)
+        members.release(first.number, reusable: true)
+        #expect(members.inbox(for: Self.context(first)) == nil)
+
+        let secondReserved = members.reserve(10)
+        let second = try #require(secondReserved)
+        #expect(second.number == first.number && second.generation != first.generation)
+        let new = CompletionInbox(capacity: 4, waitSet: nil)
+        members.attach(new, as: second.number)
+        #expect(members.inbox(for: Self.context(first)) == nil) // the old generation
+        #expect(members.inbox(for: Self.context(second)) === new)
+        #expect(members.inbox(for: 5) == nil) // member 0 is nobody
+        #expect(members.inbox(for: Self.context((7, 0))) == nil) // a number never given out
+    }
+
+    /// A number whose last completions could not be read is never given out again.
+    @Test func aQuarantinedNumberIsNeverGivenOutAgain() throws {
+        var members = CompletionMembers(capacity: 1000, maxMembers: 3)
+        let aReserved = members.reserve(1)
+        let a = try #require(aReserved)
+        let bReserved = members.reserve(1)
+        let b = try #require(bReserved)
+        members.release(a.number, reusable: false)
+        members.release(b.number, reusable: true)
+        var given: [Int] = []
+        while let next = members.reserve(1) { given.append(next.number) }
+        #expect(!given.contains(a.number))
+        #expect(given.sorted() == [b.number, 3]) // 3 new numbers at most: 1, 2, 3
+        #expect(members.reserved == 2)
+    }
+
+    /// Reservations never exceed the queue; leaving gives the room back.
+    @Test func reservationsStayWithinTheQueue() throws {
+        var members = CompletionMembers(capacity: 100, maxMembers: 1000)
+        let aReserved = members.reserve(60)
+        let a = try #require(aReserved)
+        #expect(members.reserve(41) == nil)
+        let bReserved = members.reserve(40)
+        let b = try #require(bReserved)
+        #expect(members.reserved == 100 && members.reserve(1) == nil)
+        members.release(a.number, reusable: true)
+        #expect(members.reserved == 40)
+        #expect(members.reserve(60) != nil)
+        members.release(b.number, reusable: true)
+        members.release(b.number, reusable: true) // a second release is nothing
+        #expect(members.reserved == 60)
+    }
+
+    /// Numbers come back longest free first, across the table's compaction of its free list.
+    @Test func freeNumbersAreReusedOldestFirst() throws {
+        var members = CompletionMembers(capacity: 10_000, maxMembers: 1000)
+        let numbers = (0..<300).compactMap { _ in members.reserve(1)?.number }
+        #expect(numbers.count == 300)
+        for n in numbers { members.release(n, reusable: true) }
+        let again = (0..<300).compactMap { _ in members.reserve(1)?.number }
+        #expect(again == numbers)
+        #expect(members.reserve(1)?.number == 301)
+    }
+}
