@@ -233,7 +233,12 @@ package final class WaitSet: @unchecked Sendable {
         // A flat set's eventfd alone: the reactor reads the shared queues and rings it.
         var pfd = pollfd(fd: isFlat ? wakeDescriptor : epollFD, events: Int16(POLLIN), revents: 0)
         let woken = poll(&pfd, 1, timeoutMilliseconds)
-        if woken == 0 { timedOutSleeps.add(1, ordering: .relaxed) }
+        if woken == 0 {
+            timedOutSleeps.add(1, ordering: .relaxed)
+            #if DEBUG
+            ThreadSleepLog.recordTimeout()
+            #endif
+        }
         endSleep()
     }
 
@@ -247,3 +252,20 @@ package final class WaitSet: @unchecked Sendable {
         sleepers.subtract(1, ordering: .sequentiallyConsistent)
     }
 }
+
+#if DEBUG
+/// The sleeps of the calling thread that ran out, on any wait set (debug builds, for tests: a call
+/// blocked on a set that other threads sleep on too, such as a lingering close, can tell whether
+/// it was rung awake).
+package enum ThreadSleepLog {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0)
+        return key
+    }()
+
+    package static var timedOut: Int { Int(bitPattern: pthread_getspecific(key)) }
+
+    static func recordTimeout() { _ = pthread_setspecific(key, UnsafeRawPointer(bitPattern: timedOut + 1)) }
+}
+#endif

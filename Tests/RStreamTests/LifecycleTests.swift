@@ -1,5 +1,6 @@
 import Foundation
 import RStream
+import RStreamKernel
 import Synchronization
 import Testing
 
@@ -28,37 +29,21 @@ import Testing
         while case .sent = try stream.trySend(chunk) {}
     }
 
-    final class Flag: Sendable {
-        private let value = Atomic<Bool>(false)
-        func raise() { value.store(true, ordering: .releasing) }
-        var isRaised: Bool { value.load(ordering: .acquiring) }
-    }
-
-    /// Keeps `peer` talking (a byte every 20 ms) without reading, so the closing side never
-    /// judges it quiet: its lingering close then lasts the whole linger.
-    static func keepTalking(_ peer: StreamConnection, until stop: Flag) -> Background<Void> {
-        Background {
-            while !stop.isRaised {
-                _ = try? peer.trySend([1])
-                peer.progress()
-                usleep(20_000)
-            }
-        }
-    }
-
     enum Blocked: String, CaseIterable { case receive, send, waitReadable, waitWritable }
 
     /// The blocked call ends with `.closed` while the close is still lingering (before, it ended
-    /// only once the linger was over).
+    /// only once the linger was over), woken by the close's ring: its sleep did not run out (a
+    /// sleep lasts at most 500 ms, so without the ring the call would still end, late, and the
+    /// close of a quiet peer gives up after 250 ms). Nothing else wakes it: the server is idle.
     @Test(arguments: transports, Blocked.allCases)
     func closeFromAnotherThreadEndsABlockedCall(transport: String, call: Blocked) throws {
         let (client, server) = try connectedPair(Self.options(transport))
+        defer { server.close(linger: .zero) }
         try Self.fill(client) // the server reads nothing: a send blocks, and the close lingers
-        let stop = Flag()
-        let talker = Self.keepTalking(server, until: stop)
-        defer { stop.raise(); try? talker.value() }
         let order = Sequence()
-        let blocked = Background { () -> (error: RStreamError?, stamp: Int) in
+        let blocked = Background { () -> (error: RStreamError?, stamp: Int, timeouts: Int) in
+            let timeoutsBefore = ThreadSleepLog.timedOut
+            func ended(_ error: RStreamError?) -> (RStreamError?, Int, Int) { (error, order.stamp(), ThreadSleepLog.timedOut - timeoutsBefore) }
             do {
                 switch call {
                 case .receive:
@@ -74,18 +59,19 @@ import Testing
                 case .waitWritable: while try !client.wait(for: .writable) {}
                 }
             } catch let error as RStreamError {
-                return (error, order.stamp())
+                return ended(error)
             } catch {
-                return (nil, order.stamp())
+                return ended(nil)
             }
-            return (nil, order.stamp())
+            return ended(nil)
         }
         usleep(100_000) // let it block
         let delivered = client.close(linger: .milliseconds(1500))
         let closeReturned = order.stamp()
-        let (error, ended) = try blocked.value()
+        let (error, ended, timeouts) = try blocked.value()
         #expect(error?.kind == .closed, "\(call): \(String(describing: error))")
         #expect(ended < closeReturned, "\(call) ended only after the close was over")
+        #expect(timeouts == 0, "\(call) woke by its sleep's timeout, not by the close's ring")
         #expect(!delivered, "the server read nothing, yet the close reported everything delivered")
     }
 
@@ -126,18 +112,20 @@ import Testing
     func closingTheListenerEndsABlockedAcceptAndFreesThePort(transport: String) throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: Self.options(transport))
         let port = listener.port
-        let blocked = Background { () -> RStreamError? in
+        let blocked = Background { () -> (error: RStreamError?, timeouts: Int) in
+            let timeoutsBefore = ThreadSleepLog.timedOut
             do {
                 _ = try listener.accept()
-                return nil
+                return (nil, ThreadSleepLog.timedOut - timeoutsBefore)
             } catch let error as RStreamError {
-                return error
+                return (error, ThreadSleepLog.timedOut - timeoutsBefore)
             }
         }
         usleep(100_000) // let it block
         listener.close()
-        let error = try blocked.value()
+        let (error, timeouts) = try blocked.value()
         #expect(error?.kind == .closed, "\(String(describing: error))")
+        #expect(timeouts == 0, "the accept woke by its sleep's timeout, not by the close's ring")
         expectError(.closed) { _ = try listener.accept(timeout: .zero) }
         listener.close() // a second close does nothing
 
