@@ -107,6 +107,11 @@ public final class StreamConnection: Sendable {
         (try? withEngine { $0.transport.ringPageNodes }) ?? ([], [])
     }
 
+    /// Resident pages of the receive ring (`mincore`: nothing is touched to count them).
+    package var receiveRingResidentPages: Int {
+        (try? withEngine { $0.receiveRingResidentPages }) ?? -1
+    }
+
     /// The node of every page of the engine's hot state, from `move_pages` (for tests).
     package var hotStatePageNodes: [Int] { (try? withEngine { $0.hotStatePageNodes }) ?? [] }
 
@@ -416,6 +421,7 @@ extension StreamOptions {
                                   rxCredits: rxCredits, iwarp: iwarp, numaNode: numaNode)
         shape.waitDescriptor = waitDescriptor
         shape.sharedCompletions = sharedCompletions
+        shape.prefaultRings = prefaultRings
         shape.peerTimeout = peerTimeout
         return shape
     }

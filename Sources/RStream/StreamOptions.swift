@@ -38,6 +38,12 @@ public struct StreamOptions: Sendable, Equatable {
     /// The NUMA node for the rings; nil: the NIC's node where the core reports it, else the
     /// calling thread's node.
     public var numaNode: Int?
+    /// Touch every page of the rings when the stream is made, so that none is faulted in on the
+    /// data path (default false: each page comes in when first used, on the rings' node all the
+    /// same, and a stream that stays idle holds none of its ring memory). Set it where the first
+    /// bytes of a stream must not pay a page fault per page (a few microseconds in all at the
+    /// default ring sizes); a core that pins its registrations (verbs) faults them in anyway.
+    public var prefaultRings = false
     /// How long the peer may send nothing before the stream fails with `.timedOut`, after every
     /// byte that arrived (default 30 s; nil: for ever). Each side sends a heartbeat after a second
     /// without a word while it is driven, so a live peer is never silent that long; a cut link or

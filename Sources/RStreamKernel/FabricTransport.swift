@@ -25,6 +25,10 @@ package struct EndpointShape: Sendable, Equatable {
     /// Share a completion queue with the process's other streams where every completion can name
     /// its stream (`CompletionGroup`); false: a queue of its own.
     package var sharedCompletions = true
+    /// Touch every page of the rings when the stream is made (resident before the first byte);
+    /// false: each page comes in on first use, on the same node, and an idle stream's untouched
+    /// pages cost no memory.
+    package var prefaultRings = false
     /// How long the peer may be silent before the stream fails with `.timedOut` (protocol v4's
     /// liveness); nil: for ever.
     package var peerTimeout: Duration? = EndpointShape.defaultPeerTimeout
@@ -208,11 +212,11 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         if rcEnable < 0 { throw fail(.fabric(rcEnable, "fi_enable")) }
 
         let sendRegion: PageAlignedRegion
-        do throws(RStreamError) { sendRegion = try PageAlignedRegion(byteCount: shape.sendRingSize, node: node) } catch { throw fail(error) }
+        do throws(RStreamError) { sendRegion = try PageAlignedRegion(byteCount: shape.sendRingSize, node: node, prefault: shape.prefaultRings) } catch { throw fail(error) }
         let receiveRegion: PageAlignedRegion
-        do throws(RStreamError) { receiveRegion = try PageAlignedRegion(byteCount: shape.receiveRingSize, node: node) } catch { throw fail(error) }
+        do throws(RStreamError) { receiveRegion = try PageAlignedRegion(byteCount: shape.receiveRingSize, node: node, prefault: shape.prefaultRings) } catch { throw fail(error) }
         let wordRegion: PageAlignedRegion
-        do throws(RStreamError) { wordRegion = try PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize), node: node) } catch { throw fail(error) }
+        do throws(RStreamError) { wordRegion = try PageAlignedRegion(byteCount: 4 * (shape.rxCredits + txSize), node: node, prefault: shape.prefaultRings) } catch { throw fail(error) }
 
         func register(_ region: borrowing PageAlignedRegion, access: UInt64, _ what: String) throws(RStreamError) -> UnsafeMutablePointer<fid_mr> {
             var mr: UnsafeMutablePointer<fid_mr>?

@@ -81,6 +81,17 @@ public enum NUMAPlacement {
         }
     }
 
+    /// How many pages of `region` are resident (`mincore`), without touching any.
+    package static func residentPages(in region: UnsafeRawBufferPointer) -> Int {
+        let page = PageAlignedRegion.pageSize
+        let start = UInt(bitPattern: region.baseAddress!) / UInt(page) * UInt(page)
+        let end = UInt(bitPattern: region.baseAddress! + region.count)
+        let count = Int((end - start + UInt(page) - 1) / UInt(page))
+        var vector = [UInt8](repeating: 0, count: count)
+        guard mincore(UnsafeMutableRawPointer(bitPattern: start), Int(end - start), &vector) == 0 else { return -1 }
+        return vector.reduce(0) { $0 + Int($1 & 1) }
+    }
+
     /// The node each page of `region` is on (`move_pages` in query mode); -errno for a page
     /// that is not mapped.
     package static func nodes(ofPagesIn region: UnsafeRawBufferPointer) -> [Int] {

@@ -41,7 +41,7 @@ package struct SameHostOffer: ~Copyable {
             shape.numaNode = NUMAPlacement.currentNode
         }
         let inbound = try SharedSegment(making: "rstream-inbound", byteCount: SameHostLayout.inboundBytes(ringSize: shape.receiveRingSize),
-                                        node: shape.numaNode, peerMayWrite: true)
+                                        node: shape.numaNode, peerMayWrite: true, prefault: shape.prefaultRings)
         WordRing.initialize(at: inbound.base, capacity: WordRing.capacity(forCredits: shape.rxCredits))
         let status = try SharedSegment(making: "rstream-status", byteCount: SameHostLayout.statusBytes, node: shape.numaNode, peerMayWrite: false)
         let words = status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2)

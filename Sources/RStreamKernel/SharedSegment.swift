@@ -35,7 +35,10 @@ package struct SharedSegment: ~Copyable {
 
     /// Makes a zeroed segment of at least `byteCount` bytes, mapped read-write here, its pages on
     /// `node` (nil: the default policy); sealed for the peer to write (`peerMayWrite`) or only read.
-    package init(making name: String, byteCount: Int, node: Int?, peerMayWrite: Bool) throws(RStreamError) {
+    /// `prefault`: every page is touched now (resident before the data path needs it); otherwise
+    /// each comes in on first use, by either side, under the same binding (a shared mapping's
+    /// policy is the segment's, whoever touches it).
+    package init(making name: String, byteCount: Int, node: Int?, peerMayWrite: Bool, prefault: Bool = true) throws(RStreamError) {
         let count = Self.pages(byteCount)
         let fd = try systemCall("memfd_create(\(name))") { rs_memfd_create(name) }
         do throws(RStreamError) {
@@ -43,7 +46,7 @@ package struct SharedSegment: ~Copyable {
             let mapped = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             guard let mapped, mapped != MAP_FAILED else { throw RStreamError.system(errno, "mmap(\(name), \(count) bytes)") }
             if let node { numa_tonode_memory(mapped, count, Int32(node)) } // before the first touch
-            memset(mapped, 0, count) // places every page now, not on the data path
+            if prefault { memset(mapped, 0, count) } // places every page now, not on the data path
             guard rs_seal(fd, peerMayWrite ? 0 : 1) == 0 else {
                 let code = errno
                 munmap(mapped, count)

@@ -173,6 +173,9 @@ package final class StreamEngine: @unchecked Sendable {
         NUMAPlacement.nodes(ofPagesIn: UnsafeRawBufferPointer(hotRegion.buffer))
     }
 
+    /// How many pages of the receive ring are resident (`mincore`, touching none).
+    package var receiveRingResidentPages: Int { NUMAPlacement.residentPages(in: transport.receiveRing) }
+
     private var key: UnsafeRawPointer { lockKey(self) }
     // TSan keys: one address per lock (the object, and bytes past it, never dereferenced).
     var sendKey: UnsafeRawPointer { key }

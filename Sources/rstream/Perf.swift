@@ -649,7 +649,7 @@ struct Perf: ParsableCommand {
         }
         if let scale {
             print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
-                  + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings \(scale.ringBytesPerConnection / 1024) KiB of it), "
+                  + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings of \(scale.ringBytesPerConnection / 1024) KiB, their pages resident as used), "
                   + "\(fmt(scale.descriptorsPerConnection, 2)) descriptors per connection"
                   + (scale.iwarp ? " (iWarp mode: words as messages, so the streams share completion queues)" : ""))
         }

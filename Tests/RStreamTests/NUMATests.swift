@@ -9,7 +9,9 @@ import Testing
         let node = try #require(NUMAPlacement.nodes.first, "this test needs NUMA support")
         // The same-host segments too: each side binds its inbound ring to the node before the first
         // touch; the send "ring" is the peer's, mapped here.
-        for options in [loopbackOptions(), loopbackOptions { $0.numaNode = node }, sameHostOptions(), sameHostOptions { $0.numaNode = node }] {
+        // Prefaulted, so every page is there to be asked about.
+        for options in [loopbackOptions { $0.prefaultRings = true }, loopbackOptions { $0.numaNode = node; $0.prefaultRings = true },
+                        sameHostOptions { $0.prefaultRings = true }, sameHostOptions { $0.numaNode = node; $0.prefaultRings = true }] {
             let (client, server) = try connectedPair(options)
             #expect(client.transport == (options.provider == "shm" ? "shm" : loopbackOptions().provider!))
             for stream in [client, server] {
@@ -23,6 +25,41 @@ import Testing
             client.close()
             server.close()
         }
+    }
+
+    /// By default a ring's pages come in when first used: an idle stream holds none of its
+    /// receive ring, the pages that bytes reached are resident and on the rings' node, and the
+    /// bytes are intact. Prefaulted rings are resident from the start. (Before, every ring page
+    /// was touched when the stream was made: 64 KiB resident per idle stream at the defaults.)
+    @Test(arguments: ["core", "shm"])
+    func ringPagesComeInOnFirstUse(transport: String) throws {
+        let node = try #require(NUMAPlacement.nodes.first, "this test needs NUMA support")
+        func options(_ configure: (inout StreamOptions) -> Void = { _ in }) -> StreamOptions {
+            transport == "shm" ? sameHostOptions { $0.numaNode = node; configure(&$0) } : loopbackOptions { $0.numaNode = node; configure(&$0) }
+        }
+        let ringPages = StreamOptions().receiveRingSize / PageAlignedRegion.pageSize
+        let (client, server) = try connectedPair(options())
+        #expect(server.receiveRingResidentPages == 0, "an idle stream's receive ring is resident")
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try client.sendAll(bytes)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while received.count < bytes.count {
+            let n = try server.receive(into: &buffer)
+            received += buffer[0..<n]
+        }
+        #expect(received == bytes)
+        let used = server.receiveRingResidentPages
+        #expect(used >= 3 && used < ringPages, "\(used) of \(ringPages) pages resident after 10,000 bytes")
+        let placed = server.ringPageNodes.receive.filter { $0 >= 0 }
+        #expect(placed.count >= 3 && placed.allSatisfy { $0 == node }, "\(placed)")
+        client.close(linger: .zero)
+        server.close(linger: .zero)
+
+        let (eager, eagerServer) = try connectedPair(options { $0.prefaultRings = true })
+        #expect(eagerServer.receiveRingResidentPages == ringPages)
+        eager.close(linger: .zero)
+        eagerServer.close(linger: .zero)
     }
 
     @Test func anAbsentNodeIsAClearError() throws {
