@@ -29,6 +29,8 @@ struct StreamFlags: ParsableArguments {
     var iwarp = false
     @Option(name: .customLong("numa-node"), help: "Place the rings on this NUMA node and run on its CPUs.")
     var numaNode: Int?
+    @Flag(name: .customLong("prefault-rings"), help: "Place every ring page when the stream is made (default: on first use).")
+    var prefaultRings = false
     @Option(help: "Run on this CPU.")
     var cpu: Int?
     @Option(name: .customLong("peer-timeout"), help: "Seconds the peer may send nothing (not even a heartbeat) before the stream fails; 0: never.")
@@ -50,6 +52,7 @@ struct StreamFlags: ParsableArguments {
         options.rxCredits = rxCredits
         options.iwarp = iwarp
         options.numaNode = numaNode
+        options.prefaultRings = prefaultRings
         guard peerTimeout.isFinite, peerTimeout >= 0 else { throw ValidationError("peer timeout \(peerTimeout) is not a number of seconds") }
         options.peerTimeout = peerTimeout == 0 ? nil : .milliseconds(Int64(peerTimeout * 1000))
         do { try options.validate() } catch { throw ValidationError(error.context) }
