@@ -112,6 +112,11 @@ public final class StreamConnection: Sendable {
         (try? withEngine { $0.receiveRingResidentPages }) ?? -1
     }
 
+    /// The policies that place the rings' pages (for tests).
+    package var ringBindings: (send: (mode: Int32, nodes: [Int])?, receive: (mode: Int32, nodes: [Int])?) {
+        (try? withEngine { $0.ringBindings }) ?? (nil, nil)
+    }
+
     /// The node of every page of the engine's hot state, from `move_pages` (for tests).
     package var hotStatePageNodes: [Int] { (try? withEngine { $0.hotStatePageNodes }) ?? [] }
 

@@ -20,7 +20,9 @@ public struct StreamOptions: Sendable, Equatable {
     /// memory, and otherwise the best usable core (verbs, tcp, sockets, then any other).
     /// `StreamConnection.transport` tells which one a stream got.
     public var provider: String?
-    /// How long blocking calls busy-poll before they sleep.
+    /// How long blocking calls busy-poll before they sleep. Past its first 5 µs the busy-poll
+    /// yields the core between looks (`sched_yield`), so that a thread the call waits for can run
+    /// where threads outnumber cores; alone on its core it goes on at once.
     public var busyPollWindow: Duration = .microseconds(50)
     /// Give the stream a descriptor to `poll()` on (`FI_WAIT_FD`), on which blocking calls sleep.
     /// Some cores (tcp) then signal a descriptor on every completion, which costs latency; a
@@ -40,9 +42,14 @@ public struct StreamOptions: Sendable, Equatable {
     public var numaNode: Int?
     /// Touch every page of the rings when the stream is made, so that none is faulted in on the
     /// data path (default false: each page comes in when first used, on the rings' node all the
-    /// same, and a stream that stays idle holds none of its ring memory). Set it where the first
-    /// bytes of a stream must not pay a page fault per page (a few microseconds in all at the
-    /// default ring sizes); a core that pins its registrations (verbs) faults them in anyway.
+    /// same, and a stream that stays idle holds no ring page; over shared memory the page of the
+    /// word ring is touched when the stream is made either way). Set it where the first bytes of
+    /// a stream must not pay a page fault per page (a few microseconds in all at the default ring
+    /// sizes). A core that pins its registrations (verbs) faults the rings in when they are
+    /// registered anyway. A node without free pages shows at the first touch, as the kernel's
+    /// out-of-memory handling: with this set, while the stream is made. Over shared memory a page
+    /// is charged to the memory cgroup of the process that touches it first (the sender, for a
+    /// receive ring it writes before its owner reads it).
     public var prefaultRings = false
     /// How long the peer may send nothing before the stream fails with `.timedOut`, after every
     /// byte that arrived (default 30 s; nil: for ever). Each side sends a heartbeat after a second

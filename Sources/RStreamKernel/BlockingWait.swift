@@ -7,7 +7,8 @@ import Glibc
 /// listeners' accept, the lingering closes (the façade's and the provider's) and the provider's
 /// blocking reads retry their attempt through `run`.
 ///
-/// A round tries the attempt; then, past the busy-poll window, the caller sleeps on the wait set
+/// A round tries the attempt; within the busy-poll window it goes straight to the next round
+/// (yielding the core between rounds past `spinBeforeYielding`); past the window the caller sleeps on the wait set
 /// if `prepare` (which arms it under the owner's lock) says nothing can arrive unseen, for at most
 /// `longestSleep`: a library wait never sleeps through protocol v4's heartbeat duty, since the
 /// next attempt drives progress at least that often. Without a wait set it sleeps until the

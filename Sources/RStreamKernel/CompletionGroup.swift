@@ -100,14 +100,14 @@ package final class CompletionGroup: @unchecked Sendable {
 
     /// Removes a member whose endpoint is closed: its last completions are read (and dropped)
     /// before its number is free for another stream.
-    package func leave(_ number: Int) {
+    package func leave(_ number: Int, generation: UInt16) {
         members.withCheckedLock(key: lockKey(self)) { m in
             var read = true
             do throws(RStreamError) { try readAll(&m, batches: .max, untilEmpty: true) } catch {
                 failEveryone(error, &m)
                 read = false
             }
-            m.release(number, reusable: read) // else its late entries could reach a successor
+            m.release(number, generation: generation, reusable: read) // else its late entries could reach a successor
         }
     }
 

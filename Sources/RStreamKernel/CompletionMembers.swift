@@ -4,9 +4,11 @@
 /// Invariants (`checkInvariants`, debug builds): numbers are 1...`maxMembers` (0 names no
 /// member); a number is bound to at most one inbox, from `attach` until `release`, and only while
 /// it holds a reservation; `reserved` is the sum of the reservations and never exceeds
-/// `capacity`; a number's generation changes each time it is given out again, so a completion of
-/// a member gone (its number free, or another member's now) reaches nobody; a number released as
-/// not reusable (its last completions could not be read) is never given out again.
+/// `capacity`; a number's generation changes each time it is given out again (wrapping after
+/// 65,536 reuses of one number, long after any completion of the first could come: a member's
+/// leave reads the queue empty first), so a completion of a member gone (its number free, or
+/// another member's now) reaches nobody, and a release names the generation it ends; a number
+/// released as not reusable (its last completions could not be read) is never given out again.
 package struct CompletionMembers {
     package let capacity: Int
     package let maxMembers: Int
@@ -59,10 +61,13 @@ package struct CompletionMembers {
         inboxes[number] = inbox
     }
 
-    /// Ends member `number` (its endpoint closed, its last completions read unless `reusable` is
-    /// false): its entries go back, and its number is free for another member if `reusable`.
-    package mutating func release(_ number: Int, reusable: Bool) {
-        guard let reservation = reservations.removeValue(forKey: number) else { return }
+    /// Ends member `number` of `generation` (its endpoint closed, its last completions read
+    /// unless `reusable` is false): its entries go back, and its number is free for another
+    /// member if `reusable`. A release of a generation that is not the number's current one (a
+    /// second release, after the number went to a newer member) does nothing.
+    package mutating func release(_ number: Int, generation: UInt16, reusable: Bool) {
+        guard number > 0, number < generations.count, generations[number] == generation,
+              let reservation = reservations.removeValue(forKey: number) else { return }
         inboxes[number] = nil
         reserved -= reservation
         if reusable { free.append(number) }

@@ -18,6 +18,9 @@ package struct CoreBaseline: ~Copyable {
     package static var shape: EndpointShape {
         var shape = EndpointShape(sendRingSize: regionSize, receiveRingSize: regionSize, txQueueSize: 256, rxCredits: 256, iwarp: false)
         shape.waitDescriptor = false // the floor: nothing the raw core does not need
+        // Its region is never written: untouched, the kernel would send every page from its one
+        // shared zero page, always in cache.
+        shape.prefaultRings = true
         return shape
     }
 

@@ -63,7 +63,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     /// The completion queue this endpoint reports to: its own, or its group's.
     private let cq: UnsafeMutablePointer<fid_cq>
     /// Where the group's reader routes this stream's completions; nil with a queue of its own.
-    private let grouped: (group: CompletionGroup, member: Int, inbox: CompletionInbox)?
+    private let grouped: (group: CompletionGroup, member: Int, generation: UInt16, inbox: CompletionInbox)?
     private let routed: UnsafeMutablePointer<RoutedCompletion>
     private let sendRegistration: UnsafeMutablePointer<fid_mr>
     private let receiveRegistration: UnsafeMutablePointer<fid_mr>
@@ -161,7 +161,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
 
         let token = EndpointToken.make()
         let wantsDescriptor = eventQueue.waitDescriptor != nil && shape.waitDescriptor
-        var group: (group: CompletionGroup, member: Int, inbox: CompletionInbox)?
+        var group: (group: CompletionGroup, member: Int, generation: UInt16, inbox: CompletionInbox)?
         var flatSet: WaitSet?
         let outstanding = txSize + shape.rxCredits
         // A core that cannot open the shared queue leaves the stream a queue of its own.
@@ -178,12 +178,12 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             }
             let inbox = CompletionInbox(capacity: outstanding, waitSet: flatSet)
             shared.attach(inbox, as: member)
-            group = (shared, member, inbox)
+            group = (shared, member, generation, inbox)
             memberBits = CompletionGroup.contextBits(member: member, generation: generation)
         } else {
             memberBits = 0
         }
-        undo.append { if let group { group.group.leave(group.member) } } // runs after the endpoint's close
+        undo.append { if let group { group.group.leave(group.member, generation: group.generation) } } // runs after the endpoint's close
         var ep: UnsafeMutablePointer<fid_ep>?
         let rcEp = fabricCall(.endpoint) { fi_endpoint(domain.domain, info, &ep, token.context) }
         if rcEp < 0 { throw fail(.fabric(rcEp, "fi_endpoint")) }
@@ -288,7 +288,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
         eventQueue.forget(fidOf(endpoint), token: eventKey) // before the close: the address may be reused
         closeFabricObject(fidOf(endpoint), "endpoint")
         if let grouped {
-            grouped.group.leave(grouped.member) // its last completions read before the number is reused
+            grouped.group.leave(grouped.member, generation: grouped.generation) // its last completions read before the number is reused
         } else {
             closeFabricObject(fidOf(cq), "completion queue")
         }

@@ -81,6 +81,18 @@ public enum NUMAPlacement {
         }
     }
 
+    /// The memory policy that places the pages of the mapping at `address` (`get_mempolicy` with
+    /// `MPOL_F_ADDR`): its mode (`MPOL_DEFAULT` is 0) and nodes. For a shared segment it is the
+    /// segment's own policy, whichever process asks or touches. Nil when it cannot be read.
+    package static func binding(at address: UnsafeRawPointer) -> (mode: Int32, nodes: [Int])? {
+        var mode: Int32 = 0
+        var mask = [UInt](repeating: 0, count: 16)
+        let bits = UInt(mask.count * UInt.bitWidth)
+        guard get_mempolicy(&mode, &mask, bits, UnsafeMutableRawPointer(mutating: address), UInt32(MPOL_F_ADDR)) == 0 else { return nil }
+        let nodes = (0..<Int(bits)).filter { mask[$0 / UInt.bitWidth] & (1 << UInt($0 % UInt.bitWidth)) != 0 }
+        return (mode, nodes)
+    }
+
     /// How many pages of `region` are resident (`mincore`), without touching any.
     package static func residentPages(in region: UnsafeRawBufferPointer) -> Int {
         let page = PageAlignedRegion.pageSize

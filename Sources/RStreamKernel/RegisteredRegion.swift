@@ -24,13 +24,15 @@ package struct PageAlignedRegion: ~Copyable {
     package static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// `node`: a node already checked by `NUMAPlacement.check`, or nil for the default policy.
-    /// An allocation that fails (the node is full, the process is out of memory) is an
-    /// `.outOfMemory` error: a host program must not die because a node is full.
+    /// An allocation that fails (no address space, the process's limits) is an `.outOfMemory`
+    /// error. Pages themselves are the kernel's to find when each is first touched (when the
+    /// stream is made if `prefault`, else on first use): a node with no free page left then meets
+    /// the kernel's out-of-memory handling, not an error, with or without prefaulting.
     package init(byteCount: Int, node: Int? = nil, prefault: Bool = true) throws(RStreamError) {
         precondition(byteCount > 0)
         let rounded = (byteCount + Self.pageSize - 1) / Self.pageSize * Self.pageSize
         let (pointer, source) = try RegionAllocator.allocate(rounded, node: node, lazily: !prefault)
-        if prefault || source == .heap { memset(pointer, 0, rounded) }
+        if prefault { memset(pointer, 0, rounded) } // heap memory is only used when prefaulting
         base = pointer
         count = byteCount
         self.rounded = rounded

@@ -176,6 +176,12 @@ package final class StreamEngine: @unchecked Sendable {
     /// How many pages of the receive ring are resident (`mincore`, touching none).
     package var receiveRingResidentPages: Int { NUMAPlacement.residentPages(in: transport.receiveRing) }
 
+    /// The policies that place the send and receive rings' pages (`get_mempolicy`): where pages
+    /// that are not there yet will go.
+    package var ringBindings: (send: (mode: Int32, nodes: [Int])?, receive: (mode: Int32, nodes: [Int])?) {
+        (NUMAPlacement.binding(at: transport.sendRing.baseAddress!), NUMAPlacement.binding(at: transport.receiveRing.baseAddress!))
+    }
+
     private var key: UnsafeRawPointer { lockKey(self) }
     // TSan keys: one address per lock (the object, and bytes past it, never dereferenced).
     var sendKey: UnsafeRawPointer { key }

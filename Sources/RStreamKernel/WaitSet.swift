@@ -235,9 +235,7 @@ package final class WaitSet: @unchecked Sendable {
         let woken = poll(&pfd, 1, timeoutMilliseconds)
         if woken == 0 {
             timedOutSleeps.add(1, ordering: .relaxed)
-            #if DEBUG
             ThreadSleepLog.recordTimeout()
-            #endif
         }
         endSleep()
     }
@@ -253,10 +251,9 @@ package final class WaitSet: @unchecked Sendable {
     }
 }
 
-#if DEBUG
-/// The sleeps of the calling thread that ran out, on any wait set (debug builds, for tests: a call
-/// blocked on a set that other threads sleep on too, such as a lingering close, can tell whether
-/// it was rung awake).
+/// The sleeps of the calling thread that ran out, on any wait set (for tests: a call blocked on a
+/// set that other threads sleep on too, such as a lingering close, can tell whether it was rung
+/// awake). Kept in every build: it costs a thread-local store per sleep that ran out, a slow path.
 package enum ThreadSleepLog {
     private static let key: pthread_key_t = {
         var key = pthread_key_t()
@@ -268,4 +265,3 @@ package enum ThreadSleepLog {
 
     static func recordTimeout() { _ = pthread_setspecific(key, UnsafeRawPointer(bitPattern: timedOut + 1)) }
 }
-#endif

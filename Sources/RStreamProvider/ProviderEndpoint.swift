@@ -79,6 +79,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
         guard case .success(let peerTimeout) = ProviderInfo.peerTimeout() else { return -Int32(FI_EINVAL) }
         shape.peerTimeout = peerTimeout
         shape.sharedCompletions = ProviderInfo.sharedCompletions()
+        shape.prefaultRings = ProviderInfo.prefaultRings()
         if let tx = info.pointee.tx_attr?.pointee.size, tx > 0 { shape.txQueueSize = tx }
         if let rx = info.pointee.rx_attr?.pointee.size, rx > 0 { shape.rxCredits = rx }
         guard EndpointShape.txQueueSizes.contains(shape.txQueueSize),

@@ -39,6 +39,12 @@ enum ProviderInfo {
         value != "0"
     }
 
+    /// Whether C programs' endpoints touch every ring page when made (`StreamOptions.prefaultRings`):
+    /// `RSTREAM_PREFAULT_RINGS=1` (any value but 0) turns it on; unset, pages come in on first use.
+    static func prefaultRings(environment value: String? = getenv("RSTREAM_PREFAULT_RINGS").map { String(cString: $0) }) -> Bool {
+        value.map { $0 != "0" } ?? false
+    }
+
     /// What the provider needs to know of one of its own `fi_info`s (or a caller's copy of one).
     struct Facts {
         var core: String

@@ -79,7 +79,7 @@ struct Perf: ParsableCommand {
         return options
     }
 
-    /// The same-host transport with rstream-tuned's rings.
+    /// The same-host transport with rstream-tuned's rings (placed up front).
     var sameHostTunedOptions: StreamOptions {
         var options = tunedOptions
         options.provider = "shm"
@@ -103,6 +103,9 @@ struct Perf: ParsableCommand {
         var options = defaultOptions
         options.sendRingSize = sendRing
         options.receiveRingSize = recvRing
+        // Placed up front: the zero-copy row never writes its send ring, whose untouched pages
+        // the kernel would otherwise send from its one shared zero page.
+        options.prefaultRings = true
         return options
     }
 

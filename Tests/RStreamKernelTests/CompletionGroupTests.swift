@@ -59,7 +59,7 @@ import Testing
         let old = CompletionInbox(capacity: 4, waitSet: nil)
         members.attach(old, as: first.number)
         #expect(members.inbox(for: Self.context(first)) === old)
-        members.release(first.number, reusable: true)
+        members.release(first.number, generation: first.generation, reusable: true)
         #expect(members.inbox(for: Self.context(first)) == nil)
 
         let secondReserved = members.reserve(10)
@@ -80,8 +80,8 @@ import Testing
         let a = try #require(aReserved)
         let bReserved = members.reserve(1)
         let b = try #require(bReserved)
-        members.release(a.number, reusable: false)
-        members.release(b.number, reusable: true)
+        members.release(a.number, generation: a.generation, reusable: false)
+        members.release(b.number, generation: b.generation, reusable: true)
         var given: [Int] = []
         while let next = members.reserve(1) { given.append(next.number) }
         #expect(!given.contains(a.number))
@@ -98,22 +98,26 @@ import Testing
         let bReserved = members.reserve(40)
         let b = try #require(bReserved)
         #expect(members.reserved == 100 && members.reserve(1) == nil)
-        members.release(a.number, reusable: true)
+        members.release(a.number, generation: a.generation, reusable: true)
         #expect(members.reserved == 40)
-        #expect(members.reserve(60) != nil)
-        members.release(b.number, reusable: true)
-        members.release(b.number, reusable: true) // a second release is nothing
+        let cReserved = members.reserve(60)
+        let c = try #require(cReserved)
+        #expect(c.number == a.number) // a's number, a newer generation
+        members.release(a.number, generation: a.generation, reusable: true) // a stale release ends nobody
+        #expect(members.reserved == 100)
+        members.release(b.number, generation: b.generation, reusable: true)
+        members.release(b.number, generation: b.generation, reusable: true) // a second release is nothing
         #expect(members.reserved == 60)
     }
 
     /// Numbers come back longest free first, across the table's compaction of its free list.
     @Test func freeNumbersAreReusedOldestFirst() throws {
         var members = CompletionMembers(capacity: 10_000, maxMembers: 1000)
-        let numbers = (0..<300).compactMap { _ in members.reserve(1)?.number }
-        #expect(numbers.count == 300)
-        for n in numbers { members.release(n, reusable: true) }
+        let given = (0..<300).compactMap { _ in members.reserve(1) }
+        #expect(given.count == 300)
+        for member in given { members.release(member.number, generation: member.generation, reusable: true) }
         let again = (0..<300).compactMap { _ in members.reserve(1)?.number }
-        #expect(again == numbers)
+        #expect(again == given.map(\.number))
         #expect(members.reserve(1)?.number == 301)
     }
 }

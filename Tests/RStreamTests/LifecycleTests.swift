@@ -32,9 +32,11 @@ import Testing
     enum Blocked: String, CaseIterable { case receive, send, waitReadable, waitWritable }
 
     /// The blocked call ends with `.closed` while the close is still lingering (before, it ended
-    /// only once the linger was over), woken by the close's ring: its sleep did not run out (a
-    /// sleep lasts at most 500 ms, so without the ring the call would still end, late, and the
-    /// close of a quiet peer gives up after 250 ms). Nothing else wakes it: the server is idle.
+    /// only once the linger was over), rung awake: its sleep did not run out (a sleep lasts at
+    /// most 500 ms, so a call nobody rang would still end, late, and the close of a quiet peer
+    /// gives up after 250 ms). The server is idle, so only the close can wake it: the close's own
+    /// ring, or, over tcp and for a blocked send, the completion of the FIN the close sends, so
+    /// that without the close's ring only the same-host receive and readable wait fail.
     @Test(arguments: transports, Blocked.allCases)
     func closeFromAnotherThreadEndsABlockedCall(transport: String, call: Blocked) throws {
         let (client, server) = try connectedPair(Self.options(transport))
