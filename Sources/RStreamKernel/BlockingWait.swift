@@ -8,13 +8,14 @@ import Glibc
 /// blocking reads retry their attempt through `run`.
 ///
 /// A round tries the attempt; within the busy-poll window it goes straight to the next round
-/// (yielding the core between rounds past `spinBeforeYielding`); past the window the caller sleeps on the wait set
-/// if `prepare` (which arms it under the owner's lock) says nothing can arrive unseen, for at most
-/// `longestSleep`: a library wait never sleeps through protocol v4's heartbeat duty, since the
-/// next attempt drives progress at least that often. Without a wait set it sleeps until the
-/// descriptor `readable` names is (a set-up socket's answer), or naps (10 µs, 100 µs after 64
-/// rounds, 1 ms after a few thousand: not a spin, as the peer being waited for may need this core). `interruption` is asked every round and thrown as it is: a `close` from another thread
-/// (which also rings the wait set, so a sleeper wakes at once).
+/// (yielding the core between rounds past `spinBeforeYielding`); past the window the caller
+/// sleeps on the wait set if `prepare` (which arms it under the owner's lock) says nothing can
+/// arrive unseen, for at most `longestSleep`: a library wait never sleeps through protocol v4's
+/// heartbeat duty, since the next attempt drives progress at least that often. Without a wait
+/// set it sleeps until the descriptor `readable` names is (a set-up socket's answer), or naps
+/// (10 µs, 100 µs after 64 rounds, 1 ms after a few thousand: not a spin, as the peer being
+/// waited for may need this core). `interruption` is asked every round and thrown as it is: a
+/// `close` from another thread (which also rings the wait set, so a sleeper wakes at once).
 package struct BlockingWait {
     package var deadline: ContinuousClock.Instant?
     package var busyWindow: Duration

@@ -107,7 +107,8 @@ package final class CompletionGroup: @unchecked Sendable {
                 failEveryone(error, &m)
                 read = false
             }
-            m.release(number, generation: generation, reusable: read) // else its late entries could reach a successor
+            let released = m.release(number, generation: generation, reusable: read) // else its late entries could reach a successor
+            assert(released, "member \(number) of generation \(generation) left twice, or was never here")
         }
     }
 

@@ -64,14 +64,16 @@ package struct CompletionMembers {
     /// Ends member `number` of `generation` (its endpoint closed, its last completions read
     /// unless `reusable` is false): its entries go back, and its number is free for another
     /// member if `reusable`. A release of a generation that is not the number's current one (a
-    /// second release, after the number went to a newer member) does nothing.
-    package mutating func release(_ number: Int, generation: UInt16, reusable: Bool) {
+    /// second release, after the number went to a newer member) does nothing and answers false.
+    @discardableResult
+    package mutating func release(_ number: Int, generation: UInt16, reusable: Bool) -> Bool {
         guard number > 0, number < generations.count, generations[number] == generation,
-              let reservation = reservations.removeValue(forKey: number) else { return }
+              let reservation = reservations.removeValue(forKey: number) else { return false }
         inboxes[number] = nil
         reserved -= reservation
         if reusable { free.append(number) }
         checkInvariants()
+        return true
     }
 
     /// The inbox of the member `context` names, if that member (of that generation) is here.

@@ -33,8 +33,10 @@ public struct RStreamError: Error, Sendable, Equatable, CustomStringConvertible 
         public static let protocolViolation = Kind("protocolViolation")
         /// The stream was used after shutdown or close.
         public static let closed = Kind("closed")
-        /// Memory for a ring or the stream's state could not be had (the NUMA node or the process
-        /// is out of memory); nothing was left half made.
+        /// Memory for a ring or the stream's state could not be had (the allocation or mapping
+        /// was refused: the process's limits, its address space); nothing was left half made. A
+        /// node without free pages is met when a page is first touched, by the kernel's
+        /// out-of-memory handling, not as this error.
         public static let outOfMemory = Kind("outOfMemory")
         /// A libfabric call failed for another reason.
         public static let fabric = Kind("fabric")

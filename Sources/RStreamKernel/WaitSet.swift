@@ -255,13 +255,16 @@ package final class WaitSet: @unchecked Sendable {
 /// set that other threads sleep on too, such as a lingering close, can tell whether it was rung
 /// awake). Kept in every build: it costs a thread-local store per sleep that ran out, a slow path.
 package enum ThreadSleepLog {
-    private static let key: pthread_key_t = {
+    /// Nil when the process has no thread key left (a host program's business): nothing is counted.
+    private static let key: pthread_key_t? = {
         var key = pthread_key_t()
-        precondition(pthread_key_create(&key, nil) == 0)
-        return key
+        return pthread_key_create(&key, nil) == 0 ? key : nil
     }()
 
-    package static var timedOut: Int { Int(bitPattern: pthread_getspecific(key)) }
+    package static var timedOut: Int { key.map { Int(bitPattern: pthread_getspecific($0)) } ?? 0 }
 
-    static func recordTimeout() { _ = pthread_setspecific(key, UnsafeRawPointer(bitPattern: timedOut + 1)) }
+    static func recordTimeout() {
+        guard let key else { return }
+        _ = pthread_setspecific(key, UnsafeRawPointer(bitPattern: timedOut + 1))
+    }
 }

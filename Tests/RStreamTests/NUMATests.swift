@@ -48,7 +48,7 @@ import Testing
             #expect(policy.mode != 0 && policy.nodes == [node], "\(ring) ring: mode \(policy.mode), nodes \(policy.nodes)")
         }
         // A core that pins what it registers (verbs) faults the rings in at once.
-        let pins = transport != "shm" && client.transport != "tcp"
+        let pins = client.transport.hasPrefix("verbs")
         if !pins { #expect(server.receiveRingResidentPages == 0, "an idle stream's receive ring is resident") }
         let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         try client.sendAll(bytes)
