@@ -18,11 +18,12 @@ import Testing
         var server: UnsafeMutablePointer<fid_ep>!
     }
 
-    static func getinfo(_ node: String, _ service: String, _ flags: UInt64) throws -> UnsafeMutablePointer<fi_info> {
+    static func getinfo(_ node: String, _ service: String, _ flags: UInt64, iwarp: Bool = false) throws -> UnsafeMutablePointer<fi_info> {
         let provider = fi_prov_ini()
         let hints = fi_allocinfo()!
         defer { fi_freeinfo(hints) }
         hints.pointee.ep_attr.pointee.type = FI_EP_SOCK_STREAM
+        if iwarp { hints.pointee.ep_attr.pointee.protocol = UInt32(FI_PROTO_IWARP) }
         hints.pointee.addr_format = UInt32(FI_SOCKADDR_IN)
         var info: UnsafeMutablePointer<fi_info>?
         let rc = provider.pointee.getinfo(provider.pointee.fi_version, node, service, flags, hints, &info)
@@ -41,9 +42,9 @@ import Testing
         }
     }
 
-    static func connect() throws -> Connection {
+    static func connect(iwarp: Bool = false) throws -> Connection {
         let c = Connection()
-        let listenInfo = try getinfo("127.0.0.1", "0", UInt64(FI_SOURCE))
+        let listenInfo = try getinfo("127.0.0.1", "0", UInt64(FI_SOURCE), iwarp: iwarp)
         defer { fi_freeinfo(listenInfo) }
         let provider = fi_prov_ini()
         try #require(provider.pointee.fabric(listenInfo.pointee.fabric_attr, &c.fabric, nil) == 0)
@@ -57,7 +58,7 @@ import Testing
         var address = sockaddr_in()
         var length = MemoryLayout<sockaddr_in>.size
         try #require(fi_getname(&c.pep.pointee.fid, &address, &length) == 0)
-        let connectInfo = try getinfo("127.0.0.1", String(UInt16(bigEndian: address.sin_port)), 0)
+        let connectInfo = try getinfo("127.0.0.1", String(UInt16(bigEndian: address.sin_port)), 0, iwarp: iwarp)
         defer { fi_freeinfo(connectInfo) }
         try #require(fi_endpoint(c.domain, connectInfo, &c.client, nil) == 0)
         try #require(fi_ep_bind(c.client, &c.eq.pointee.fid, 0) == 0)
@@ -70,6 +71,34 @@ import Testing
         try #require(fi_accept(c.server, nil, 0) == 0)
         for _ in 0..<2 { try #require(try event(c.eq).0 == UInt32(FI_CONNECTED)) }
         return c
+    }
+
+    /// An endpoint that shares a completion queue (iWarp mode over tcp) gets a flat descriptor,
+    /// an eventfd made when `FI_GETWAIT` first asks: with no descriptor left in the process the
+    /// call fails with `-EMFILE` (not a -1 that a C program would poll for ever), and succeeds
+    /// once descriptors are there again.
+    @Test func getWaitWithNoDescriptorLeftIsEMFILE() throws {
+        let c = try Self.connect(iwarp: true)
+        defer {
+            for object in [fidOf(c.client), fidOf(c.server), fidOf(c.pep), fidOf(c.eq), fidOf(c.domain), fidOf(c.fabric)] {
+                #expect(fi_close(object) == 0)
+            }
+        }
+        _ = Reactor.shared.waiting // its own descriptors first: nothing else opens one below
+        var saved = rlimit()
+        try #require(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0)
+        var fd: Int32 = -1
+        do {
+            var lowered = saved
+            let lowest = dup(0) // the lowest free number: every one below it is taken
+            close(lowest)
+            lowered.rlim_cur = rlim_t(lowest) // so no new descriptor fits
+            try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0)
+            defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+            #expect(fi_control(&c.client.pointee.fid, Int32(FI_GETWAIT), &fd) == -Int32(EMFILE))
+        }
+        #expect(fi_control(&c.client.pointee.fid, Int32(FI_GETWAIT), &fd) == 0)
+        #expect(fd >= 0)
     }
 
     /// Four threads send one-byte records on one endpoint while four receive on the other, one
