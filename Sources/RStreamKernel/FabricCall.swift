@@ -63,6 +63,26 @@ package enum FaultInjection {
     }
 }
 
+extension FaultInjection {
+    /// Runs `body` with no descriptor left to open in this process (the soft descriptor limit
+    /// lowered to the lowest free number, so every new descriptor fails with `EMFILE`), then
+    /// restores the limit; false when the limit could not be lowered (`body` did not run). For
+    /// tests: nothing else in the process may need a new descriptor meanwhile.
+    package static func withNoDescriptorLeft(_ body: () throws -> Void) rethrows -> Bool {
+        var saved = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return false }
+        let lowest = dup(0) // the lowest free number: every one below it is taken
+        guard lowest >= 0 else { return false }
+        close(lowest)
+        var lowered = saved
+        lowered.rlim_cur = rlim_t(lowest)
+        guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { return false }
+        defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+        try body()
+        return true
+    }
+}
+
 /// Runs one libfabric call, or returns the injected failure for its site.
 @inline(__always)
 package func fabricCall<R: BinaryInteger>(_ site: FabricCallSite, _ call: () -> R) -> Int {

@@ -85,18 +85,11 @@ import Testing
             }
         }
         _ = Reactor.shared.waiting // its own descriptors first: nothing else opens one below
-        var saved = rlimit()
-        try #require(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0)
         var fd: Int32 = -1
-        do {
-            var lowered = saved
-            let lowest = dup(0) // the lowest free number: every one below it is taken
-            close(lowest)
-            lowered.rlim_cur = rlim_t(lowest) // so no new descriptor fits
-            try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0)
-            defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+        let lowered = FaultInjection.withNoDescriptorLeft {
             #expect(fi_control(&c.client.pointee.fid, Int32(FI_GETWAIT), &fd) == -Int32(EMFILE))
         }
+        try #require(lowered, "the descriptor limit could not be lowered")
         #expect(fi_control(&c.client.pointee.fid, Int32(FI_GETWAIT), &fd) == 0)
         #expect(fd >= 0)
     }

@@ -200,20 +200,13 @@ import Testing
     /// it makes one once descriptors are there again.
     @Test func aFlatWaitSetWithoutDescriptorsHandsOutNone() throws {
         let set = WaitSet(flatStartingReaders: { true })
-        var saved = rlimit()
-        try #require(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0)
         _ = Reactor.shared.waiting // nothing else here opens a descriptor while the limit is low
-        do {
-            var lowered = saved
-            let lowest = dup(0) // the lowest free number: every one below it is taken
-            close(lowest)
-            lowered.rlim_cur = rlim_t(lowest) // so no new descriptor fits
-            try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0)
-            defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
+        let lowered = FaultInjection.withNoDescriptorLeft {
             #expect(set.descriptor == -1)
             #expect(set.members.isEmpty)
             set.ring() // rings nothing, harmlessly
         }
+        try #require(lowered, "the descriptor limit could not be lowered")
         #expect(set.descriptor >= 0)
         #expect(set.members == [set.descriptor])
     }
