@@ -63,25 +63,29 @@ package enum FaultInjection {
     }
 }
 
+#if DEBUG
 extension FaultInjection {
     /// Runs `body` with no descriptor left to open in this process (the soft descriptor limit
     /// lowered to the lowest free number, so every new descriptor fails with `EMFILE`), then
-    /// restores the limit; false when the limit could not be lowered (`body` did not run). For
-    /// tests: nothing else in the process may need a new descriptor meanwhile.
+    /// restores the limit, also when `body` throws; false when the limit could not be read or
+    /// lowered (`body` did not run). For tests that run alone (`--no-parallel`): the limit is the
+    /// whole process's, so nothing else may open or close a descriptor or change the limit
+    /// meanwhile, and a child started meanwhile inherits it.
     package static func withNoDescriptorLeft(_ body: () throws -> Void) rethrows -> Bool {
         var saved = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return false }
-        let lowest = dup(0) // the lowest free number: every one below it is taken
+        let lowest = open("/dev/null", O_RDONLY | O_CLOEXEC) // the lowest free number
         guard lowest >= 0 else { return false }
         close(lowest)
         var lowered = saved
-        lowered.rlim_cur = rlim_t(lowest)
+        lowered.rlim_cur = rlim_t(lowest) // every number below it is taken: no new one fits
         guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { return false }
         defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
         try body()
         return true
     }
 }
+#endif
 
 /// Runs one libfabric call, or returns the injected failure for its site.
 @inline(__always)
