@@ -14,6 +14,9 @@ final class LoopbackPair: @unchecked Sendable {
         options.provider = provider ?? ProcessInfo.processInfo.environment["RSTREAM_PROVIDER"] ?? "tcp"
         options.sendRingSize = ring
         options.receiveRingSize = ring
+        // Steady state: a ring page first touched inside the measurement would add a page fault
+        // (ring pages otherwise come in on first use).
+        options.prefaultRings = true
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
         nonisolated(unsafe) var accepted: StreamConnection?
         let thread = Thread { accepted = try? listener.accept(timeout: .seconds(10)) }
