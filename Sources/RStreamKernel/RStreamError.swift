@@ -65,12 +65,18 @@ extension RStreamError {
     /// An error for a libfabric return value `rc` (negative `FI_E*`), classified by its code.
     package static func fabric(_ rc: Int, _ context: String) -> RStreamError {
         let code = Int32(truncatingIfNeeded: rc < 0 ? -rc : rc)
+        if code == FI_ECANCELED {
+            // The core flushes what was posted when its connection goes down: which of the
+            // flushed entries and the connection's own error comes first is chance, so one
+            // vanished peer is one code (a C program saw -FI_ECANCELED or -FI_ECONNRESET).
+            return RStreamError(.connectionReset, code: FI_ECONNRESET, "\(context): the core cancelled it, its connection is gone")
+        }
         let kind: Kind
         switch code {
         case FI_ECONNREFUSED: kind = .connectionRefused
         case FI_ETIMEDOUT: kind = .timedOut
         case FI_ECONNRESET, FI_ECONNABORTED, FI_ENOTCONN,
-             EPIPE, FI_ECANCELED, FI_ESHUTDOWN:
+             EPIPE, FI_ESHUTDOWN:
             kind = .connectionReset
         case FI_EHOSTUNREACH, FI_ENETUNREACH, FI_EADDRNOTAVAIL:
             kind = .unreachable

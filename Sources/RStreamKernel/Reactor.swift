@@ -30,7 +30,8 @@ import Glibc
 /// check (in `checking`), never both; a waiter is resumed exactly once, by whoever removed it
 /// from there under the lock. A cancel that finds its waiter out for its check marks it, and the
 /// check's end resumes it. A bucket may name tokens gone since, or filed again at another time:
-/// they are skipped. `wakeFD` is in the epoll set for ever.
+/// they are skipped. `wakeFD` is in the epoll set for ever. Once `parked` is true the thread
+/// runs no more of this library's code (see `stopForExit`).
 package final class Reactor: @unchecked Sendable {
     package typealias Token = UInt64
 
@@ -95,8 +96,17 @@ package final class Reactor: @unchecked Sendable {
     }
     private let epoll: Int32
     private let wakeFD: Int32
+    /// Set by `stopForExit`: the thread parks at its next look.
+    private let stopping = Atomic<Bool>(false)
+    /// Set by the thread once it is parked for good.
+    private let parked = Atomic<Bool>(false)
+    /// True from just before the thread is made, unless making it failed.
+    private let threadMade = Atomic<Bool>(false)
+    /// Whether the shared reactor's thread was ever started (so that `stopForExit` need not
+    /// make a reactor to stop).
+    private static let everStarted = Atomic<Bool>(false)
 
-    private init() {
+    init() { // the process has one (`shared`); tests make their own
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         if epoll >= 0 && wakeFD >= 0 {
@@ -227,7 +237,13 @@ package final class Reactor: @unchecked Sendable {
     // MARK: The thread
 
     private func startLoop() {
+        if !Self.everStarted.exchange(true, ordering: .acquiringAndReleasing) {
+            // Before libfabric's destructor (run after every atexit handler) tears the core down;
+            // inside `librstream-fi.so` the handler also runs when the library is unloaded.
+            atexit { Reactor.stopForExit() }
+        }
         let box = Unmanaged.passRetained(self).toOpaque()
+        threadMade.store(true, ordering: .releasing)
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { context in
             let reactor = Unmanaged<Reactor>.fromOpaque(context!).takeRetainedValue()
@@ -238,6 +254,7 @@ package final class Reactor: @unchecked Sendable {
         if rc == 0 {
             pthread_detach(thread)
         } else {
+            threadMade.store(false, ordering: .releasing)
             Unmanaged<Reactor>.fromOpaque(box).release()
             // No thread: resume everyone now and let them look again; the next registration
             // tries to start it again.
@@ -279,7 +296,9 @@ package final class Reactor: @unchecked Sendable {
                 let left = next - .now
                 return left <= .zero ? 0 : Int32(min(3_600_000, left / .milliseconds(1) + 1))
             }
+            if stopping.load(ordering: .acquiring) { park() }
             let n = epoll_wait(epoll, events, Int32(capacity), timeout)
+            if stopping.load(ordering: .acquiring) { park() }
             let now = ContinuousClock.now
             state.withCheckedLock(key: lockKey(self)) { s in
                 s.sleepingUntil = nil
@@ -294,6 +313,16 @@ package final class Reactor: @unchecked Sendable {
             for resume in work.due { resume() }
             work.clear()
         }
+    }
+
+    /// Stops the thread for good where it stands between two rounds (holding no lock, in no
+    /// check), with every signal blocked so that nothing makes it run on.
+    private func park() -> Never {
+        var all = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_BLOCK, &all, nil)
+        parked.store(true, ordering: .releasing)
+        while true { pause() }
     }
 
     /// A fired descriptor is disarmed (one-shot): each of its waiters leaves it, to be resumed or
@@ -351,6 +380,34 @@ package final class Reactor: @unchecked Sendable {
 }
 
 extension Reactor {
+    /// How long `stopForExit` waits for the thread to leave the check it is in (a check is a
+    /// few non-blocking calls; past this the exit goes on rather than hang).
+    static let exitWaitLimit: Duration = .milliseconds(250)
+
+    /// Parks the reactor's thread for the rest of the process's life, and returns once it has
+    /// left whatever check it was in: called as the process exits (an `atexit` handler) and
+    /// from the provider's `cleanup`, before libfabric's destructor cleans up the core (which
+    /// the thread may be reading a queue of) and unloads `librstream-fi.so` (whose code the
+    /// thread runs: a C program exiting with the reactor busy crashed with SIGSEGV). Tasks
+    /// still waiting are never resumed. Threads of the program itself are its own to stop.
+    package static func stopForExit() {
+        guard everStarted.load(ordering: .acquiring) else { return }
+        shared.stop(waitingUpTo: exitWaitLimit)
+    }
+
+    /// Sets the thread to park and waits up to `limit` for it (not when called on the thread
+    /// itself: it parks on its way back to the loop).
+    func stop(waitingUpTo limit: Duration) {
+        stopping.store(true, ordering: .releasing)
+        guard !isCurrentThread, threadMade.load(ordering: .acquiring) else { return }
+        ring()
+        let giveUp = ContinuousClock.now + limit
+        while !parked.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(100) }
+    }
+
+    /// True once the thread is parked (for tests).
+    package var isParked: Bool { parked.load(ordering: .acquiring) }
+
     /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
     /// passes, or the task is cancelled (it then returns at once; the caller looks at

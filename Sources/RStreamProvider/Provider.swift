@@ -31,6 +31,8 @@ enum RStreamProvider {
         fabric: { attr, fabric, context in
             ProviderFabric.open(attr, fabric, context)
         },
-        cleanup: {}
+        // Called by libfabric's destructor just before it unloads this library: no thread of
+        // ours may run its code after that.
+        cleanup: { Reactor.stopForExit() }
     ))
 }

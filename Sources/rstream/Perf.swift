@@ -334,9 +334,9 @@ struct Perf: ParsableCommand {
             accepted.stream = Swift.Result { () throws(RStreamError) in try listener.accept(timeout: .seconds(10)) }
             done.signal()
         }
-        var client = StreamChannel(try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: defaultOptions), maxMessage: 32768)
+        let client = StreamChannel(try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: defaultOptions), maxMessage: 32768)
         done.wait()
-        var server = StreamChannel(try accepted.stream!.get(), maxMessage: 32768)
+        let server = StreamChannel(try accepted.stream!.get(), maxMessage: 32768)
         var results: [Result] = []
         for size in sizes {
             let (warmup, measured) = iterations(for: size)
@@ -580,7 +580,7 @@ struct Perf: ParsableCommand {
                 let box = UncheckedBox(channel)
                 Thread.detachNewThread {
                     defer { done.leave() }
-                    var channel = box.value
+                    let channel = box.value
                     do {
                         try channel.sendHeader(PerfHeader(mode: .echoBlocking, size: 64, count: rounds))
                         ready.signal()

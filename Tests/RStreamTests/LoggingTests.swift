@@ -13,9 +13,8 @@ struct CapturingLogHandler: LogHandler {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        entries.withLock { $0.append((level, message.description)) }
+    func log(event: LogEvent) {
+        entries.withLock { $0.append((event.level, event.message.description)) }
     }
 }
 

@@ -4,6 +4,8 @@
  * through FI_PROVIDER_PATH. Set RSTREAM_C_IWARP=1 for the iWarp protocol. */
 #include "common.h"
 
+#include <dlfcn.h>
+#include <rdma/providers/fi_prov.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -682,7 +684,33 @@ static int echo_server(int expected, int use_epoll)
 }
 
 /* count connections on one event queue, each sending bytes and checking their echo */
-static int echo_clients(const char *host, const char *port, int count, uint64_t bytes)
+/* What libfabric's destructor (fi_fini, not exported) does to a provider it loaded from
+ * FI_PROVIDER_PATH: its cleanup, then dlclose of the library. Here the process then lives on for
+ * 300 ms with bytes still arriving, where a real exit goes on to tear down the core and is gone
+ * in microseconds: a thread still running the provider's code after the unload would crash in
+ * that window (a C client once did, exiting on a failed check). */
+static void unload_provider_and_live_on(void)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/librstream-fi.so", getenv("FI_PROVIDER_PATH"));
+	void *library = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	EXPECT(library, "the provider is loaded: %s", dlerror());
+	struct fi_provider *(*ini)(void) = (struct fi_provider *(*)(void))dlsym(library, "fi_prov_ini");
+	EXPECT(ini, "fi_prov_ini: %s", dlerror());
+	ini()->cleanup();
+	dlclose(library); /* this program's reference */
+	dlclose(library); /* libfabric's */
+	EXPECT(!dlopen(path, RTLD_NOW | RTLD_NOLOAD), "the provider is unloaded");
+	usleep(300000);
+	printf("lived on 300 ms after the provider's unload\n");
+	_exit(0); /* libfabric's own destructor would close the handle again */
+}
+
+/* `leave` ("exit" or "unload", with `leave_after` bytes): once that many bytes have come back in
+ * all, the program leaves at once with everything open and bytes in flight, as a program
+ * leaving on a failed check does: through exit(), or through the unload exit() would do. */
+static int echo_clients(const char *host, const char *port, int count, uint64_t bytes, const char *leave,
+			uint64_t leave_after)
 {
 	struct fabric_objects f;
 	char buffer[sizeof(struct fi_eq_cm_entry) + 256];
@@ -690,6 +718,7 @@ static int echo_clients(const char *host, const char *port, int count, uint64_t 
 	struct connection *c = calloc((size_t)count, sizeof *c);
 	struct direction *tx = calloc((size_t)count, sizeof *tx), *rx = calloc((size_t)count, sizeof *rx);
 	int connected = 0, finished = 0;
+	uint64_t echoed = 0;
 	open_fabric(&f, find_stream(host, port, 0, iwarp()));
 	for (int i = 0; i < count; i++) {
 		CHECK(fi_endpoint(f.domain, f.info, &c[i].ep, &c[i]));
@@ -735,6 +764,13 @@ static int echo_clients(const char *host, const char *port, int count, uint64_t 
 				finished++;
 			} else {
 				rx[i].done += (uint64_t)r;
+				echoed += (uint64_t)r;
+				if (leave && echoed >= leave_after) {
+					printf("leaving with %llu bytes echoed\n", (unsigned long long)echoed);
+					if (!strcmp(leave, "unload"))
+						unload_provider_and_live_on();
+					exit(0);
+				}
 			}
 		}
 		if (!moved)
@@ -1076,7 +1112,10 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "epoll-echo-server") && argc == 3)
 		return echo_server(atoi(argv[2]), 1);
 	if (!strcmp(cmd, "echo-clients") && argc == 6)
-		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
+		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10), NULL, 0);
+	if (!strcmp(cmd, "echo-clients") && argc == 8 && (!strcmp(argv[6], "exit") || !strcmp(argv[6], "unload")))
+		return echo_clients(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10), argv[6],
+				    strtoull(argv[7], NULL, 10));
 	if (!strcmp(cmd, "threads-client") && argc == 4)
 		return threads_client(argv[2], argv[3]);
 	if (!strcmp(cmd, "closed-with-events") && argc == 4)
@@ -1093,7 +1132,7 @@ usage:
 	fprintf(stderr, "usage: provider_test greeting-server | greeting-client HOST PORT | bulk-server MODE MIB |\n"
 			"  bulk-client HOST PORT MODE MIB | peek-server | peek-client HOST PORT | options |\n"
 			"  refused HOST PORT | reject-server | reject-client HOST PORT | [epoll-]echo-server COUNT |\n"
-			"  echo-clients HOST PORT COUNT BYTES | threads-client HOST PORT | closed-with-events HOST PORT |\n"
+			"  echo-clients HOST PORT COUNT BYTES [exit|unload AFTER] | threads-client HOST PORT | closed-with-events HOST PORT |\n"
 			"  stream-msg-server | stream-msg-client HOST PORT | silent-server | timeout-client HOST PORT\n");
 	return 2;
 }
