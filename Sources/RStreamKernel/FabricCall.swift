@@ -1,95 +1,11 @@
 import CLibfabric
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Every libfabric call the kernel makes goes through `fabricCall`, so that a test can make any one
-/// of them fail with a chosen code (the way swift-system's IORing tests inject errors); so does
-/// every allocation of a ring or hot-state region (`allocation`). Debug builds only: in release
-/// builds the check compiles to nothing.
-package enum FabricCallSite: Int, Sendable, CaseIterable {
-    case getinfo, fabric, domain, eqOpen, cqOpen, endpoint, passiveEndpoint, bind, enable, listen,
-         connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname, getopt,
-         allocation
-}
-
-package enum FaultInjection {
-    #if DEBUG
-    // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all a debug build pays.
-    private static let armed = Atomic<UInt64>(0)
-    // Only the thread that armed a fault trips it, so tests running beside it are not disturbed.
-    private static let armingThread = Atomic<UInt>(0)
-    #endif
-
-    /// Makes the next call at `site` on this thread return `-code` instead of running (debug
-    /// builds; a release build ignores it).
-    package static func failNext(_ site: FabricCallSite, code: Int32) {
-        #if DEBUG
-        armingThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
-        armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
-        #endif
-    }
-
-    package static func disarm() {
-        #if DEBUG
-        armed.store(0, ordering: .sequentiallyConsistent)
-        #endif
-    }
-
-    /// True while a fault is armed and not yet tripped.
-    package static var isArmed: Bool {
-        #if DEBUG
-        return armed.load(ordering: .sequentiallyConsistent) != 0
-        #else
-        return false
-        #endif
-    }
-
-    /// The injected failure (a negative code) for a call at `site` on this thread, once.
-    @inline(__always)
-    package static func injected(at site: FabricCallSite) -> Int? {
-        #if DEBUG
-        let word = armed.load(ordering: .relaxed)
-        guard word != 0, word >> 32 == UInt64(site.rawValue + 1),
-              armingThread.load(ordering: .acquiring) == UInt(pthread_self()) else { return nil }
-        guard armed.compareExchange(expected: word, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
-            return nil
-        }
-        return -Int(UInt32(truncatingIfNeeded: word))
-        #else
-        return nil
-        #endif
-    }
-}
-
-#if DEBUG
-extension FaultInjection {
-    /// Runs `body` with no descriptor left to open in this process (the soft descriptor limit
-    /// lowered to the lowest free number, so every new descriptor fails with `EMFILE`), then
-    /// restores the limit, also when `body` throws; false when the limit could not be read or
-    /// lowered (`body` did not run). For tests that run alone (`--no-parallel`): the limit is the
-    /// whole process's, so nothing else may open or close a descriptor or change the limit
-    /// meanwhile, and a child started meanwhile inherits it.
-    package static func withNoDescriptorLeft(_ body: () throws -> Void) rethrows -> Bool {
-        var saved = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return false }
-        let lowest = open("/dev/null", O_RDONLY | O_CLOEXEC) // the lowest free number
-        guard lowest >= 0 else { return false }
-        close(lowest)
-        var lowered = saved
-        lowered.rlim_cur = rlim_t(lowest) // every number below it is taken: no new one fits
-        guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { return false }
-        defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
-        try body()
-        return true
-    }
-}
-#endif
-
 /// Runs one libfabric call, or returns the injected failure for its site.
 @inline(__always)
-package func fabricCall<R: BinaryInteger>(_ site: FabricCallSite, _ call: () -> R) -> Int {
+package func fabricCall<R: BinaryInteger>(_ site: FaultSite, _ call: () -> R) -> Int {
     if let rc = FaultInjection.injected(at: site) { return rc }
     return Int(call())
 }
@@ -97,7 +13,7 @@ package func fabricCall<R: BinaryInteger>(_ site: FabricCallSite, _ call: () -> 
 /// Runs one libfabric call that returns 0 on success; throws its error with `context`.
 @inline(__always)
 package func fabricCheck<R: BinaryInteger>(
-    _ site: FabricCallSite, _ context: @autoclosure () -> String, _ call: () -> R
+    _ site: FaultSite, _ context: @autoclosure () -> String, _ call: () -> R
 ) throws(RStreamError) {
     let rc = fabricCall(site, call)
     if rc < 0 { throw RStreamError.fabric(rc, context()) }

@@ -48,7 +48,7 @@ package struct SameHostOffer: ~Copyable {
         words.initialize(to: Atomic(0))
         (words + 1).initialize(to: Atomic(SameHostWakeRequest.formatMarker))
         var ends: [Int32] = [-1, -1]
-        _ = try systemCall("socketpair(doorbell)") { rs_doorbell_pair(&ends) }
+        _ = try systemCall(.doorbellPair, "socketpair(doorbell)") { rs_doorbell_pair(&ends) }
         guard let waitSet = WaitSet(waitDescriptors: [socket], doorbell: ends[0]) else {
             close(ends[0]); close(ends[1])
             throw RStreamError.system(errno, "making the stream's wait set")

@@ -40,14 +40,14 @@ package struct SharedSegment: ~Copyable {
     /// policy is the segment's, whoever touches it).
     package init(making name: String, byteCount: Int, node: Int?, peerMayWrite: Bool, prefault: Bool = true) throws(RStreamError) {
         let count = Self.pages(byteCount)
-        let fd = try systemCall("memfd_create(\(name))") { rs_memfd_create(name) }
+        let fd = try systemCall(.memfdCreate, "memfd_create(\(name))") { rs_memfd_create(name) }
         do throws(RStreamError) {
-            _ = try systemCall("ftruncate(\(name), \(count))") { ftruncate(fd, off_t(count)) }
-            let mapped = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            _ = try systemCall(.truncate, "ftruncate(\(name), \(count))") { ftruncate(fd, off_t(count)) }
+            let mapped = injectedErrno(.mapSegment) ? MAP_FAILED : mmap(nil, count, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             guard let mapped, mapped != MAP_FAILED else { throw RStreamError.system(errno, "mmap(\(name), \(count) bytes)") }
             if let node { numa_tonode_memory(mapped, count, Int32(node)) } // before the first touch
             if prefault { memset(mapped, 0, count) } // places every page now, not on the data path
-            guard rs_seal(fd, peerMayWrite ? 0 : 1) == 0 else {
+            guard !injectedErrno(.sealSegment), rs_seal(fd, peerMayWrite ? 0 : 1) == 0 else {
                 let code = errno
                 munmap(mapped, count)
                 throw RStreamError.system(code, "sealing \(name)")
@@ -73,11 +73,11 @@ package struct SharedSegment: ~Copyable {
                 throw RStreamError.protocolViolation("the peer's \(what) is not sealed against shrinking")
             }
             var status = stat()
-            _ = try systemCall("fstat(the peer's \(what))") { fstat(fd, &status) }
+            _ = try systemCall(.statSegment, "fstat(the peer's \(what))") { fstat(fd, &status) }
             guard status.st_size >= count else {
                 throw RStreamError.protocolViolation("the peer's \(what) has \(status.st_size) bytes; \(count) were announced")
             }
-            let mapped = mmap(nil, count, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
+            let mapped = injectedErrno(.mapSegment) ? MAP_FAILED : mmap(nil, count, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
             guard let mapped, mapped != MAP_FAILED else { throw RStreamError.system(errno, "mmap(the peer's \(what), \(count) bytes)") }
             base = mapped
         } catch {

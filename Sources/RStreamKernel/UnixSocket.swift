@@ -25,19 +25,19 @@ package enum UnixSocket {
     }
 
     package static func make() throws(RStreamError) -> Int32 {
-        try systemCall("socket(AF_UNIX, SOCK_SEQPACKET)") {
+        try systemCall(.unixSocket, "socket(AF_UNIX, SOCK_SEQPACKET)") {
             Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         }
     }
 
     /// Binds and listens on the name of `port`; false when another listener holds it.
     package static func listen(_ fd: Int32, port: UInt16, backlog: Int) throws(RStreamError) -> Bool {
-        let rc = withAddress(port: port) { Glibc.bind(fd, $0, $1) }
+        let rc = injectedErrno(.unixBind) ? -1 : withAddress(port: port) { Glibc.bind(fd, $0, $1) }
         if rc != 0 {
             if errno == EADDRINUSE { return false }
             throw RStreamError.system(errno, "bind(\(name(port: port)))")
         }
-        _ = try systemCall("listen(\(name(port: port)))") { Glibc.listen(fd, Int32(clamping: backlog)) }
+        _ = try systemCall(.unixListen, "listen(\(name(port: port)))") { Glibc.listen(fd, Int32(clamping: backlog)) }
         return true
     }
 
@@ -52,7 +52,7 @@ package enum UnixSocket {
     /// Connects to the listener of `port` (non-blocking).
     package static func connect(_ fd: Int32, port: UInt16) throws(RStreamError) -> Connected {
         while true {
-            let rc = withAddress(port: port) { Glibc.connect(fd, $0, $1) }
+            let rc = injectedErrno(.unixConnect) ? -1 : withAddress(port: port) { Glibc.connect(fd, $0, $1) }
             if rc == 0 { return .connected }
             switch errno {
             case EINTR: continue
@@ -65,13 +65,13 @@ package enum UnixSocket {
 
     /// The next connection waiting on a listening socket (non-blocking), or nil.
     package static func accept(_ fd: Int32) throws(RStreamError) -> Int32? {
-        try nonblockingSystemCall("accept4(same-host listener)") {
+        try nonblockingSystemCall(.unixAccept, "accept4(same-host listener)") {
             rs_accept_nonblocking(fd)
         }
     }
 
     package static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32] = []) throws(RStreamError) {
-        let sent = try systemCall("sendmsg(set-up message)") {
+        let sent = try systemCall(.sendMessage, "sendmsg(set-up message)") {
             bytes.withUnsafeBytes { raw in
                 descriptors.withUnsafeBufferPointer { fds in
                     rs_send_with_descriptors(fd, raw.baseAddress, raw.count, fds.baseAddress, Int32(fds.count))
@@ -99,7 +99,7 @@ package enum UnixSocket {
         var descriptors = [Int32](repeating: -1, count: max(maxDescriptors, 1))
         var count: Int32 = 0
         var truncated: Int32 = 0
-        let n = try nonblockingSystemCall("recvmsg(set-up message)") {
+        let n = try nonblockingSystemCall(.receiveMessage, "recvmsg(set-up message)") {
             bytes.withUnsafeMutableBytes { raw in
                 descriptors.withUnsafeMutableBufferPointer { fds in
                     rs_receive_with_descriptors(fd, raw.baseAddress, raw.count, fds.baseAddress, Int32(maxDescriptors), &count, &truncated, 1)

@@ -137,19 +137,6 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
     /// descriptors and mappings as before.
     @Test func aThousandConnectionsLeakNoDescriptorsOrMappings() throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
-        // Counted exactly: this process's descriptors of each kind a same-host stream opens.
-        func descriptors() -> [String: Int] {
-            var kinds: [String: Int] = [:]
-            for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
-                guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)") else { continue }
-                let kind = target.hasPrefix("socket:") ? "socket" : target.hasPrefix("/memfd:") ? "memfd" : target.hasPrefix("anon_inode:") ? target : "other"
-                kinds[kind, default: 0] += 1
-            }
-            return kinds
-        }
-        func sameHostMappings() -> Int {
-            ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("memfd:rstream") }.count
-        }
         func cycle() throws {
             let accepted = Background { try listener.accept(timeout: .seconds(10)) }
             let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: sameHostOptions())
@@ -159,36 +146,8 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
             client.close(linger: .zero)
             server.close(linger: .zero)
         }
-        // A stream goes when the last reference to it does: the accepting thread that returned one
-        // lets go a moment after (later still under a sanitizer). So each count is taken once this
-        // process holds no same-host stream (no segment of ours is mapped): a leak never gets there.
-        let kinds = ["socket", "anon_inode:[eventfd]", "anon_inode:[eventpoll]"]
-        // A stream being released has unmapped its segments a moment before its descriptors close:
-        // "before" is taken once no segment is mapped and five looks over 100 ms agree; "after"
-        // once it equals "before" (a leak never gets there), or after 5 s.
-        func settled(like expected: [String: Int]? = nil) -> [String: Int] {
-            let end = ContinuousClock.now + .seconds(5)
-            var last = descriptors(), agreeing = 0
-            while ContinuousClock.now < end {
-                usleep(20_000)
-                let now = descriptors()
-                if let expected, kinds.allSatisfy({ now[$0, default: 0] == expected[$0, default: 0] }), sameHostMappings() == 0 { return now }
-                agreeing = now == last && sameHostMappings() == 0 ? agreeing + 1 : 0
-                if expected == nil && agreeing >= 5 { return now }
-                last = now
-            }
-            return last
-        }
         for _ in 0..<10 { try cycle() } // the first ones make the process's lasting state
-        let (fdsBefore, mapsBefore) = (settled(), sameHostMappings())
-        for _ in 0..<1000 { try cycle() }
-        let fdsAfter = settled(like: fdsBefore)
-        #expect(fdsAfter["memfd", default: 0] == 0, "\(fdsAfter)")
-        for kind in kinds {
-            #expect(fdsAfter[kind, default: 0] == fdsBefore[kind, default: 0], "\(kind): \(fdsBefore) → \(fdsAfter)")
-        }
-        #expect(sameHostMappings() == mapsBefore)
-        #expect(mapsBefore == 0)
+        try SameHostCensus.expectNothingLeft { for _ in 0..<1000 { try cycle() } }
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import RStream
 import Synchronization
+import Testing
 
 /// Runs `body` on its own thread; `value()` joins it.
 final class Background<T: Sendable>: @unchecked Sendable {
@@ -84,5 +85,58 @@ final class Locked<Value>: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return try body(&value)
+    }
+}
+
+/// What same-host streams hold in this process: descriptors of each kind a stream opens, and
+/// mappings of same-host segments.
+enum SameHostCensus {
+    static let kinds = ["socket", "anon_inode:[eventfd]", "anon_inode:[eventpoll]"]
+
+    static func descriptors() -> [String: Int] {
+        var kinds: [String: Int] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)") else { continue }
+            let kind = target.hasPrefix("socket:") ? "socket" : target.hasPrefix("/memfd:") ? "memfd" : target.hasPrefix("anon_inode:") ? target : "other"
+            kinds[kind, default: 0] += 1
+        }
+        return kinds
+    }
+
+    static func mappings() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("memfd:rstream") }.count
+    }
+
+    /// A stream goes when the last reference to it does: the accepting thread that returned one
+    /// lets go a moment after (later still under a sanitizer), and a stream being released has
+    /// unmapped its segments a moment before its descriptors close. So "before" is taken once no
+    /// segment is mapped and five looks over 100 ms agree; "after" once it equals `expected` (a
+    /// leak never gets there), or after 5 s.
+    static func settled(like expected: [String: Int]? = nil) -> [String: Int] {
+        let end = ContinuousClock.now + .seconds(5)
+        var last = descriptors(), agreeing = 0
+        while ContinuousClock.now < end {
+            usleep(20_000)
+            let now = descriptors()
+            if let expected, kinds.allSatisfy({ now[$0, default: 0] == expected[$0, default: 0] }), mappings() == 0 { return now }
+            agreeing = now == last && mappings() == 0 ? agreeing + 1 : 0
+            if expected == nil && agreeing >= 5 { return now }
+            last = now
+        }
+        return last
+    }
+
+    /// Runs `body` (which must release every stream and listener it makes) and expects this
+    /// process to hold as many descriptors of each kind as before, no memfd, and no mapping.
+    static func expectNothingLeft(_ body: () throws -> Void) throws {
+        let before = settled()
+        #expect(mappings() == 0)
+        try body()
+        let after = settled(like: before)
+        #expect(after["memfd", default: 0] == 0, "\(after)")
+        for kind in kinds {
+            #expect(after[kind, default: 0] == before[kind, default: 0], "\(kind): \(before) → \(after)")
+        }
+        #expect(mappings() == 0)
     }
 }
