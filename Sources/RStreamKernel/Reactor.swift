@@ -163,6 +163,11 @@ package final class Reactor: @unchecked Sendable {
     /// its waiters sleep on shows as checks without end).
     package let firedChecks = Atomic<Int>(0)
 
+    /// Waiters resumed by a timer (a tick that found them ready, or their deadline) rather than
+    /// by their descriptor (for tests: a waiter that its descriptor should have woken but a tick
+    /// found ready shows here).
+    package let timerResumes = Atomic<Int>(0)
+
     /// How many tasks wait now, filed or out for their check (for tests and `rstream async-cost`).
     package var waiting: Int { state.withCheckedLock(key: lockKey(self)) { $0.waiters.count + $0.checking.count } }
 
@@ -351,6 +356,7 @@ package final class Reactor: @unchecked Sendable {
                     s.timers[waiter.checkAt, default: []].append(token)
                     work.ticks.append((token, tick))
                 } else if let waiter = unfile(token, &s) {
+                    timerResumes.add(1, ordering: .relaxed)
                     work.due.append(waiter.finish)
                 }
             }
@@ -374,7 +380,10 @@ package final class Reactor: @unchecked Sendable {
         }
         for (token, tick) in work.ticks where !tick() {
             // Ready: resumed, unless a fire or a cancel took it meanwhile.
-            if let waiter = state.withCheckedLock(key: lockKey(self), { s in unfile(token, &s) }) { work.due.append(waiter.finish) }
+            if let waiter = state.withCheckedLock(key: lockKey(self), { s in unfile(token, &s) }) {
+                timerResumes.add(1, ordering: .relaxed)
+                work.due.append(waiter.finish)
+            }
         }
     }
 }

@@ -212,7 +212,8 @@ import Testing
     }
 
     /// An async reader of a grouped stream suspends on the reactor, which reads the shared
-    /// queue for it, and resumes for its bytes.
+    /// queue for it, and resumes for its bytes: woken through its descriptor, not found ready by
+    /// its one-second tick (which would hide a reader that never rings it).
     @Test(.timeLimit(.minutes(1))) func anAsyncReaderOfAGroupedStreamResumes() async throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
@@ -221,8 +222,10 @@ import Testing
             Task { try await pair.1.receive(maxBytes: 3) }
         }
         try await Task.sleep(for: .milliseconds(300))
+        let timerResumes = Reactor.shared.timerResumes.load(ordering: .relaxed)
         for (i, (client, _)) in pairs.enumerated() { try await client.sendAll([UInt8(i), 1, 2]) }
         for (i, reader) in readers.enumerated() { #expect(try await reader.value == [UInt8(i), 1, 2]) }
+        #expect(Reactor.shared.timerResumes.load(ordering: .relaxed) == timerResumes, "a reader was resumed by its tick")
         for (a, b) in pairs { await a.close(linger: .zero); await b.close(linger: .zero) }
         listener.close()
     }
