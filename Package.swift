@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "RStreamFakeWire", dependencies: ["RStreamKernel"]),
         // libFuzzer targets (`make fuzz`); built only with --sanitize=fuzzer, which brings its main.
         .executableTarget(name: "rstream-fuzz", dependencies: ["RStreamKernel", "RStreamFakeWire"]),
-        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim"]),
+        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim", "CSameHost"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
         .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
         // The README's async example, built and run by the tests (ReadmeTests).

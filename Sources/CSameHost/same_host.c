@@ -2,6 +2,7 @@
 #include "same_host.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -69,16 +70,7 @@ long rs_peer_pid(int socket) {
     return (long)credentials.pid;
 }
 
-int rs_doorbell_pair(int ends[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends); }
-
-int rs_is_doorbell(int fd) {
-    int type = 0, domain = 0;
-    socklen_t length = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) return 0;
-    length = sizeof domain;
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) return 0;
-    return type == SOCK_SEQPACKET && domain == AF_UNIX;
-}
+int rs_socket_pair(int ends[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends); }
 
 long rs_ring_doorbell(int fd) {
     char one = 1;
@@ -90,6 +82,12 @@ int rs_drain_doorbell(int fd) {
     int rings = 0;
     while (rings < 1 << 16 && recv(fd, bytes, sizeof bytes, MSG_DONTWAIT) > 0) rings++;
     return rings;
+}
+
+int rs_peer_hung_up(int fd) {
+    struct pollfd look = { .fd = fd, .events = POLLRDHUP };
+    if (poll(&look, 1, 0) != 1) return 0;
+    return (look.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 long rs_peer_uid(int socket) {

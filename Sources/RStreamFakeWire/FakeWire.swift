@@ -82,7 +82,7 @@ package final class FakeTransport: StreamTransport, @unchecked Sendable {
     package func takePeerLeft() -> Bool { false }
     package var hasConnectionEvent: Bool { false }
     package func address(ofPeer: Bool) -> [UInt8]? { nil }
-    package var connectionEventDescriptor: Int32? { nil }
+    package var connectionEventDescriptor: ConnectionEventDescriptor? { nil }
 
     package init(side: Int, wire: FakeWire, ringSize: Int, txQueueSize: Int = 16, rxCredits: Int = 8) {
         self.side = side

@@ -456,7 +456,9 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
     }
 
     package var hasConnectionEvent: Bool { eventQueue.hasEvent(for: eventKey) }
-    package var connectionEventDescriptor: Int32? { eventQueue.waitDescriptor }
+    package var connectionEventDescriptor: ConnectionEventDescriptor? {
+        eventQueue.waitDescriptor.map { ConnectionEventDescriptor(fd: $0, hangUpOnly: false) }
+    }
 
     /// `fi_trywait` on the completion and event queues: 0 when a caller may sleep on `waitSet`.
     package func fabricTryWait() -> Int {

@@ -15,12 +15,12 @@ package enum FaultSite: Int, Sendable, CaseIterable {
     case allocation
     // the same-host transport's system calls
     case unixSocket, unixBind, unixListen, unixConnect, unixAccept, sendMessage, receiveMessage,
-         memfdCreate, truncate, mapSegment, sealSegment, statSegment, doorbellPair
+         memfdCreate, truncate, mapSegment, sealSegment, statSegment
 
     /// The sites of the same-host transport.
     package static let sameHost: [FaultSite] = [.unixSocket, .unixBind, .unixListen, .unixConnect, .unixAccept,
                                                  .sendMessage, .receiveMessage, .memfdCreate, .truncate, .mapSegment,
-                                                 .sealSegment, .statSegment, .doorbellPair]
+                                                 .sealSegment, .statSegment]
 }
 
 package enum FaultInjection {

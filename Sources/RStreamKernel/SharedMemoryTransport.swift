@@ -6,34 +6,34 @@ import Glibc
 
 /// Where things lie in the segments of the same-host transport (protocol v4, "Same host").
 ///
-/// Each side makes two segments and an eventfd before the connection, and passes them with its
-/// connection block:
+/// Each side makes two segments before the connection, and passes them with its connection
+/// block:
 /// - its *inbound* segment, which the peer maps read-write: the word ring the peer fills
 ///   (`WordRing`, at most 512 slots of 8 bytes: the first page), then the receive ring. It holds
 ///   nothing but ring bytes and words.
 /// - its *status* segment, which the peer can only map read-only (sealed against future writes):
 ///   the wake request, a counter this side raises each time it arms its descriptor to sleep.
-/// - its *doorbell*: one end of a socket pair (the other end is in this side's wait set), which the
-///   peer rings with a non-blocking send once per wake request. A socket pair, not an eventfd: its
-///   two ends are separate open files, so the peer cannot change the flags of ours.
+///
+/// The peer rings this side's doorbell, once per wake request, with a one-byte message on the
+/// connected set-up socket (a non-blocking send), which is in this side's wait set and whose
+/// hang-up tells of the peer's leaving. Each end is an open file of its own, so the peer cannot
+/// change the flags of ours (as it could an eventfd's it had been given).
 package enum SameHostLayout {
     package static let wordRingBytes = 4096
     package static func inboundBytes(ringSize: Int) -> Int { wordRingBytes + ringSize }
     package static let statusBytes = 64
-    /// Segments, then the doorbell, in the order they are passed.
-    package static let descriptorCount = 3
+    /// The segments, inbound then status, in the order they are passed.
+    package static let descriptorCount = 2
 }
 
 /// This side's half of a same-host connection, made before the connection block goes out: the
-/// segments and the wait set whose eventfd is the doorbell the peer rings.
+/// segments and the wait set, which holds the set-up socket the peer rings.
 package struct SameHostOffer: ~Copyable {
     package let inbound: SharedSegment
     package let status: SharedSegment
-    /// Sleeps on the doorbell and on the set-up socket (whose end means the peer is gone).
+    /// Sleeps on the set-up socket (the peer's rings, and its hang-up) and its own eventfd.
     package let waitSet: WaitSet
     package let shape: EndpointShape
-    /// The doorbell: our end is in `waitSet`, the peer gets the other.
-    package let doorbell: DoorbellPair
 
     package init(shape: EndpointShape, socket: Int32) throws(RStreamError) {
         var shape = shape
@@ -47,17 +47,13 @@ package struct SameHostOffer: ~Copyable {
         let words = status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2)
         words.initialize(to: Atomic(0))
         (words + 1).initialize(to: Atomic(SameHostWakeRequest.formatMarker))
-        var ends: [Int32] = [-1, -1]
-        _ = try systemCall(.doorbellPair, "socketpair(doorbell)") { rs_doorbell_pair(&ends) }
-        guard let waitSet = WaitSet(waitDescriptors: [socket], doorbell: ends[0]) else {
-            close(ends[0]); close(ends[1])
+        guard let waitSet = WaitSet(waitDescriptors: [], doorbell: socket) else {
             throw RStreamError.system(errno, "making the stream's wait set")
         }
         self.inbound = inbound
         self.status = status
         self.waitSet = waitSet
         self.shape = shape
-        doorbell = DoorbellPair(own: ends[0], peers: ends[1])
     }
 
     /// The block this side announces: offsets into its inbound ring (base 0, no key).
@@ -65,38 +61,16 @@ package struct SameHostOffer: ~Copyable {
         ConnectionBlock(baseAddress: 0, key: 0, ringSize: shape.receiveRingSize, rxCredits: shape.rxCredits, iwarp: false)
     }
 
-    package var descriptors: [Int32] { [inbound.descriptor, status.descriptor, doorbell.peers] }
-}
-
-/// Owner of a doorbell's two ends (a Unix socket pair): the peer's is closed here once the peer
-/// holds it (`closePeers`), else with ours when this goes.
-package struct DoorbellPair: ~Copyable {
-    package let own: Int32
-    private let peersEnd: Atomic<Int32>
-    package var peers: Int32 { peersEnd.load(ordering: .acquiring) }
-
-    package init(own: Int32, peers: Int32) {
-        self.own = own
-        peersEnd = Atomic(peers)
-    }
-
-    package func closePeers() {
-        let fd = peersEnd.exchange(-1, ordering: .acquiringAndReleasing)
-        if fd >= 0 { close(fd) }
-    }
-
-    deinit {
-        close(own)
-        closePeers()
-    }
+    package var descriptors: [Int32] { [inbound.descriptor, status.descriptor] }
 }
 
 /// The shared-memory transport of one connection between two processes of this host: bytes go
 /// from the caller straight into the peer's receive ring (mapped here, the engine's direct-write
-/// region), each word into the peer's word ring, and the peer's doorbell is rung only when it has
-/// asked (its status segment shows a new wake request): a busy peer costs no system call.
+/// region), each word into the peer's word ring, and the peer is rung over the set-up socket only
+/// when it has asked (its status segment shows a new wake request): a busy peer costs no system
+/// call.
 ///
-/// Invariants: the four segments stay mapped, and the socket and doorbell open, until deinit.
+/// Invariants: the four segments stay mapped, and the socket open, until deinit.
 /// `sendSide` is touched only under the engine's send lock, `progressSide` only under its
 /// progress lock; they lie on separate cache lines, as do the completion FIFO's two counters.
 /// Nothing this side relies on lives in memory the peer can write: the peer's segments hold only
@@ -106,10 +80,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let status: SharedSegment
     private let peerInbound: SharedSegment
     private let peerStatus: SharedSegment
-    private let peerDoorbell: Int32
+    /// The connected set-up socket: the peer rings us on it, we ring the peer, and its hang-up
+    /// is the peer's leaving.
     private let socket: Int32
     private let ownWaitSet: WaitSet
-    private let doorbellEnds: DoorbellPair
     package let shape: EndpointShape
     package let costs: TransportCosts
     private let peerRingSize: Int
@@ -158,8 +132,8 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     private let lastPeerCheck = Atomic<Int64>(0)
 
     /// Joins this side's `offer` with the peer's checked `peer` block and its passed descriptors
-    /// (inbound segment, status segment, doorbell: taken over here, closed on failure) over the
-    /// connected set-up `socket` (taken over too once this succeeds).
+    /// (inbound segment, status segment: taken over here, closed on failure) over the connected
+    /// set-up `socket` (taken over too once this succeeds).
     package init(offer: consuming SameHostOffer, peer: ConnectionBlock, peerDescriptors: [Int32], socket: Int32) throws(RStreamError) {
         precondition(peerDescriptors.count == SameHostLayout.descriptorCount)
         // Each descriptor is owned by what it becomes; on a failure the ones not yet reached are
@@ -177,7 +151,6 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         let peerStatus = try closing(from: 2) { () throws(RStreamError) in
             try SharedSegment(mapping: peerDescriptors[1], byteCount: SameHostLayout.statusBytes, writable: false, what: "status segment")
         }
-        try closing(from: 2) { () throws(RStreamError) in try Self.checkDoorbell(peerDescriptors[2]) }
         let txSize = offer.shape.txQueueSize
         var size = 0
         func take(_ bytes: Int) -> Int {
@@ -213,25 +186,21 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
 
         self.peerInbound = peerInbound
         self.peerStatus = peerStatus
-        peerDoorbell = peerDescriptors[2]
         peerRingSize = peer.ringSize
         self.socket = socket
         shape = offer.shape
         costs = TransportCosts(txPerDataWrite: 1, peerReceivesPerDataWrite: 1, txQueueSize: txSize, postedReceives: offer.shape.rxCredits)
         ownWaitSet = offer.waitSet
-        doorbellEnds = offer.doorbell
         inbound = offer.inbound
         status = offer.status
     }
 
-    /// Closes this side's copies of what it passed to the peer (its segments' memfds, the peer's
-    /// doorbell end), once the peer holds them: the mappings keep the memory, so a stream holds
-    /// five descriptors (the set-up socket, its doorbell end, the peer's doorbell end that it
-    /// rings, its wait set's epoll and eventfd).
+    /// Closes this side's copies of what it passed to the peer (its segments' memfds), once the
+    /// peer holds them: the mappings keep the memory, so a stream holds three descriptors (the
+    /// set-up socket, its wait set's epoll and eventfd).
     package func releasePassedDescriptors() {
         inbound.closeDescriptor()
         status.closeDescriptor()
-        doorbellEnds.closePeers()
     }
 
     deinit {
@@ -239,17 +208,8 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         progressSide.deinitialize(count: 1)
         completionsPosted.deinitialize(count: 1)
         published.deinitialize(count: 1)
-        close(peerDoorbell)
-        ownWaitSet.unwatch(doorbellEnds.own) // its ends close as `doorbellEnds` goes
+        ownWaitSet.unwatch(socket)
         close(socket)
-    }
-
-    /// The doorbell must be one end of a Unix socket pair: rung with a send that never blocks,
-    /// whatever flags the peer set on its file (an eventfd or a pipe would share them with us).
-    private static func checkDoorbell(_ fd: Int32) throws(RStreamError) {
-        guard rs_is_doorbell(fd) != 0 else {
-            throw RStreamError.protocolViolation("the peer's doorbell is not a Unix socket pair's end")
-        }
     }
 
     package var name: String { "shm" }
@@ -295,7 +255,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         if request != sendSide.pointee.answeredWakeRequest
             && (!peerRequestsCarryInterest || !SameHostWakeRequest.interest(of: request).isDisjoint(with: wakes)) {
             sendSide.pointee.answeredWakeRequest = request
-            _ = rs_ring_doorbell(peerDoorbell) // EAGAIN: rings already pending; never blocks
+            _ = rs_ring_doorbell(socket) // EAGAIN: rings already pending; EPIPE: gone; never blocks
         }
     }
 
@@ -390,11 +350,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         return completionsPosted.pointee.load(ordering: .acquiring) == progressSide.pointee.completionsTaken
     }
 
-    /// Looks at the set-up socket and the doorbell, at most once per tick of the coarse clock (a
-    /// few milliseconds: no system call per operation while busy-polling). The socket's end, or
-    /// anything on it, means the peer is gone (its process died or closed); so does the doorbell's
-    /// end, since this side keeps no copy of the end it gave the peer (a peer that closes it while
-    /// it lives cannot be served: it can no longer be rung).
+    /// Looks at the set-up socket, at most once per tick of the coarse clock (a few milliseconds:
+    /// no system call per operation while busy-polling): its hang-up means the peer is gone (its
+    /// process died, or it closed or shut the socket down), whatever rings still wait ahead of it.
+    /// What the peer sends on it is only ever a ring (drained when a waiter arms).
     private func peerHasLeft() -> Bool {
         if peerGone.load(ordering: .acquiring) { return true }
         let now = Liveness.nowTicks()
@@ -402,17 +361,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // threads that both look in one tick cost one more recv, nothing else.
         guard lastPeerCheck.load(ordering: .relaxed) != now else { return false }
         lastPeerCheck.store(now, ordering: .relaxed)
-        func ended(_ fd: Int32, anythingEnds: Bool) -> Bool {
-            var byte: UInt8 = 0
-            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return false }
-            return n <= 0 || anythingEnds
-        }
-        guard ended(socket, anythingEnds: true) || ended(doorbellEnds.own, anythingEnds: false) else { return false }
+        guard rs_peer_hung_up(socket) != 0 else { return false }
         if !peerGone.exchange(true, ordering: .acquiringAndReleasing) {
-            // Both stay readable once ended: sleepers would spin on them.
+            // It stays readable once hung up: sleepers would spin on it.
             ownWaitSet.unwatch(socket)
-            ownWaitSet.unwatch(doorbellEnds.own)
             ownWaitSet.ring()
         }
         return true
@@ -424,9 +376,9 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         peerHasLeft() && !mayHaveNews && !leftReportedAsEvent.exchange(true, ordering: .relaxed)
     }
 
-    package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its end wakes sleepers
-    /// The set-up socket: its end is the peer's leaving.
-    package var connectionEventDescriptor: Int32? { socket }
+    package var hasConnectionEvent: Bool { false } // the socket is in the wait set: its hang-up wakes sleepers
+    /// The set-up socket: its hang-up is the peer's leaving (the rings on it are not events).
+    package var connectionEventDescriptor: ConnectionEventDescriptor? { ConnectionEventDescriptor(fd: socket, hangUpOnly: true) }
 
     /// The addresses the set-up gave (`SameHostAddress`), set once before the engine shares it.
     nonisolated(unsafe) package var addresses: (local: [UInt8]?, peer: [UInt8]?) = (nil, nil)

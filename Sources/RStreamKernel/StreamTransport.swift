@@ -93,11 +93,24 @@ package protocol StreamTransport: AnyObject, Sendable {
     func takePeerLeft() -> Bool
     /// True when a connection event is waiting for `takePeerLeft`.
     var hasConnectionEvent: Bool { get }
-    /// A descriptor that becomes readable when a connection event may be waiting (for an event
-    /// loop that sleeps on connection events apart from the data), nil where there is none.
-    var connectionEventDescriptor: Int32? { get }
+    /// A descriptor that tells when a connection event may be waiting (for an event loop that
+    /// sleeps on connection events apart from the data), nil where there is none.
+    var connectionEventDescriptor: ConnectionEventDescriptor? { get }
     /// This side's address (`ofPeer` false) or the peer's, as a `sockaddr`; nil where unknown.
     func address(ofPeer: Bool) -> [UInt8]?
     /// Ends the connection (no more words in either direction).
     func disconnect()
+}
+
+/// A descriptor whose readiness tells of connection events, and which readiness does.
+package struct ConnectionEventDescriptor: Sendable, Equatable {
+    package let fd: Int32
+    /// Only its hang-up is an event: it carries other traffic (a same-host set-up socket carries
+    /// the peer's rings), so its readability says nothing.
+    package let hangUpOnly: Bool
+
+    package init(fd: Int32, hangUpOnly: Bool) {
+        self.fd = fd
+        self.hangUpOnly = hangUpOnly
+    }
 }

@@ -50,8 +50,8 @@ package final class WaitSet: @unchecked Sendable {
     private let wake = Atomic<Int32>(-1)
     /// What has the reactor read a flat set's shared queues (once), and says whether it does.
     private let startSharedReaders: (@Sendable () -> Bool)?
-    /// A same-host peer's doorbell: this side's end of a socket pair, in the set, drained with the
-    /// eventfd (-1: none). Never the eventfd itself: a peer holding that could clear its
+    /// A same-host stream's set-up socket, on which the peer rings: in the set, its rings drained
+    /// with the eventfd (-1: none). Never an eventfd the peer holds too: it could clear its
     /// O_NONBLOCK (a flag of the shared open file) and make our next read or write block.
     private let doorbellFD: Int32
     /// A periodic timer in the set, for objects whose core signals nothing: a sleeper then
@@ -128,14 +128,18 @@ package final class WaitSet: @unchecked Sendable {
         memberList = Mutex([])
     }
 
-    /// Adds one more descriptor to sleep on (a descriptor already in the set is left as it is).
-    package func watch(_ fd: Int32) {
+    /// Adds one more descriptor to sleep on, for its readability, or for its hang-up alone
+    /// (`hangUpOnly`: a socket that carries other traffic); a descriptor already in the set is
+    /// watched for that from now on.
+    package func watch(_ fd: Int32, hangUpOnly: Bool = false) {
         precondition(!isFlat, "a flat wait set watches nothing of its own")
         var event = epoll_event()
-        event.events = EPOLLIN.rawValue
+        event.events = hangUpOnly ? EPOLLRDHUP.rawValue : EPOLLIN.rawValue
         event.data.fd = fd
         if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 {
             memberList.withCheckedLock(key: lockKey(self)) { $0.append(fd) }
+        } else if errno == EEXIST {
+            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
         }
     }
 

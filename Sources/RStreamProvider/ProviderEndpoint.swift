@@ -120,6 +120,8 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 guard let (engine, data) = try attempt.complete() else { return }
                 _ = self.engine.storeIfNil(engine)
                 s.phase = .connected
+                // The socket now carries the peer's rings as well: only its hang-up is an event.
+                if let events = engine.transport.connectionEventDescriptor { s.eventQueue?.watch(events) }
                 post(.connection(event: UInt32(FI_CONNECTED), fid: me, info: nil, data: data), s)
             } catch {
                 s.eventQueue?.unwatch(attempt.socket)
@@ -153,7 +155,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
                 post(.connection(event: UInt32(FI_SHUTDOWN), fid: me, info: nil, data: []), s)
             }
             // A same-host stream's socket stays readable once the peer left: sleep on it no more.
-            if s.shutdownReported, facts.isSameHost, let fd = engine.transport.connectionEventDescriptor { s.eventQueue?.unwatch(fd) }
+            if s.shutdownReported, facts.isSameHost, let events = engine.transport.connectionEventDescriptor { s.eventQueue?.unwatch(events.fd) }
         }
     }
 
@@ -325,7 +327,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             let engine = try SameHostHandshake.answer(pending, shape: s.shape, userData: userData, localAddress: request?.localAddress)
             _ = self.engine.storeIfNil(engine)
             s.phase = .connected
-            if let fd = engine.transport.connectionEventDescriptor { s.eventQueue?.watch(fd) }
+            if let events = engine.transport.connectionEventDescriptor { s.eventQueue?.watch(events) }
             post(.connection(event: UInt32(FI_CONNECTED), fid: fidOf(handle), info: nil, data: []), s)
             return 0
         } catch {

@@ -99,6 +99,9 @@ final class ProviderEventQueue: @unchecked Sendable {
         if let descriptor { waitSet?.watch(descriptor) } else { waitSet?.addTicker(milliseconds: 10) }
     }
 
+    /// Sleeps on a connection's events too (a same-host set-up socket for its hang-up alone).
+    func watch(_ descriptor: ConnectionEventDescriptor) { waitSet?.watch(descriptor.fd, hangUpOnly: descriptor.hangUpOnly) }
+
     /// Stops sleeping on `descriptor` (one that stays readable once its news was taken).
     func unwatch(_ descriptor: Int32) { waitSet?.unwatch(descriptor) }
 

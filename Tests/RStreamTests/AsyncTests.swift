@@ -235,7 +235,7 @@ extension WaitingRegressionTests {
         // It arms the way it did: its count raised to 8, whose low bits an interest would read as none.
         session.offer.status.base.storeBytes(of: 8, as: UInt64.self)
         try server.sendAll([1])
-        var pfd = pollfd(fd: session.offer.doorbell.own, events: Int16(POLLIN), revents: 0)
+        var pfd = pollfd(fd: session.socket, events: Int16(POLLIN), revents: 0)
         #expect(poll(&pfd, 1, 5000) == 1, "the older peer was not rung for the byte")
         server.close(linger: .zero)
         listener.close()

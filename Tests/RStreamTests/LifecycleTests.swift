@@ -182,10 +182,10 @@ import Testing
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
-    /// A same-host stream holds five: its set-up socket, its doorbell end, the peer's doorbell end
-    /// (which it rings), and its wait set's epoll and eventfd. Its segments' memfds and its copy
-    /// of the doorbell end it gave the peer are closed once the peer holds them (before, seven).
-    @Test func aSameHostStreamHoldsFiveDescriptors() throws {
+    /// A same-host stream holds three: its set-up socket (on which the peer rings it and it rings
+    /// the peer), and its wait set's epoll and eventfd. Its segments' memfds are closed once the
+    /// peer holds them (before, seven; then five, with a socket pair for a doorbell).
+    @Test func aSameHostStreamHoldsThreeDescriptors() throws {
         let options = LifecycleTests.options("shm")
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
         var streams: [StreamConnection] = []
@@ -198,7 +198,7 @@ import Testing
         }
         let perStream = Double(Self.openDescriptors() - before) / Double(streams.count)
         // Rounded: a test running beside this one may open or close a few of its own meanwhile.
-        #expect(perStream.rounded() == 5, "\(perStream) descriptors per same-host stream")
+        #expect(perStream.rounded() == 3, "\(perStream) descriptors per same-host stream")
         // They still work: the memory outlives the memfds.
         try streams[0].sendAll([42])
         #expect(try streams[1].receive(maxBytes: 1) == [42])

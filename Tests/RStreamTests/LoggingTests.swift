@@ -58,7 +58,7 @@ struct CapturingLogHandler: LogHandler {
         let accepting = Background { () -> RStreamError? in
             do { _ = try listener.accept(timeout: .seconds(10)); return nil } catch let error as RStreamError { return error }
         }
-        // A request without its segments and doorbell.
+        // A request without its segments.
         let reason = try SameHostHostilePeerTests.refusal(port: listener.port, block: HostilePeerTests.block { _ in }, descriptors: [])
         #expect(reason.contains("descriptors"), "\(reason)")
         #expect(try accepting.value()?.kind == .protocolViolation)

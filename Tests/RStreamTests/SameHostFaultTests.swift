@@ -64,7 +64,7 @@ import Testing
 
     static let clientSites: [(FaultSite, String)] = [
         (.unixSocket, "socket(AF_UNIX"), (.unixConnect, "connect(rstream-shm:"), (.memfdCreate, "memfd_create("),
-        (.truncate, "ftruncate("), (.mapSegment, "mmap("), (.sealSegment, "sealing"), (.doorbellPair, "socketpair(doorbell)"),
+        (.truncate, "ftruncate("), (.mapSegment, "mmap("), (.sealSegment, "sealing"),
         (.sendMessage, "sendmsg(set-up message)"), (.receiveMessage, "recvmsg(set-up message)"), (.statSegment, "fstat(the peer's"),
     ]
 
@@ -90,7 +90,7 @@ import Testing
 
     static let answerSites: [(FaultSite, String)] = [
         (.memfdCreate, "memfd_create("), (.truncate, "ftruncate("), (.mapSegment, "mmap("), (.sealSegment, "sealing"),
-        (.doorbellPair, "socketpair(doorbell)"), (.statSegment, "fstat(the peer's"), (.sendMessage, "sendmsg(set-up message)"),
+        (.statSegment, "fstat(the peer's"), (.sendMessage, "sendmsg(set-up message)"),
     ]
 
     /// A call of the listener's answer fails: that accept throws it; the client is told (refused

@@ -163,7 +163,6 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         let offer: SameHostOffer
         let peer: ConnectionBlock
         let peerInbound: SharedSegment
-        let doorbell: Int32
         var capacity: Int { WordRing.capacity(forCredits: peer.rxCredits) }
         func slot(_ index: Int) -> UnsafeMutablePointer<UInt64> {
             (peerInbound.base + index * WordRing.slotBytes).assumingMemoryBound(to: UInt64.self)
@@ -171,10 +170,9 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         /// Writes a slot as the producer would (the sequence in the high half), and rings.
         func put(_ index: Int, sequence: UInt32, word: UInt32) {
             slot(index).pointee = UInt64(sequence) << 32 | UInt64(word)
-            var one: UInt8 = 1
-            _ = send(doorbell, &one, 1, Int32(MSG_DONTWAIT))
+            _ = rs_ring_doorbell(socket)
         }
-        deinit { close(doorbell); close(socket) }
+        deinit { close(socket) }
     }
 
     /// The listener's answer on the set-up socket `fd`, waited for as the library waits.
@@ -192,12 +190,12 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         if asOlderPeer { (offer.status.base + 8).storeBytes(of: 0, as: UInt64.self) }
         try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
         let message = try answer(on: fd)
-        try #require(message.descriptors.count == 3, "\(String(decoding: message.bytes, as: UTF8.self))")
+        try #require(message.descriptors.count == 2, "\(String(decoding: message.bytes, as: UTF8.self))")
         let peer = try ConnectionBlock.decode(message.bytes, expectIwarp: false)
         let inbound = try SharedSegment(mapping: message.descriptors[0], byteCount: SameHostLayout.inboundBytes(ringSize: peer.ringSize),
                                         writable: true, what: "inbound")
         close(message.descriptors[1])
-        return Session(socket: fd, offer: offer, peer: peer, peerInbound: inbound, doorbell: message.descriptors[2])
+        return Session(socket: fd, offer: offer, peer: peer, peerInbound: inbound)
     }
 
     /// Sends a hand-made request (block bytes and descriptors) and returns the refusal's text.
@@ -262,25 +260,50 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         try Self.expectStillServing(port: port, errors: errors)
     }
 
-    /// `O_NONBLOCK` is a flag of the open file, which descriptors passed with `SCM_RIGHTS` share:
-    /// a peer that clears it on the doorbell it was given, and fills that doorbell, must not make
-    /// the listener block when it arms its own wait set or rings (with the listener's eventfd as
-    /// the doorbell, its next `arm()` read blocked for ever and it served nobody again).
-    @Test func aPeerClearingNonBlockingOnWhatItWasGivenCannotHangTheListener() throws {
+    /// The rings travel over the set-up socket, whose two ends are open files of their own: a
+    /// peer that clears `O_NONBLOCK` on its end, floods the listener with rings and never takes
+    /// the listener's, must not make the listener block when it arms its wait set (draining the
+    /// flood) or rings (into a full queue). Before, with an eventfd handed to the peer as the
+    /// doorbell, the peer could clear the flag of the listener's own file: its next `arm()` read
+    /// blocked for ever and it served nobody again.
+    @Test func aPeerFloodingTheSetUpSocketCannotHangTheListener() throws {
         let (listen, port, errors) = try startSameHostListener(["--provider", "shm"], stdout: Pipe())
         defer { kill(listen.processIdentifier, SIGKILL); listen.waitUntilExit() }
         do {
             let session = try Self.connect(port: port)
-            _ = fcntl(session.doorbell, F_SETFL, 0)
-            // Fill the listener's doorbell as far as it takes.
+            _ = fcntl(session.socket, F_SETFL, 0)
+            // Fill the listener's end as far as it takes.
             var one: UInt8 = 1
-            while send(session.doorbell, &one, 1, Int32(MSG_DONTWAIT)) > 0 {}
+            while send(session.socket, &one, 1, Int32(MSG_DONTWAIT)) > 0 {}
             usleep(300_000) // the listener arms, drains and sleeps meanwhile
             session.peerInbound.base.advanced(by: SameHostLayout.wordRingBytes).storeBytes(of: 65, as: UInt8.self)
             session.put(0, sequence: 1, word: Self.data1)
             usleep(100_000)
         } // the session ends here (the listener serves one stream at a time)
         try Self.expectStillServing(port: port, errors: errors)
+    }
+
+    /// A peer that rings and then leaves: its rings wait, undrained, ahead of its hang-up on the
+    /// set-up socket (a stream that only busy-polls never arms, so never drains them); the
+    /// stream still sees it leave (`POLLRDHUP`, whatever is queued), where a look at what comes
+    /// first on the socket would see only rings.
+    @Test func aPeerLeavingBehindItsRingsIsSeenToLeave() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
+        do {
+            let session = try Self.connect(port: listener.port)
+            for _ in 0..<100 { _ = rs_ring_doorbell(session.socket) }
+        } // the session closes its socket here
+        let server = try accepted.value()
+        defer { server.close(linger: .zero) }
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let deadline = ContinuousClock.now + .seconds(10)
+        var outcome: RStreamError?
+        while outcome == nil && ContinuousClock.now < deadline {
+            do throws(RStreamError) { _ = try server.tryReceive(into: &buffer) } catch { outcome = error }
+        }
+        #expect(outcome?.kind == .connectionReset, "\(String(describing: outcome))")
     }
 
     @Test func badSegmentsAndDescriptorsAreRefusedWithAReason() throws {
@@ -293,27 +316,20 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
             if seal { _ = rs_seal(fd, 0) }
             return fd
         }
-        let eventfdOwner = try #require(WaitSet(waitDescriptors: []))
-        let doorbell = eventfdOwner.wakeDescriptor
         var pipeEnds: [Int32] = [0, 0]
         _ = pipe(&pipeEnds)
         defer { close(pipeEnds[0]); close(pipeEnds[1]) }
-        var socketEnds: [Int32] = [-1, -1]
-        _ = rs_doorbell_pair(&socketEnds)
-        defer { close(socketEnds[0]); close(socketEnds[1]) }
-        let socketEnd = socketEnds[1]
         let cases: [(String, [Int32], String)] = [
-            ("two descriptors", [memfd(65536, seal: true), memfd(4096, seal: true)], "descriptors"),
-            ("an unsealed segment", [memfd(65536, seal: false), memfd(4096, seal: true), socketEnd], "not sealed"),
-            ("a segment smaller than its ring", [memfd(8192, seal: true), memfd(4096, seal: true), socketEnd], "announced"),
-            ("a pipe for a doorbell", [memfd(65536, seal: true), memfd(4096, seal: true), pipeEnds[1]], "doorbell"),
-            ("an eventfd for a doorbell (its flags would be shared)", [memfd(65536, seal: true), memfd(4096, seal: true), doorbell], "doorbell"),
-            ("a file that is no segment", [pipeEnds[0], memfd(4096, seal: true), socketEnd], "not a sealable"),
+            ("one descriptor", [memfd(65536, seal: true)], "descriptors"),
+            ("three descriptors (a doorbell, as before)", [memfd(65536, seal: true), memfd(4096, seal: true), memfd(4096, seal: true)], "descriptors"),
+            ("an unsealed segment", [memfd(65536, seal: false), memfd(4096, seal: true)], "not sealed"),
+            ("a segment smaller than its ring", [memfd(8192, seal: true), memfd(4096, seal: true)], "announced"),
+            ("a file that is no segment", [pipeEnds[0], memfd(4096, seal: true)], "not a sealable"),
         ]
         for (what, descriptors, needle) in cases {
             let reason = try Self.refusal(port: port, block: block, descriptors: descriptors)
             #expect(reason.contains(needle), "\(what): \(reason)")
-            for fd in descriptors where ![doorbell, socketEnd, pipeEnds[0], pipeEnds[1]].contains(fd) { close(fd) }
+            for fd in descriptors where !pipeEnds.contains(fd) { close(fd) }
         }
         #expect(errors.waitFor("connection failed", count: cases.count), "\(errors.value)")
         try Self.expectStillServing(port: port, errors: errors)

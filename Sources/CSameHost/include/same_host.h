@@ -23,15 +23,18 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
                                  int *count, int *truncated, int dontwait);
 /// accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), which needs _GNU_SOURCE.
 int rs_accept_nonblocking(int socket);
-/// socketpair(AF_UNIX, SOCK_SEQPACKET, CLOEXEC | NONBLOCK) into `ends`: a doorbell whose ends are
-/// separate open files, so the peer holding one cannot change the other's flags. 0 or -1/errno.
-int rs_doorbell_pair(int ends[2]);
-/// 1 when `fd` is a Unix SOCK_SEQPACKET socket (a doorbell's end), else 0.
-int rs_is_doorbell(int fd);
-/// Rings a doorbell end without ever blocking (MSG_DONTWAIT | MSG_NOSIGNAL): 1 byte or -1/errno.
+/// socketpair(AF_UNIX, SOCK_SEQPACKET, CLOEXEC | NONBLOCK) into `ends` (for tests: a connected
+/// pair like a same-host set-up socket's two ends).
+int rs_socket_pair(int ends[2]);
+/// Rings the peer over a connected set-up socket without ever blocking (MSG_DONTWAIT |
+/// MSG_NOSIGNAL): 1 byte or -1/errno.
 long rs_ring_doorbell(int fd);
-/// Drains a doorbell end without blocking; returns how many rings were taken.
+/// Drains the rings waiting on a set-up socket without blocking (whatever they hold: a message
+/// with descriptors has them closed by the kernel, unreceived); returns how many were taken.
 int rs_drain_doorbell(int fd);
+/// 1 when the peer of a connected socket has hung up (closed, shut down or died: POLLRDHUP,
+/// POLLHUP or POLLERR, whatever rings still wait ahead of it), else 0.
+int rs_peer_hung_up(int fd);
 /// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_uid(int socket);
 /// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.

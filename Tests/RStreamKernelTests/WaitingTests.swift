@@ -1,4 +1,5 @@
 import CLibfabric // its header brings sys/eventfd.h
+import CSameHost
 import Glibc
 import Synchronization
 import Testing
@@ -29,5 +30,30 @@ import Testing
         let atStop = checks.load(ordering: .relaxed)
         usleep(100_000)
         #expect(checks.load(ordering: .relaxed) == atStop, "no check after the stop returned")
+    }
+}
+
+@Suite struct WaitSetTests {
+    /// A same-host set-up socket carries the peer's rings: watched for its hang-up alone (how a
+    /// C program's event queue watches it), its traffic does not make the set readable, its
+    /// peer's leaving does; watched for readability, a ring does.
+    @Test func aHangUpOnlyWatchIgnoresTrafficAndSeesTheHangUp() throws {
+        var ends: [Int32] = [-1, -1]
+        try #require(rs_socket_pair(&ends) == 0)
+        defer { close(ends[0]) }
+        let events = try #require(WaitSet(waitDescriptors: []))
+        events.watch(ends[0], hangUpOnly: true)
+        let data = try #require(WaitSet(waitDescriptors: [], doorbell: ends[0]))
+        func readable(_ set: WaitSet) -> Bool {
+            var look = pollfd(fd: set.descriptor, events: Int16(POLLIN), revents: 0)
+            return poll(&look, 1, 0) == 1
+        }
+        #expect(rs_ring_doorbell(ends[1]) == 1)
+        #expect(!readable(events), "a ring is no connection event")
+        #expect(readable(data), "a ring wakes the stream's waiters")
+        #expect(rs_peer_hung_up(ends[0]) == 0)
+        close(ends[1])
+        #expect(readable(events), "the hang-up is")
+        #expect(rs_peer_hung_up(ends[0]) == 1, "seen with a ring still queued ahead of it")
     }
 }
