@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -88,6 +90,14 @@ int rs_peer_hung_up(int fd) {
     struct pollfd look = { .fd = fd, .events = POLLRDHUP };
     if (poll(&look, 1, 0) != 1) return 0;
     return (look.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+void rs_park_forever(void) {
+    /* On this thread's stack, which outlives an unload of this library: a word in the
+     * library's own data would be unmapped with it, and the restarted wait would fail with
+     * EFAULT and return into the unmapped code. */
+    volatile int never = 0;
+    for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
 }
 
 long rs_peer_uid(int socket) {

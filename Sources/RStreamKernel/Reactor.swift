@@ -1,4 +1,5 @@
 import CLibfabric // its header brings sys/epoll.h and sys/eventfd.h, as for `WaitSet`
+import CSameHost // rs_park_forever
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -31,12 +32,12 @@ import Glibc
 /// from there under the lock. A cancel that finds its waiter out for its check marks it, and the
 /// check's end resumes it. A bucket may name tokens gone since, or filed again at another time:
 /// they are skipped. `wakeFD` is in the epoll set for ever. Once `parked` is true the thread
-/// runs no more of this library's code (see `stopForExit`).
+/// runs at most the few instructions to its last wait (see `park` and `stopForExit`).
 package final class Reactor: @unchecked Sendable {
     package typealias Token = UInt64
 
     /// The process's reactor (its thread starts on the first registration).
-    package static let shared = Reactor()
+    package static let shared = Reactor(isShared: true)
 
     private struct Waiter {
         /// The descriptors it waits on (any of them readable fires it): a wait set's members.
@@ -100,13 +101,17 @@ package final class Reactor: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     /// Set by the thread once it is parked for good.
     private let parked = Atomic<Bool>(false)
-    /// True from just before the thread is made, unless making it failed.
-    private let threadMade = Atomic<Bool>(false)
+    /// The process that made the thread, from just before it is made (0: none, or making it
+    /// failed). A child forked since has no such thread: it has nothing to wait for at exit.
+    private let threadProcess = Atomic<Int32>(0)
     /// Whether the shared reactor's thread was ever started (so that `stopForExit` need not
     /// make a reactor to stop).
     private static let everStarted = Atomic<Bool>(false)
+    private let isShared: Bool
 
-    init() { // the process has one (`shared`); tests make their own
+    /// The process has one (`shared`); tests make their own.
+    init(isShared: Bool = false) {
+        self.isShared = isShared
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         if epoll >= 0 && wakeFD >= 0 {
@@ -242,13 +247,14 @@ package final class Reactor: @unchecked Sendable {
     // MARK: The thread
 
     private func startLoop() {
-        if !Self.everStarted.exchange(true, ordering: .acquiringAndReleasing) {
+        // Before `everStarted`: a stop that sees it then waits for the thread about to be made.
+        threadProcess.store(getpid(), ordering: .releasing)
+        if isShared && !Self.everStarted.exchange(true, ordering: .acquiringAndReleasing) {
             // Before libfabric's destructor (run after every atexit handler) tears the core down;
             // inside `librstream-fi.so` the handler also runs when the library is unloaded.
             atexit { Reactor.stopForExit() }
         }
         let box = Unmanaged.passRetained(self).toOpaque()
-        threadMade.store(true, ordering: .releasing)
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { context in
             let reactor = Unmanaged<Reactor>.fromOpaque(context!).takeRetainedValue()
@@ -259,7 +265,7 @@ package final class Reactor: @unchecked Sendable {
         if rc == 0 {
             pthread_detach(thread)
         } else {
-            threadMade.store(false, ordering: .releasing)
+            threadProcess.store(0, ordering: .releasing)
             Unmanaged<Reactor>.fromOpaque(box).release()
             // No thread: resume everyone now and let them look again; the next registration
             // tries to start it again.
@@ -321,13 +327,17 @@ package final class Reactor: @unchecked Sendable {
     }
 
     /// Stops the thread for good where it stands between two rounds (holding no lock, in no
-    /// check), with every signal blocked so that nothing makes it run on.
+    /// check): every signal the program can block is blocked, and the thread waits on a futex
+    /// word nobody changes. glibc's own SIGSETXID (sent to every thread by `setuid` and the
+    /// like) cannot be blocked, but its handler is SA_RESTART and the kernel restarts the wait
+    /// without returning to this code (a `pause()` would return, into a library perhaps
+    /// unloaded by then).
     private func park() -> Never {
         var all = sigset_t()
         sigfillset(&all)
         pthread_sigmask(SIG_BLOCK, &all, nil)
         parked.store(true, ordering: .releasing)
-        while true { pause() }
+        rs_park_forever()
     }
 
     /// A fired descriptor is disarmed (one-shot): each of its waiters leaves it, to be resumed or
@@ -399,6 +409,8 @@ extension Reactor {
     /// the thread may be reading a queue of) and unloads `librstream-fi.so` (whose code the
     /// thread runs: a C program exiting with the reactor busy crashed with SIGSEGV). Tasks
     /// still waiting are never resumed. Threads of the program itself are its own to stop.
+    /// (After `parked`, the stopper waits a millisecond more: the few instructions from the
+    /// flag to the futex wait are the thread's last in this library.)
     package static func stopForExit() {
         guard everStarted.load(ordering: .acquiring) else { return }
         shared.stop(waitingUpTo: exitWaitLimit)
@@ -408,10 +420,11 @@ extension Reactor {
     /// itself: it parks on its way back to the loop).
     func stop(waitingUpTo limit: Duration) {
         stopping.store(true, ordering: .releasing)
-        guard !isCurrentThread, threadMade.load(ordering: .acquiring) else { return }
+        guard !isCurrentThread, threadProcess.load(ordering: .acquiring) == getpid() else { return }
         ring()
         let giveUp = ContinuousClock.now + limit
         while !parked.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(100) }
+        if parked.load(ordering: .acquiring) { usleep(1000) }
     }
 
     /// True once the thread is parked (for tests).

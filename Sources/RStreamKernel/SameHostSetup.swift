@@ -108,7 +108,7 @@ package enum LocalAddress {
 /// Both ends of the same-host set-up over the Unix socket. The active side sends its 24-byte
 /// block of protocol v4 (base 0 and key 0: offsets into its inbound ring), then what the caller
 /// wants the peer to have (connection data, at most `userDataLimit` bytes), with its inbound
-/// segment, status segment and doorbell as `SCM_RIGHTS`; the passive side answers the same way,
+/// segment and status segment as `SCM_RIGHTS`; the passive side answers the same way,
 /// or refuses with a message of text alone (the reason). Everything received is checked before
 /// it is used: the block as on the fabric, the descriptors' kinds, seals and sizes by the transport.
 package enum SameHostHandshake {

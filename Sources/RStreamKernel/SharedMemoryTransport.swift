@@ -358,7 +358,7 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         if peerGone.load(ordering: .acquiring) { return true }
         let now = Liveness.nowTicks()
         // A load and a store, not an exchange (a locked instruction on every empty poll): two
-        // threads that both look in one tick cost one more recv, nothing else.
+        // threads that both look in one tick cost one more poll, nothing else.
         guard lastPeerCheck.load(ordering: .relaxed) != now else { return false }
         lastPeerCheck.store(now, ordering: .relaxed)
         guard rs_peer_hung_up(socket) != 0 else { return false }

@@ -139,7 +139,8 @@ package final class WaitSet: @unchecked Sendable {
         if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 {
             memberList.withCheckedLock(key: lockKey(self)) { $0.append(fd) }
         } else if errno == EEXIST {
-            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            let changed = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            assert(changed == 0, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
         }
     }
 

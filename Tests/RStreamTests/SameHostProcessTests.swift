@@ -261,11 +261,13 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
     }
 
     /// The rings travel over the set-up socket, whose two ends are open files of their own: a
-    /// peer that clears `O_NONBLOCK` on its end, floods the listener with rings and never takes
-    /// the listener's, must not make the listener block when it arms its wait set (draining the
-    /// flood) or rings (into a full queue). Before, with an eventfd handed to the peer as the
-    /// doorbell, the peer could clear the flag of the listener's own file: its next `arm()` read
-    /// blocked for ever and it served nobody again.
+    /// peer that clears `O_NONBLOCK` on its end and floods the listener with rings must not make
+    /// the listener block when it arms its wait set (draining the flood), and it still serves.
+    /// Before, with an eventfd handed to the peer as the doorbell, the peer could clear the flag
+    /// of the listener's own file: its next `arm()` read blocked for ever and it served nobody
+    /// again. With separate files this is a guard against regressions more than a live danger;
+    /// the listener's rings to a peer that never drains are `MSG_DONTWAIT` sends, and a full
+    /// queue is not reached here.
     @Test func aPeerFloodingTheSetUpSocketCannotHangTheListener() throws {
         let (listen, port, errors) = try startSameHostListener(["--provider", "shm"], stdout: Pipe())
         defer { kill(listen.processIdentifier, SIGKILL); listen.waitUntilExit() }

@@ -213,7 +213,9 @@ import Testing
 
     /// An async reader of a grouped stream suspends on the reactor, which reads the shared
     /// queue for it, and resumes for its bytes: woken through its descriptor, not found ready by
-    /// its one-second tick (which would hide a reader that never rings it).
+    /// its one-second tick (which would hide a reader that never rings it). The count is the
+    /// whole reactor's: the readers' first ticks come a second after they filed, well after the
+    /// bytes; a waiter left by another test whose deadline fell in these milliseconds would show.
     @Test(.timeLimit(.minutes(1))) func anAsyncReaderOfAGroupedStreamResumes() async throws {
         let options = Self.options()
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)

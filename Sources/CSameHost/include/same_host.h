@@ -35,6 +35,9 @@ int rs_drain_doorbell(int fd);
 /// 1 when the peer of a connected socket has hung up (closed, shut down or died: POLLRDHUP,
 /// POLLHUP or POLLERR, whatever rings still wait ahead of it), else 0.
 int rs_peer_hung_up(int fd);
+/// Waits for ever on a futex word nobody changes (the reactor's thread, parked at exit); an
+/// SA_RESTART signal handler (glibc's SIGSETXID) restarts the wait inside the kernel.
+__attribute__((noreturn)) void rs_park_forever(void);
 /// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_uid(int socket);
 /// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.

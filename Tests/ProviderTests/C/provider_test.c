@@ -226,8 +226,9 @@ static int peek_client(const char *host, const char *port)
 	struct fid_ep *ep = connect_to(&f, host, port, iwarp(), NULL, 0, NULL, NULL);
 	struct fid *fids[1] = { &ep->fid };
 	struct fi_msg empty = { .iov_count = 0 };
-	int fd, wakeups = 0;
+	int fd, eq_fd, wakeups = 0;
 	CHECK(fi_control(&ep->fid, FI_GETWAIT, &fd));
+	CHECK(fi_control(&f.eq->fid, FI_GETWAIT, &eq_fd));
 	/* Room to send on an idle stream: sendmsg(FI_PEEK) says how much. */
 	ssize_t room = fi_sendmsg(ep, &empty, FI_PEEK);
 	EXPECT(room > 0, "room to send, got %zd", room);
@@ -241,6 +242,12 @@ static int peek_client(const char *host, const char *port)
 				int rc = poll(&p, 1, 5000);
 				EXPECT(rc == 1, "poll woke for message %d (rc %d)", i, rc);
 				wakeups++;
+				/* What woke the endpoint is no connection event: over shared memory the
+				 * peer's ring waits on the socket whose hang-up the event queue watches. */
+				struct fid *eq_fids[1] = { &f.eq->fid };
+				EXPECT(fi_trywait(f.fabric, eq_fids, 1) == FI_SUCCESS, "no event queued (message %d)", i);
+				struct pollfd q = { .fd = eq_fd, .events = POLLIN };
+				EXPECT(poll(&q, 1, 0) == 0, "the event queue is readable with no event (message %d)", i);
 			}
 		}
 		CHECK(ready);
@@ -683,7 +690,6 @@ static int echo_server(int expected, int use_epoll)
 	return 0;
 }
 
-/* count connections on one event queue, each sending bytes and checking their echo */
 /* What libfabric's destructor (fi_fini, not exported) does to a provider it loaded from
  * FI_PROVIDER_PATH: its cleanup, then dlclose of the library. Here the process then lives on for
  * 300 ms with bytes still arriving, where a real exit goes on to tear down the core and is gone
@@ -701,12 +707,16 @@ static void unload_provider_and_live_on(void)
 	dlclose(library); /* this program's reference */
 	dlclose(library); /* libfabric's */
 	EXPECT(!dlopen(path, RTLD_NOW | RTLD_NOLOAD), "the provider is unloaded");
+	/* glibc signals every thread for a setuid (SIGSETXID, which no thread can block): a parked
+	 * thread must not return into the unloaded code from its handler. */
+	EXPECT(setuid(getuid()) == 0, "setuid: %s", strerror(errno));
 	usleep(300000);
 	printf("lived on 300 ms after the provider's unload\n");
 	_exit(0); /* libfabric's own destructor would close the handle again */
 }
 
-/* `leave` ("exit" or "unload", with `leave_after` bytes): once that many bytes have come back in
+/* Count connections on one event queue, each sending bytes and checking their echo.
+ * `leave` ("exit" or "unload", with `leave_after` bytes): once that many bytes have come back in
  * all, the program leaves at once with everything open and bytes in flight, as a program
  * leaving on a failed check does: through exit(), or through the unload exit() would do. */
 static int echo_clients(const char *host, const char *port, int count, uint64_t bytes, const char *leave,
