@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -98,6 +99,23 @@ void rs_park_forever(void) {
      * EFAULT and return into the unmapped code. */
     volatile int never = 0;
     for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+}
+
+void rs_park_prepare(void) { (void)syscall(SYS_getpid); }
+
+int rs_thread_id(void) { return (int)syscall(SYS_gettid); }
+
+int rs_thread_waits_on_futex(int tid) {
+    char path[64], text[32], expected[16];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    int length = snprintf(expected, sizeof expected, "%d ", (int)SYS_futex);
+    return strncmp(text, expected, (size_t)length) == 0;
 }
 
 long rs_peer_uid(int socket) {

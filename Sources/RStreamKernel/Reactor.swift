@@ -99,8 +99,11 @@ package final class Reactor: @unchecked Sendable {
     private let wakeFD: Int32
     /// Set by `stopForExit`: the thread parks at its next look.
     private let stopping = Atomic<Bool>(false)
-    /// Set by the thread once it is parked for good.
+    /// Set by the thread once it is parked for good, after `parkedThread` (its kernel id).
     private let parked = Atomic<Bool>(false)
+    private let parkedThread = Atomic<Int32>(0)
+    /// Set as the process exits: no thread is started after it.
+    private static let exiting = Atomic<Bool>(false)
     /// The process that made the thread, from just before it is made (0: none, or making it
     /// failed). A child forked since has no such thread: it has nothing to wait for at exit.
     private let threadProcess = Atomic<Int32>(0)
@@ -256,12 +259,21 @@ package final class Reactor: @unchecked Sendable {
         }
         let box = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { context in
+        // The thread takes no signal sent to the process (a handler that exits, as
+        // libinfinipath's SIGTERM one does, must not run on it mid-check): it inherits this
+        // mask. Faults of its own (SIGSEGV and the like) still reach the crash handlers.
+        var all = sigset_t(), saved = sigset_t()
+        sigfillset(&all)
+        for fault in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&all, fault) }
+        pthread_sigmask(SIG_BLOCK, &all, &saved)
+        let rc = Self.exiting.load(ordering: .acquiring) ? EAGAIN : pthread_create(&thread, nil, { context in
             let reactor = Unmanaged<Reactor>.fromOpaque(context!).takeRetainedValue()
             reactor.thread.store(UInt(pthread_self()), ordering: .releasing)
+            rs_park_prepare() // binds what the park calls now, not on its way into the wait
             reactor.loop()
             return nil
         }, box)
+        pthread_sigmask(SIG_SETMASK, &saved, nil)
         if rc == 0 {
             pthread_detach(thread)
         } else {
@@ -327,15 +339,14 @@ package final class Reactor: @unchecked Sendable {
     }
 
     /// Stops the thread for good where it stands between two rounds (holding no lock, in no
-    /// check): every signal the program can block is blocked, and the thread waits on a futex
-    /// word nobody changes. glibc's own SIGSETXID (sent to every thread by `setuid` and the
-    /// like) cannot be blocked, but its handler is SA_RESTART and the kernel restarts the wait
-    /// without returning to this code (a `pause()` would return, into a library perhaps
-    /// unloaded by then).
+    /// check): every signal sent to the process is blocked (from its start), and the thread
+    /// waits on a futex word nobody changes. glibc's own SIGSETXID (sent to every thread by
+    /// `setuid` and the like) cannot be blocked, but its handler is SA_RESTART: once it returns,
+    /// the kernel runs libc's `syscall` instruction again, never this code (a `pause()`
+    /// returned, into a library perhaps unloaded by then). glibc ≥ 2.34 installs a SIGCANCEL
+    /// handler only for `pthread_cancel`, which nobody calls on this thread.
     private func park() -> Never {
-        var all = sigset_t()
-        sigfillset(&all)
-        pthread_sigmask(SIG_BLOCK, &all, nil)
+        parkedThread.store(rs_thread_id(), ordering: .relaxed)
         parked.store(true, ordering: .releasing)
         rs_park_forever()
     }
@@ -409,26 +420,40 @@ extension Reactor {
     /// the thread may be reading a queue of) and unloads `librstream-fi.so` (whose code the
     /// thread runs: a C program exiting with the reactor busy crashed with SIGSEGV). Tasks
     /// still waiting are never resumed. Threads of the program itself are its own to stop.
-    /// (After `parked`, the stopper waits a millisecond more: the few instructions from the
-    /// flag to the futex wait are the thread's last in this library.)
+    /// A child forked after the thread started has none: it waits for nothing (and has no
+    /// reactor either; its async waits nap).
     package static func stopForExit() {
+        exiting.store(true, ordering: .releasing)
         guard everStarted.load(ordering: .acquiring) else { return }
         shared.stop(waitingUpTo: exitWaitLimit)
     }
 
-    /// Sets the thread to park and waits up to `limit` for it (not when called on the thread
-    /// itself: it parks on its way back to the loop).
+    /// Sets the thread to park and waits up to `limit` for it to be inside its futex wait (not
+    /// when called on the thread itself: it parks on its way back to the loop). The few
+    /// instructions from `parked` to the wait are the thread's last in this library: the wait
+    /// is seen in `/proc/self/task/<tid>/syscall` (where that cannot be read, a millisecond
+    /// more is given instead).
     func stop(waitingUpTo limit: Duration) {
         stopping.store(true, ordering: .releasing)
         guard !isCurrentThread, threadProcess.load(ordering: .acquiring) == getpid() else { return }
         ring()
         let giveUp = ContinuousClock.now + limit
         while !parked.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(100) }
-        if parked.load(ordering: .acquiring) { usleep(1000) }
+        guard parked.load(ordering: .acquiring) else { return }
+        let tid = parkedThread.load(ordering: .relaxed)
+        while ContinuousClock.now < giveUp {
+            switch rs_thread_waits_on_futex(tid) {
+            case 1: return
+            case 0: usleep(50)
+            default: usleep(1000); return
+            }
+        }
     }
 
     /// True once the thread is parked (for tests).
     package var isParked: Bool { parked.load(ordering: .acquiring) }
+    /// True while the parked thread is inside its futex wait (for tests).
+    package var isInItsLastWait: Bool { isParked && rs_thread_waits_on_futex(parkedThread.load(ordering: .relaxed)) == 1 }
 
     /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`

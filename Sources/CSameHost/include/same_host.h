@@ -35,9 +35,18 @@ int rs_drain_doorbell(int fd);
 /// 1 when the peer of a connected socket has hung up (closed, shut down or died: POLLRDHUP,
 /// POLLHUP or POLLERR, whatever rings still wait ahead of it), else 0.
 int rs_peer_hung_up(int fd);
-/// Waits for ever on a futex word nobody changes (the reactor's thread, parked at exit); an
-/// SA_RESTART signal handler (glibc's SIGSETXID) restarts the wait inside the kernel.
+/// Waits for ever on a futex word on the caller's stack that nobody changes (the reactor's
+/// thread, parked at exit); after an SA_RESTART signal handler (glibc's SIGSETXID) the kernel
+/// runs libc's `syscall` instruction again, so the wait never returns here.
 __attribute__((noreturn)) void rs_park_forever(void);
+/// Binds what `rs_park_forever` calls (one harmless `syscall`), so that the way into the wait
+/// resolves no symbol.
+void rs_park_prepare(void);
+/// The calling thread's kernel id.
+int rs_thread_id(void);
+/// 1 when thread `tid` of this process is inside a futex wait (/proc/self/task/<tid>/syscall),
+/// 0 when it is not, -1 when that cannot be read.
+int rs_thread_waits_on_futex(int tid);
 /// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_uid(int socket);
 /// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.

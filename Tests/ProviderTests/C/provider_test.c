@@ -243,11 +243,16 @@ static int peek_client(const char *host, const char *port)
 				EXPECT(rc == 1, "poll woke for message %d (rc %d)", i, rc);
 				wakeups++;
 				/* What woke the endpoint is no connection event: over shared memory the
-				 * peer's ring waits on the socket whose hang-up the event queue watches. */
-				struct fid *eq_fids[1] = { &f.eq->fid };
-				EXPECT(fi_trywait(f.fabric, eq_fids, 1) == FI_SUCCESS, "no event queued (message %d)", i);
-				struct pollfd q = { .fd = eq_fd, .events = POLLIN };
-				EXPECT(poll(&q, 1, 0) == 0, "the event queue is readable with no event (message %d)", i);
+				 * peer's ring waits on the socket whose hang-up the event queue watches.
+				 * (Over tcp the core's event queue shares a wait object with the domain's
+				 * data sockets: no such promise there.) */
+				const char *core = getenv("RSTREAM_PROVIDER");
+				if (core && !strcmp(core, "shm")) {
+					struct fid *eq_fids[1] = { &f.eq->fid };
+					EXPECT(fi_trywait(f.fabric, eq_fids, 1) == FI_SUCCESS, "no event queued (message %d)", i);
+					struct pollfd q = { .fd = eq_fd, .events = POLLIN };
+					EXPECT(poll(&q, 1, 0) == 0, "the event queue is readable with no event (message %d)", i);
+				}
 			}
 		}
 		CHECK(ready);
@@ -706,10 +711,18 @@ static void unload_provider_and_live_on(void)
 	ini()->cleanup();
 	dlclose(library); /* this program's reference */
 	dlclose(library); /* libfabric's */
-	EXPECT(!dlopen(path, RTLD_NOW | RTLD_NOLOAD), "the provider is unloaded");
+	/* From here a failed check leaves with _exit: exit would have libfabric close the freed
+	 * handle again. */
+	if (dlopen(path, RTLD_NOW | RTLD_NOLOAD)) {
+		fprintf(stderr, "the provider is still loaded\n");
+		_exit(1);
+	}
 	/* glibc signals every thread for a setuid (SIGSETXID, which no thread can block): a parked
 	 * thread must not return into the unloaded code from its handler. */
-	EXPECT(setuid(getuid()) == 0, "setuid: %s", strerror(errno));
+	if (setuid(getuid()) != 0) {
+		fprintf(stderr, "setuid: %s\n", strerror(errno));
+		_exit(1);
+	}
 	usleep(300000);
 	printf("lived on 300 ms after the provider's unload\n");
 	_exit(0); /* libfabric's own destructor would close the handle again */
