@@ -101,12 +101,10 @@ void rs_park_forever(void) {
     for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
 }
 
-void rs_park_prepare(void) { (void)syscall(SYS_getpid); }
-
 int rs_thread_id(void) { return (int)syscall(SYS_gettid); }
 
 int rs_thread_waits_on_futex(int tid) {
-    char path[64], text[32], expected[16];
+    char path[64], text[128];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -114,8 +112,10 @@ int rs_thread_waits_on_futex(int tid) {
     close(fd);
     if (n <= 0) return -1;
     text[n] = 0;
-    int length = snprintf(expected, sizeof expected, "%d ", (int)SYS_futex);
-    return strncmp(text, expected, (size_t)length) == 0;
+    long number = -1;
+    unsigned long address = 0, operation = 0, value = 1;
+    if (sscanf(text, "%ld 0x%lx 0x%lx 0x%lx", &number, &address, &operation, &value) != 4) return 0;
+    return number == SYS_futex && operation == FUTEX_WAIT_PRIVATE && value == 0;
 }
 
 long rs_peer_uid(int socket) {

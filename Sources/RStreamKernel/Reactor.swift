@@ -137,6 +137,10 @@ package final class Reactor: @unchecked Sendable {
                               onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
         guard epoll >= 0, wakeFD >= 0, !fds.isEmpty else { return nil }
+        // Not once the exit began, nor in a child forked after the thread started (it has no
+        // thread, and the epoll set is the parent's): the caller naps.
+        guard !Self.exiting.load(ordering: .sequentiallyConsistent) else { return nil }
+        if case let owner = threadProcess.load(ordering: .sequentiallyConsistent), owner != 0, owner != getpid() { return nil }
         var waiter = Waiter(fds: fds, currentFds: currentFds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
                             awake: awake, stillIdle: stillIdle, onTick: onTick, resume: resume)
         waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
@@ -251,33 +255,24 @@ package final class Reactor: @unchecked Sendable {
 
     private func startLoop() {
         // Before `everStarted`: a stop that sees it then waits for the thread about to be made.
-        threadProcess.store(getpid(), ordering: .releasing)
-        if isShared && !Self.everStarted.exchange(true, ordering: .acquiringAndReleasing) {
+        threadProcess.store(getpid(), ordering: .sequentiallyConsistent)
+        if isShared && !Self.everStarted.exchange(true, ordering: .sequentiallyConsistent) {
             // Before libfabric's destructor (run after every atexit handler) tears the core down;
             // inside `librstream-fi.so` the handler also runs when the library is unloaded.
             atexit { Reactor.stopForExit() }
         }
         let box = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
-        // The thread takes no signal sent to the process (a handler that exits, as
-        // libinfinipath's SIGTERM one does, must not run on it mid-check): it inherits this
-        // mask. Faults of its own (SIGSEGV and the like) still reach the crash handlers.
-        var all = sigset_t(), saved = sigset_t()
-        sigfillset(&all)
-        for fault in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] { sigdelset(&all, fault) }
-        pthread_sigmask(SIG_BLOCK, &all, &saved)
-        let rc = Self.exiting.load(ordering: .acquiring) ? EAGAIN : pthread_create(&thread, nil, { context in
+        let rc = Self.exiting.load(ordering: .sequentiallyConsistent) ? EAGAIN : pthread_create(&thread, nil, { context in
             let reactor = Unmanaged<Reactor>.fromOpaque(context!).takeRetainedValue()
             reactor.thread.store(UInt(pthread_self()), ordering: .releasing)
-            rs_park_prepare() // binds what the park calls now, not on its way into the wait
             reactor.loop()
             return nil
         }, box)
-        pthread_sigmask(SIG_SETMASK, &saved, nil)
         if rc == 0 {
             pthread_detach(thread)
         } else {
-            threadProcess.store(0, ordering: .releasing)
+            threadProcess.store(0, ordering: .sequentiallyConsistent)
             Unmanaged<Reactor>.fromOpaque(box).release()
             // No thread: resume everyone now and let them look again; the next registration
             // tries to start it again.
@@ -339,13 +334,16 @@ package final class Reactor: @unchecked Sendable {
     }
 
     /// Stops the thread for good where it stands between two rounds (holding no lock, in no
-    /// check): every signal sent to the process is blocked (from its start), and the thread
-    /// waits on a futex word nobody changes. glibc's own SIGSETXID (sent to every thread by
+    /// check): every signal it can block is blocked, and the thread waits on a futex word nobody
+    /// changes. glibc's own SIGSETXID (sent to every thread by
     /// `setuid` and the like) cannot be blocked, but its handler is SA_RESTART: once it returns,
     /// the kernel runs libc's `syscall` instruction again, never this code (a `pause()`
     /// returned, into a library perhaps unloaded by then). glibc ≥ 2.34 installs a SIGCANCEL
     /// handler only for `pthread_cancel`, which nobody calls on this thread.
     private func park() -> Never {
+        var all = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_BLOCK, &all, nil)
         parkedThread.store(rs_thread_id(), ordering: .relaxed)
         parked.store(true, ordering: .releasing)
         rs_park_forever()
@@ -423,19 +421,19 @@ extension Reactor {
     /// A child forked after the thread started has none: it waits for nothing (and has no
     /// reactor either; its async waits nap).
     package static func stopForExit() {
-        exiting.store(true, ordering: .releasing)
-        guard everStarted.load(ordering: .acquiring) else { return }
+        exiting.store(true, ordering: .sequentiallyConsistent)
+        guard everStarted.load(ordering: .sequentiallyConsistent) else { return }
         shared.stop(waitingUpTo: exitWaitLimit)
     }
 
     /// Sets the thread to park and waits up to `limit` for it to be inside its futex wait (not
     /// when called on the thread itself: it parks on its way back to the loop). The few
     /// instructions from `parked` to the wait are the thread's last in this library: the wait
-    /// is seen in `/proc/self/task/<tid>/syscall` (where that cannot be read, a millisecond
-    /// more is given instead).
+    /// is seen in `/proc/self/task/<tid>/syscall` (where that cannot be read, or the time ran
+    /// out, a millisecond more is given instead).
     func stop(waitingUpTo limit: Duration) {
         stopping.store(true, ordering: .releasing)
-        guard !isCurrentThread, threadProcess.load(ordering: .acquiring) == getpid() else { return }
+        guard !isCurrentThread, threadProcess.load(ordering: .sequentiallyConsistent) == getpid() else { return }
         ring()
         let giveUp = ContinuousClock.now + limit
         while !parked.load(ordering: .acquiring), ContinuousClock.now < giveUp { usleep(100) }
@@ -448,12 +446,14 @@ extension Reactor {
             default: usleep(1000); return
             }
         }
+        usleep(1000)
     }
 
     /// True once the thread is parked (for tests).
     package var isParked: Bool { parked.load(ordering: .acquiring) }
-    /// True while the parked thread is inside its futex wait (for tests).
-    package var isInItsLastWait: Bool { isParked && rs_thread_waits_on_futex(parkedThread.load(ordering: .relaxed)) == 1 }
+    /// Whether the parked thread is inside its futex wait (for tests): 1 yes, 0 no, -1 where
+    /// `/proc/self/task/<tid>/syscall` cannot be read.
+    package var lastWaitSeen: Int32 { isParked ? rs_thread_waits_on_futex(parkedThread.load(ordering: .relaxed)) : 0 }
 
     /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`

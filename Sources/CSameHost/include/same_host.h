@@ -39,13 +39,11 @@ int rs_peer_hung_up(int fd);
 /// thread, parked at exit); after an SA_RESTART signal handler (glibc's SIGSETXID) the kernel
 /// runs libc's `syscall` instruction again, so the wait never returns here.
 __attribute__((noreturn)) void rs_park_forever(void);
-/// Binds what `rs_park_forever` calls (one harmless `syscall`), so that the way into the wait
-/// resolves no symbol.
-void rs_park_prepare(void);
 /// The calling thread's kernel id.
 int rs_thread_id(void);
-/// 1 when thread `tid` of this process is inside a futex wait (/proc/self/task/<tid>/syscall),
-/// 0 when it is not, -1 when that cannot be read.
+/// 1 when thread `tid` of this process is inside a private futex wait for the value 0, as
+/// `rs_park_forever`'s (/proc/self/task/<tid>/syscall: not a lock's FUTEX_LOCK_PI), 0 when it
+/// is not, -1 when that cannot be read.
 int rs_thread_waits_on_futex(int tid);
 /// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_uid(int socket);
