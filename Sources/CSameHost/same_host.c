@@ -98,7 +98,7 @@ void rs_park_forever(void) {
      * library's own data would be unmapped with it, and the restarted wait would fail with
      * EFAULT and return into the unmapped code. */
     volatile int never = 0;
-    for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    for (;;) syscall(SYS_futex, &never, (long)FUTEX_WAIT_PRIVATE, 0L, NULL, NULL, 0L);
 }
 
 int rs_thread_id(void) { return (int)syscall(SYS_gettid); }

@@ -130,7 +130,9 @@ package final class Reactor: @unchecked Sendable {
     /// Calls `resume` on the reactor's thread once one of `fds` is readable and `stillIdle` (if given)
     /// answers false, `onTick` (run every `checkEvery`) answers false, or `deadline` passes.
     /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
-    /// reactor could not be made, or `epoll_ctl` refused the descriptor): the caller then naps.
+    /// reactor could not be made, or `epoll_ctl` refused the descriptor), when its thread cannot
+    /// be started, once the exit began, or in a child forked after the thread started: the
+    /// caller then naps (and `resume` is never called).
     package func whenReadable(_ fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
                               deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                               awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
@@ -153,7 +155,7 @@ package final class Reactor: @unchecked Sendable {
             s.started = true
             return (token, startThread)
         }
-        if startThread { startLoop() }
+        if startThread, let token, !startLoop(registering: token) { return nil }
         if token != nil { wakeIfSleepingPast(checkAt) }
         return token
     }
@@ -253,7 +255,11 @@ package final class Reactor: @unchecked Sendable {
 
     // MARK: The thread
 
-    private func startLoop() {
+    /// Starts the thread; false when it cannot be (then every waiter filed so far is resumed to
+    /// look again, except `registering`, which is dropped: its caller gets nil and naps; resumed,
+    /// it would have looked again at once and tried again, a spin, and a pump would have been
+    /// left holding a token of nobody's).
+    private func startLoop(registering: Token) -> Bool {
         // Before `everStarted`: a stop that sees it then waits for the thread about to be made.
         threadProcess.store(getpid(), ordering: .sequentiallyConsistent)
         if isShared && !Self.everStarted.exchange(true, ordering: .sequentiallyConsistent) {
@@ -269,20 +275,20 @@ package final class Reactor: @unchecked Sendable {
             reactor.loop()
             return nil
         }, box)
-        if rc == 0 {
+        guard rc != 0 else {
             pthread_detach(thread)
-        } else {
-            threadProcess.store(0, ordering: .sequentiallyConsistent)
-            Unmanaged<Reactor>.fromOpaque(box).release()
-            // No thread: resume everyone now and let them look again; the next registration
-            // tries to start it again.
-            let all = state.withCheckedLock(key: lockKey(self)) { s -> [@Sendable () -> Void] in
-                let all = s.waiters.values.map(\.finish)
-                s = State(nextToken: s.nextToken)
-                return all
-            }
-            for resume in all { resume() }
+            return true
         }
+        threadProcess.store(0, ordering: .sequentiallyConsistent)
+        Unmanaged<Reactor>.fromOpaque(box).release()
+        // No thread: the others look again now; the next registration tries to start it again.
+        let others = state.withCheckedLock(key: lockKey(self)) { s -> [@Sendable () -> Void] in
+            let others = s.waiters.filter { $0.key != registering }.values.map(\.finish)
+            s = State(nextToken: s.nextToken)
+            return others
+        }
+        for resume in others { resume() }
+        return false
     }
 
     /// What one wake-up of the reactor found to do.
@@ -458,7 +464,7 @@ extension Reactor {
     /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
     /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
     /// passes, or the task is cancelled (it then returns at once; the caller looks at
-    /// `Task.isCancelled`). False when the descriptor cannot be watched: the caller must nap.
+    /// `Task.isCancelled`). False when `whenReadable` gives no token (see there): the caller must nap.
     package func sleep(on fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
                        until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                        awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
@@ -495,7 +501,7 @@ extension Reactor {
     /// Runs `pump` on the reactor's thread each time `fd` becomes readable, for as long as it
     /// answers true: the reader of a queue that many streams share, which routes what it reads
     /// to each stream and rings the stream's own descriptor. Returns the token that `cancel`
-    /// takes (before `fd` is closed), nil when the descriptor cannot be watched.
+    /// takes (before `fd` is closed), nil when `whenReadable` gives none (see there).
     /// `ended` runs when the reactor stops running it (it answered false, it was cancelled, or
     /// its descriptor could not be watched again), so that its owner can start it again.
     package func keepPumping(_ fd: Int32, pump: @escaping @Sendable () -> Bool, ended: @escaping @Sendable () -> Void) -> Token? {
