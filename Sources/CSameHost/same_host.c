@@ -66,13 +66,6 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
 
 int rs_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 
-long rs_peer_pid(int socket) {
-    struct ucred credentials;
-    socklen_t length = sizeof credentials;
-    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
-    return (long)credentials.pid;
-}
-
 int rs_socket_pair(int ends[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends); }
 
 long rs_ring_doorbell(int fd) {

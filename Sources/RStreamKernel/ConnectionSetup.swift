@@ -403,8 +403,8 @@ package enum StreamConnector {
         deadline: ContinuousClock.Instant?
     ) throws(RStreamError) -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
-        if let destination = sameHostDestination(host: host, port: port, shape: shape, selection: selection),
-           let engine = try SameHostHandshake.connect(port: port, shape: shape, deadline: deadline, destination: destination) {
+        if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
+           let engine = try SameHostHandshake.connect(destinations: destinations, shape: shape, deadline: deadline) {
             return engine
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
@@ -417,19 +417,19 @@ package enum StreamConnector {
         deadline: ContinuousClock.Instant?
     ) async throws -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
-        if let destination = sameHostDestination(host: host, port: port, shape: shape, selection: selection),
-           let engine = try await SameHostHandshake.connectAsync(port: port, shape: shape, deadline: deadline, destination: destination) {
+        if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
+           let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape, deadline: deadline) {
             return engine
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
         return try await ActiveConnector.connectAsync(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
     }
 
-    /// The address to dial over shared memory, when the selection allows it and `host` is this
-    /// host's.
-    private static func sameHostDestination(host: String, port: UInt16, shape: EndpointShape, selection: SameHostSelection) -> [UInt8]? {
-        guard selection != .fabricOnly && !shape.iwarp else { return nil }
-        return LocalAddress.socketAddress(ofLocal: host, port: port)
+    /// The addresses to dial over shared memory: those of `host` that are this host's, when the
+    /// selection allows it.
+    private static func sameHostDestinations(host: String, port: UInt16, shape: EndpointShape, selection: SameHostSelection) -> [[UInt8]] {
+        guard selection != .fabricOnly && !shape.iwarp else { return [] }
+        return LocalAddress.socketAddresses(ofLocal: host, port: port)
     }
 
     /// Throws why a stream that shared memory did not carry cannot go over the fabric either.
@@ -439,7 +439,7 @@ package enum StreamConnector {
         guard LocalAddress.isLocal(host) else {
             throw RStreamError(.invalidOption, code: EINVAL, "\(host) is not an address of this host: the same-host transport cannot reach it")
         }
-        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
+        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at \(host) port \(port)")
     }
 }
 
@@ -454,7 +454,7 @@ package final class StreamAcceptor: @unchecked Sendable {
         var requirements = requirements
         if requirements.provider == SameHostSelection.name { requirements.provider = nil } // the fabric side: the best core
         fabric = try PassiveListener(host: host, port: port, backlog: backlog, requirements: requirements)
-        sameHost = try SameHostListener(port: fabric.port, backlog: backlog, waitSet: fabric.waitSet)
+        sameHost = try SameHostListener(boundTo: fabric.boundAddress, backlog: backlog, waitSet: fabric.waitSet)
     }
 
     package var waitSet: WaitSet? { fabric.waitSet }
@@ -492,7 +492,7 @@ package final class StreamAcceptor: @unchecked Sendable {
     /// One look for a request of either kind (inside `withOpenListener`): a same-host one is
     /// answered at once; a fabric one is left for the caller to accept.
     private func look(shape: EndpointShape) throws(RStreamError) -> Ready? {
-        if let sameHost, let engine = try sameHost.acceptReady(shape: shape, localAddress: fabric.boundAddress) {
+        if let sameHost, let engine = try sameHost.acceptReady(shape: shape) {
             return .stream(engine)
         }
         return fabric.eventQueue.hasRequest ? .fabricRequest : nil

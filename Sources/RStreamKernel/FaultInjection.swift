@@ -14,13 +14,13 @@ package enum FaultSite: Int, Sendable, CaseIterable {
          connect, accept, reject, memoryRegister, write, send, receive, cqRead, eqRead, getname, getopt
     case allocation
     // the same-host transport's system calls
-    case unixSocket, unixBind, unixListen, unixConnect, unixAccept, sendMessage, receiveMessage,
-         memfdCreate, truncate, mapSegment, sealSegment, statSegment
+    case unixSocket, unixBind, unixBindClient, unixListen, unixConnect, unixAccept, sendMessage, receiveMessage,
+         memfdCreate, truncate, mapSegment, mapPeerSegment, sealSegment, statSegment
 
     /// The sites of the same-host transport.
-    package static let sameHost: [FaultSite] = [.unixSocket, .unixBind, .unixListen, .unixConnect, .unixAccept,
-                                                 .sendMessage, .receiveMessage, .memfdCreate, .truncate, .mapSegment,
-                                                 .sealSegment, .statSegment]
+    package static let sameHost: [FaultSite] = [.unixSocket, .unixBind, .unixBindClient, .unixListen, .unixConnect,
+                                                 .unixAccept, .sendMessage, .receiveMessage, .memfdCreate, .truncate,
+                                                 .mapSegment, .mapPeerSegment, .sealSegment, .statSegment]
 }
 
 package enum FaultInjection {

@@ -26,85 +26,6 @@ package enum SameHostSelection: Equatable {
     }
 }
 
-/// What a same-host stream reports as its addresses (`fi_getname`, `fi_getpeer`): no IP port
-/// carries it, so each process is named by the host address that was dialled (or the listener's)
-/// with a port made of its process id (49152 + pid mod 16384, the ephemeral range). The passive
-/// side's own address is its listener's. Both sides agree: the peer's process id comes from
-/// `SO_PEERCRED`.
-package enum SameHostAddress {
-    package static func port(ofProcess pid: Int32) -> UInt16 { UInt16(49152 + Int(pid) % 16384) }
-
-    /// `address` (a sockaddr_in or sockaddr_in6) with its port replaced.
-    package static func with(_ address: [UInt8], port: UInt16) -> [UInt8] {
-        guard address.count >= 4 else { return address }
-        var copy = address
-        copy[2] = UInt8(port >> 8)
-        copy[3] = UInt8(port & 0xFF)
-        return copy
-    }
-}
-
-/// Whether a host name is this host: a loopback address, or an address of one of its interfaces.
-package enum LocalAddress {
-    package static func isLocal(_ host: String) -> Bool { socketAddress(ofLocal: host, port: 0) != nil }
-
-    /// The first address `host` resolves to that is this host's, as a `sockaddr` with `port`
-    /// (what a same-host stream reports as the address it dialled); nil when none is.
-    package static func socketAddress(ofLocal host: String, port: UInt16) -> [UInt8]? {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &list) == 0, let list else { return nil }
-        defer { freeaddrinfo(list) }
-        let own = interfaceAddresses()
-        var entry: UnsafeMutablePointer<addrinfo>? = list
-        while let e = entry {
-            if let address = e.pointee.ai_addr, let bytes = Self.bytes(of: address), isLoopback(bytes) || own.contains(bytes) {
-                let whole = Array(UnsafeRawBufferPointer(start: address, count: Int(e.pointee.ai_addrlen)))
-                return SameHostAddress.with(whole, port: port)
-            }
-            entry = e.pointee.ai_next
-        }
-        return nil
-    }
-
-    /// An IPv4 or IPv6 address's bytes (an IPv4-mapped IPv6 address as IPv4), nil for others.
-    private static func bytes(of address: UnsafePointer<sockaddr>) -> [UInt8]? {
-        switch Int32(address.pointee.sa_family) {
-        case AF_INET:
-            return address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
-                withUnsafeBytes(of: v4.pointee.sin_addr) { Array($0) }
-            }
-        case AF_INET6:
-            let bytes = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
-                withUnsafeBytes(of: v6.pointee.sin6_addr) { Array($0) }
-            }
-            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return Array(bytes[12...]) }
-            return bytes
-        default:
-            return nil
-        }
-    }
-
-    private static func isLoopback(_ bytes: [UInt8]) -> Bool {
-        bytes.count == 4 ? bytes[0] == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1]
-    }
-
-    private static func interfaceAddresses() -> Set<[UInt8]> {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return [] }
-        defer { freeifaddrs(list) }
-        var result = Set<[UInt8]>()
-        var entry = list
-        while let e = entry {
-            if let address = e.pointee.ifa_addr, let bytes = bytes(of: address) { result.insert(bytes) }
-            entry = e.pointee.ifa_next
-        }
-        return result
-    }
-}
-
 /// Both ends of the same-host set-up over the Unix socket. The active side sends its 24-byte
 /// block of protocol v4 (base 0 and key 0: offsets into its inbound ring), then what the caller
 /// wants the peer to have (connection data, at most `userDataLimit` bytes), with its inbound
@@ -131,12 +52,12 @@ package enum SameHostHandshake {
         }
     }
 
-    /// Connects to the same-host listener of `port`; nil when nothing listens there. A refusal,
-    /// a listener that closes, a bad answer and the deadline are distinct errors.
-    /// `destination` is the address dialled, as a `sockaddr` (the stream's peer address).
-    package static func connect(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?,
-                                destination: [UInt8]? = nil) throws(RStreamError) -> StreamEngine? {
-        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape, destination: destination) else { return nil }
+    /// Connects to the same-host listener that serves one of `destinations` (local addresses, as
+    /// `sockaddr`s with the port; `SameHostName`); nil when none listens. A refusal, a listener
+    /// that closes, a bad answer and the deadline are distinct errors.
+    package static func connect(destinations: [[UInt8]], shape: EndpointShape,
+                                deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
+        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape) else { return nil }
         // Until the request is sent (the listener's backlog is full: it drains as it accepts) the
         // wait naps; then it sleeps on the socket for the answer.
         return try answerWait(attempt, deadline).run(
@@ -145,9 +66,9 @@ package enum SameHostHandshake {
     }
 
     /// `connect` for a task: the answer is awaited with the task suspended on the reactor.
-    package static func connectAsync(port: UInt16, shape: EndpointShape, deadline: ContinuousClock.Instant?,
-                                     destination: [UInt8]? = nil) async throws -> StreamEngine? {
-        guard let attempt = try SameHostConnectAttempt(port: port, shape: shape, destination: destination) else { return nil }
+    package static func connectAsync(destinations: [[UInt8]], shape: EndpointShape,
+                                     deadline: ContinuousClock.Instant?) async throws -> StreamEngine? {
+        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape) else { return nil }
         return try await answerWait(attempt, deadline).runAsync(
             readable: { attempt.requestSent ? attempt.socket : nil },
             attempt: { (_) throws(RStreamError) in try attempt.complete()?.0 })
@@ -158,8 +79,7 @@ package enum SameHostHandshake {
     }
 
     /// Answers a checked request with a stream (this side's block and `userData`).
-    package static func answer(_ request: SameHostRequest, shape: EndpointShape, userData: [UInt8] = [],
-                               localAddress: [UInt8]? = nil) throws(RStreamError) -> StreamEngine {
+    package static func answer(_ request: SameHostRequest, shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) -> StreamEngine {
         guard let (fd, message) = request.claim() else { throw RStreamError(.closed, code: EINVAL, "the request was answered already") }
         var owned = true
         defer { if owned { close(fd) } }
@@ -180,9 +100,7 @@ package enum SameHostHandshake {
                 ? RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)") : error
         }
         owned = false
-        if let localAddress {
-            transport.addresses = (localAddress, transport.peerProcess.map { SameHostAddress.with(localAddress, port: SameHostAddress.port(ofProcess: $0)) })
-        }
+        transport.addresses = (request.localAddress, request.peerAddress)
         try UnixSocket.send(fd, block, descriptors: descriptors)
         transport.releasePassedDescriptors() // the peer holds them now (or never will)
         return try StreamEngine(transport: transport, peer: request.peer, peerTimeout: shape.peerTimeout)
@@ -207,11 +125,16 @@ package final class SameHostRequest: @unchecked Sendable {
     package let peer: ConnectionBlock
     /// What the peer sent after its block (connection data).
     package let userData: [UInt8]
+    /// The stream's addresses (`SameHostName.checkedClient`): the address the client dialled
+    /// with the listener's port, and the client's name.
+    package let localAddress: [UInt8]
+    package let peerAddress: [UInt8]
     private let held: Mutex<(fd: Int32, message: UnixSocket.Message)?>
 
-    init(fd: Int32, message: UnixSocket.Message, peer: ConnectionBlock) {
+    init(fd: Int32, message: UnixSocket.Message, peer: ConnectionBlock, addresses: (local: [UInt8], peer: [UInt8])) {
         self.peer = peer
         userData = Array(message.bytes.dropFirst(ConnectionBlock.size))
+        (localAddress, peerAddress) = addresses
         held = Mutex((fd, message))
     }
 
@@ -239,9 +162,11 @@ package final class SameHostRequest: @unchecked Sendable {
 package final class SameHostConnectAttempt: @unchecked Sendable {
     package let socket: Int32
     package let place: String
-    private let port: UInt16
+    /// The listener's name, the address dialled (the stream's peer address) and this side's own.
+    private let listenerName: String
+    private let destination: [UInt8]
+    private let ownAddress: [UInt8]
     private let shape: EndpointShape
-    private let destination: [UInt8]?
     private let started = ContinuousClock.now
     /// How long a full backlog is retried before the attempt gives up.
     package static let backlogPatience: Duration = .seconds(10)
@@ -258,26 +183,32 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
     /// What the listener sent when it refused (the reason), once `complete` threw `.rejected`.
     package private(set) nonisolated(unsafe) var refusal: [UInt8] = []
 
-    /// Starts a connection to the same-host listener of `port`; nil when nothing listens there.
-    /// `destination`: the sockaddr that was dialled, which the stream reports as its peer's address.
-    package init?(port: UInt16, shape: EndpointShape, userData: [UInt8] = [], destination: [UInt8]? = nil) throws(RStreamError) {
-        let fd = try UnixSocket.make()
-        let sent: Bool
-        do throws(RStreamError) {
-            switch try UnixSocket.connect(fd, port: port) {
-            case .nobody:
-                close(fd)
-                return nil
-            case .backlogFull: sent = false
-            case .connected:
+    /// Starts a connection to the first same-host listener that serves one of `destinations`
+    /// (`SameHostName.candidates`); nil when none does. A listener of another user is passed
+    /// over: it is not ours to give memory to.
+    package init?(destinations: [[UInt8]], shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) {
+        var found: (fd: Int32, candidate: SameHostName.Candidate, own: [UInt8], sent: Bool)?
+        for candidate in SameHostName.candidates(for: destinations) {
+            let fd = try UnixSocket.make()
+            do throws(RStreamError) {
+                let own = try SameHostName.bindClient(fd, dialling: candidate.destination)
+                switch try UnixSocket.connect(fd, name: candidate.name) {
+                case .nobody: break
+                case .backlogFull: found = (fd, candidate, own, false)
                 // An abstract name has no permissions: a listener of another user (not root) may
-                // be squatting on this port's name. It is not ours to give memory to.
-                guard Self.listenerIsTrusted(fd) else {
-                    close(fd)
-                    return nil
+                // be squatting on it.
+                case .connected where Self.listenerIsTrusted(fd): found = (fd, candidate, own, true)
+                case .connected: break
                 }
-                sent = true
+            } catch {
+                close(fd)
+                throw error
             }
+            if found != nil { break }
+            close(fd)
+        }
+        guard let (fd, candidate, own, sent) = found else { return nil }
+        do throws(RStreamError) {
             let offer = try SameHostOffer(shape: shape, socket: fd)
             waitSet = offer.waitSet
             if sent {
@@ -289,10 +220,11 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
             throw error
         }
         socket = fd
-        self.port = port
-        place = "the same-host listener of port \(port)"
+        listenerName = candidate.name
+        destination = candidate.destination
+        ownAddress = own
+        place = "the same-host listener \(candidate.name)"
         self.shape = shape
-        self.destination = destination
     }
 
     deinit { if !socketTaken.load(ordering: .acquiring) { close(socket) } }
@@ -311,10 +243,10 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
         try progress.withCheckedLock(key: lockKey(self)) { (p: inout Progress) throws(RStreamError) -> (StreamEngine, [UInt8])? in
             guard p.offer != nil else { throw RStreamError(.closed, code: EINVAL, "the connection to \(place) was completed already") }
             if !p.requestSent {
-                switch try UnixSocket.connect(socket, port: port) {
+                switch try UnixSocket.connect(socket, name: listenerName) {
                 case .nobody:
                     p.offer = nil
-                    throw RStreamError(.connectionRefused, code: ECONNREFUSED, "nothing serves same-host streams at port \(port)")
+                    throw RStreamError(.connectionRefused, code: ECONNREFUSED, "\(place) has gone")
                 case .backlogFull:
                     guard ContinuousClock.now - started < Self.backlogPatience else {
                         p.offer = nil
@@ -324,7 +256,7 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                 case .connected:
                     guard Self.listenerIsTrusted(socket) else {
                         p.offer = nil
-                        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "the same-host listener of port \(port) belongs to another user")
+                        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "\(place) belongs to another user")
                     }
                     let offer = p.offer.take()!
                     let request = offer.block.encoded + p.userData.prefix(SameHostHandshake.userDataLimit)
@@ -348,16 +280,15 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
             let transport = try SharedMemoryTransport(offer: mine, peer: peer, peerDescriptors: message.descriptors, socket: socket)
             transport.releasePassedDescriptors() // the request carried them: the peer answered, so it holds them
             socketTaken.store(true, ordering: .releasing)
-            if let destination {
-                transport.addresses = (SameHostAddress.with(destination, port: SameHostAddress.port(ofProcess: getpid())), destination)
-            }
+            transport.addresses = (ownAddress, destination)
             let engine = try StreamEngine(transport: transport, peer: peer, peerTimeout: shape.peerTimeout)
             return (engine, Array(message.bytes.dropFirst(ConnectionBlock.size)))
         }
     }
 }
 
-/// The same-host side of a listener: the Unix socket named for its port, and the connections
+/// The same-host side of a listener: the Unix socket named for its address and port
+/// (`SameHostName`), and the connections
 /// accepted from it whose request has not arrived yet (so a client that connects and says
 /// nothing holds up nobody; it is dropped after `requestTimeout`).
 ///
@@ -365,6 +296,8 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
 /// the wait set, and closed when it leaves the list.
 package final class SameHostListener: @unchecked Sendable {
     package let listenDescriptor: Int32
+    /// The address and port served (the fabric twin's bound address).
+    private let boundAddress: [UInt8]
     private struct Pending {
         var fd: Int32
         var since: ContinuousClock.Instant
@@ -376,11 +309,15 @@ package final class SameHostListener: @unchecked Sendable {
     package static let requestTimeout: Duration = .seconds(10)
     package static let mostPending = 64
 
-    /// Listens for same-host streams of `port`; nil when another listener holds its name.
-    package init?(port: UInt16, backlog: Int, waitSet: WaitSet?) throws(RStreamError) {
+    /// Listens for same-host streams of the address `boundAddress` (a `sockaddr` with the port,
+    /// as the fabric's listener is bound); nil when another listener holds its name.
+    package init?(boundTo boundAddress: [UInt8], backlog: Int, waitSet: WaitSet?) throws(RStreamError) {
+        guard let name = SameHostName.listener(boundTo: boundAddress) else {
+            throw RStreamError(.invalidOption, code: EAFNOSUPPORT, "the same-host transport serves IPv4 and IPv6 addresses only")
+        }
         let fd = try UnixSocket.make()
         do throws(RStreamError) {
-            guard try UnixSocket.listen(fd, port: port, backlog: backlog) else {
+            guard try UnixSocket.listen(fd, name: name, backlog: backlog) else {
                 close(fd)
                 return nil
             }
@@ -389,6 +326,7 @@ package final class SameHostListener: @unchecked Sendable {
             throw error
         }
         listenDescriptor = fd
+        self.boundAddress = boundAddress
         self.waitSet = waitSet
         waitSet?.watch(fd)
     }
@@ -411,9 +349,9 @@ package final class SameHostListener: @unchecked Sendable {
 
     /// The next same-host stream whose request has arrived, without waiting; nil when none has.
     /// A request that fails a check is refused with its reason and thrown as `.protocolViolation`.
-    package func acceptReady(shape: EndpointShape, localAddress: [UInt8]? = nil) throws(RStreamError) -> StreamEngine? {
+    package func acceptReady(shape: EndpointShape) throws(RStreamError) -> StreamEngine? {
         guard let request = try takeRequest() else { return nil }
-        return try SameHostHandshake.answer(request, shape: shape, localAddress: localAddress)
+        return try SameHostHandshake.answer(request, shape: shape)
     }
 
     /// The next request that has arrived and whose block passed its checks, without waiting; nil
@@ -464,8 +402,13 @@ package final class SameHostListener: @unchecked Sendable {
             return nil
         }
         do throws(RStreamError) {
+            let addresses: (local: [UInt8], peer: [UInt8])
+            do throws(RStreamError) { addresses = try SameHostName.checkedClient(UnixSocket.peerName(fd), listening: boundAddress) } catch {
+                message.closeDescriptors()
+                throw error
+            }
             let peer = try SameHostHandshake.checkedBlock(message, expecting: "the request")
-            return SameHostRequest(fd: fd, message: message, peer: peer)
+            return SameHostRequest(fd: fd, message: message, peer: peer, addresses: addresses)
         } catch {
             try? UnixSocket.send(fd, Array(error.context.utf8.prefix(200)))
             close(fd)

@@ -380,16 +380,10 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     /// The set-up socket: its hang-up is the peer's leaving (the rings on it are not events).
     package var connectionEventDescriptor: ConnectionEventDescriptor? { ConnectionEventDescriptor(fd: socket, hangUpOnly: true) }
 
-    /// The addresses the set-up gave (`SameHostAddress`), set once before the engine shares it.
+    /// The addresses the set-up gave (`SameHostName`), set once before the engine shares it.
     nonisolated(unsafe) package var addresses: (local: [UInt8]?, peer: [UInt8]?) = (nil, nil)
 
     package func address(ofPeer: Bool) -> [UInt8]? { ofPeer ? addresses.peer : addresses.local }
-
-    /// The peer process's id (`SO_PEERCRED` of the set-up socket), or nil.
-    package var peerProcess: Int32? {
-        let pid = rs_peer_pid(socket)
-        return pid > 0 ? Int32(pid) : nil
-    }
 
     package func disconnect() {
         _ = shutdown(socket, Int32(SHUT_RDWR))

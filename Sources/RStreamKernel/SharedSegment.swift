@@ -77,7 +77,7 @@ package struct SharedSegment: ~Copyable {
             guard status.st_size >= count else {
                 throw RStreamError.protocolViolation("the peer's \(what) has \(status.st_size) bytes; \(count) were announced")
             }
-            let mapped = injectedErrno(.mapSegment) ? MAP_FAILED : mmap(nil, count, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
+            let mapped = injectedErrno(.mapPeerSegment) ? MAP_FAILED : mmap(nil, count, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
             guard let mapped, mapped != MAP_FAILED else { throw RStreamError.system(errno, "mmap(the peer's \(what), \(count) bytes)") }
             base = mapped
         } catch {

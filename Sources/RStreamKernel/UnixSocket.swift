@@ -7,18 +7,16 @@ import Glibc
 /// namespace (no file to clean up; scoped, like a TCP port, to the network namespace), one wrapper
 /// per system call. Messages keep their boundaries, and descriptors travel with `SCM_RIGHTS`.
 package enum UnixSocket {
-    /// The abstract name where the listener of `port` serves same-host streams.
-    package static func name(port: UInt16) -> String { "rstream-shm:\(port)" }
-
-    private static func withAddress<R>(port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    private static func withAddress<R>(name: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
-        let name = Array(Self.name(port: port).utf8)
+        let bytes = Array(name.utf8)
         withUnsafeMutableBytes(of: &address.sun_path) { path in
+            precondition(bytes.count < path.count, "an abstract name fits sun_path")
             path[0] = 0 // abstract: a leading zero byte, then the name (no terminator)
-            for (i, byte) in name.enumerated() { path[i + 1] = byte }
+            for (i, byte) in bytes.enumerated() { path[i + 1] = byte }
         }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + 1 + name.count)
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + 1 + bytes.count)
         return withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
@@ -30,15 +28,36 @@ package enum UnixSocket {
         }
     }
 
-    /// Binds and listens on the name of `port`; false when another listener holds it.
-    package static func listen(_ fd: Int32, port: UInt16, backlog: Int) throws(RStreamError) -> Bool {
-        let rc = injectedErrno(.unixBind) ? -1 : withAddress(port: port) { Glibc.bind(fd, $0, $1) }
-        if rc != 0 {
-            if errno == EADDRINUSE { return false }
-            throw RStreamError.system(errno, "bind(\(name(port: port)))")
-        }
-        _ = try systemCall(.unixListen, "listen(\(name(port: port)))") { Glibc.listen(fd, Int32(clamping: backlog)) }
+    /// Binds `fd` to the abstract `name`; false when another socket holds it.
+    package static func bind(_ fd: Int32, name: String) throws(RStreamError) -> Bool {
+        let site: FaultSite = name.hasPrefix(SameHostName.clientPrefix) ? .unixBindClient : .unixBind
+        let rc = injectedErrno(site) ? -1 : withAddress(name: name) { Glibc.bind(fd, $0, $1) }
+        if rc == 0 { return true }
+        if errno == EADDRINUSE { return false }
+        throw RStreamError.system(errno, "bind(\(name))")
+    }
+
+    /// Binds and listens on `name`; false when another listener holds it.
+    package static func listen(_ fd: Int32, name: String, backlog: Int) throws(RStreamError) -> Bool {
+        guard try bind(fd, name: name) else { return false }
+        _ = try systemCall(.unixListen, "listen(\(name))") { Glibc.listen(fd, Int32(clamping: backlog)) }
         return true
+    }
+
+    /// The abstract name the peer of connected `fd` is bound to; nil when it has none (or the
+    /// call fails: the caller refuses a peer without a name either way).
+    package static func peerName(_ fd: Int32) -> String? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let rc = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        let pathLength = Int(length) - MemoryLayout<sa_family_t>.size
+        guard rc == 0, pathLength > 1 else { return nil }
+        return withUnsafeBytes(of: address.sun_path) { path in
+            guard path[0] == 0 else { return nil } // a file name, not an abstract one
+            return String(decoding: path[1..<min(pathLength, path.count)], as: UTF8.self)
+        }
     }
 
     package enum Connected {
@@ -49,16 +68,16 @@ package enum UnixSocket {
         case backlogFull
     }
 
-    /// Connects to the listener of `port` (non-blocking).
-    package static func connect(_ fd: Int32, port: UInt16) throws(RStreamError) -> Connected {
+    /// Connects to the listener named `name` (non-blocking).
+    package static func connect(_ fd: Int32, name: String) throws(RStreamError) -> Connected {
         while true {
-            let rc = injectedErrno(.unixConnect) ? -1 : withAddress(port: port) { Glibc.connect(fd, $0, $1) }
+            let rc = injectedErrno(.unixConnect) ? -1 : withAddress(name: name) { Glibc.connect(fd, $0, $1) }
             if rc == 0 { return .connected }
             switch errno {
             case EINTR: continue
             case ECONNREFUSED, ENOENT: return .nobody
             case EAGAIN: return .backlogFull
-            default: throw RStreamError.system(errno, "connect(\(name(port: port)))")
+            default: throw RStreamError.system(errno, "connect(\(name))")
             }
         }
     }

@@ -306,7 +306,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
             return 0
         }
         do throws(RStreamError) {
-            guard let attempt = try SameHostConnectAttempt(port: place.port, shape: s.shape, userData: userData, destination: destination) else {
+            guard let attempt = try SameHostConnectAttempt(destinations: [destination], shape: s.shape, userData: userData) else {
                 s.phase = .failed
                 post(.failure(fid: me, code: Int32(FI_ECONNREFUSED), data: []), s)
                 return 0
@@ -324,7 +324,7 @@ final class ProviderEndpoint: ConnectionEventSource, @unchecked Sendable {
     /// mapped here), and FI_CONNECTED is posted.
     private func acceptSameHost(_ pending: SameHostRequest, userData: [UInt8], _ s: inout State) -> Int32 {
         do throws(RStreamError) {
-            let engine = try SameHostHandshake.answer(pending, shape: s.shape, userData: userData, localAddress: request?.localAddress)
+            let engine = try SameHostHandshake.answer(pending, shape: s.shape, userData: userData)
             _ = self.engine.storeIfNil(engine)
             s.phase = .connected
             if let events = engine.transport.connectionEventDescriptor { s.eventQueue?.watch(events) }

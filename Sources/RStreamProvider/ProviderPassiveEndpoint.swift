@@ -17,15 +17,11 @@ final class ProviderConnectionRequest: @unchecked Sendable {
     /// The fabric listener a fabric request came through (nil for a same-host one).
     let listener: PassiveListener?
     let peer: ConnectionBlock
-    /// The listener's bound address (what a same-host stream it accepts reports as its own).
-    let localAddress: [UInt8]?
     private let request: Mutex<ConnectionRequest?>
     private let sameHost: Mutex<SameHostRequest?>
 
-    private init(listener: PassiveListener?, request: ConnectionRequest?, sameHost: SameHostRequest?, peer: ConnectionBlock,
-                 localAddress: [UInt8]? = nil) {
+    private init(listener: PassiveListener?, request: ConnectionRequest?, sameHost: SameHostRequest?, peer: ConnectionBlock) {
         self.listener = listener
-        self.localAddress = localAddress
         self.peer = peer
         self.request = Mutex(request)
         self.sameHost = Mutex(sameHost)
@@ -38,8 +34,8 @@ final class ProviderConnectionRequest: @unchecked Sendable {
         self.init(listener: listener, request: request, sameHost: nil, peer: peer)
     }
 
-    convenience init(sameHost: SameHostRequest, localAddress: [UInt8]?) {
-        self.init(listener: nil, request: nil, sameHost: sameHost, peer: sameHost.peer, localAddress: localAddress)
+    convenience init(sameHost: SameHostRequest) {
+        self.init(listener: nil, request: nil, sameHost: sameHost, peer: sameHost.peer)
     }
 
     var isSameHost: Bool { listener == nil }
@@ -166,7 +162,7 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 } catch {
                     break // the listener itself failed (out of descriptors): look again at the next read
                 }
-                let pending = ProviderConnectionRequest(sameHost: request, localAddress: listener.boundAddress)
+                let pending = ProviderConnectionRequest(sameHost: request)
                 s.requests[ObjectIdentifier(pending)] = pending
                 guard let announced = fi_dupinfo(info) else {
                     pending.rejectIfUnanswered()
@@ -174,7 +170,9 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 }
                 announced.pointee.handle = pending.handle
                 free(announced.pointee.src_addr)
-                (announced.pointee.src_addr, announced.pointee.src_addrlen) = ProviderInfo.duplicate(listener.boundAddress)
+                (announced.pointee.src_addr, announced.pointee.src_addrlen) = ProviderInfo.duplicate(request.localAddress)
+                free(announced.pointee.dest_addr)
+                (announced.pointee.dest_addr, announced.pointee.dest_addrlen) = ProviderInfo.duplicate(request.peerAddress)
                 queue.post(.connection(event: UInt32(FI_CONNREQ), fid: fidOf(handle), info: announced, data: request.userData))
             }
         }
@@ -220,7 +218,7 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                 s.listener = listener
                 queue.watch(listener.eventQueue.waitDescriptor)
                 if facts.isSameHost {
-                    guard let sameHost = try SameHostListener(port: listener.port, backlog: s.backlog, waitSet: queue.waitSet) else {
+                    guard let sameHost = try SameHostListener(boundTo: listener.boundAddress, backlog: s.backlog, waitSet: queue.waitSet) else {
                         s.listener = nil
                         return -Int32(FI_EADDRINUSE)
                     }

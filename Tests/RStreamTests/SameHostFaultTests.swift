@@ -63,9 +63,10 @@ import Testing
     }
 
     static let clientSites: [(FaultSite, String)] = [
-        (.unixSocket, "socket(AF_UNIX"), (.unixConnect, "connect(rstream-shm:"), (.memfdCreate, "memfd_create("),
-        (.truncate, "ftruncate("), (.mapSegment, "mmap("), (.sealSegment, "sealing"),
+        (.unixSocket, "socket(AF_UNIX"), (.unixBindClient, "bind(rstream-shm-peer:127.0.0.1:"), (.unixConnect, "connect(rstream-shm:"),
+        (.memfdCreate, "memfd_create("), (.truncate, "ftruncate("), (.mapSegment, "mmap(rstream-"), (.sealSegment, "sealing"),
         (.sendMessage, "sendmsg(set-up message)"), (.receiveMessage, "recvmsg(set-up message)"), (.statSegment, "fstat(the peer's"),
+        (.mapPeerSegment, "mmap(the peer's inbound segment"),
     ]
 
     /// A client's call fails: its connect says which, nothing is left half made (the next client
@@ -89,8 +90,8 @@ import Testing
     }
 
     static let answerSites: [(FaultSite, String)] = [
-        (.memfdCreate, "memfd_create("), (.truncate, "ftruncate("), (.mapSegment, "mmap("), (.sealSegment, "sealing"),
-        (.statSegment, "fstat(the peer's"), (.sendMessage, "sendmsg(set-up message)"),
+        (.memfdCreate, "memfd_create("), (.truncate, "ftruncate("), (.mapSegment, "mmap(rstream-"), (.sealSegment, "sealing"),
+        (.statSegment, "fstat(the peer's"), (.mapPeerSegment, "mmap(the peer's inbound segment"), (.sendMessage, "sendmsg(set-up message)"),
     ]
 
     /// A call of the listener's answer fails: that accept throws it; the client is told (refused
@@ -157,7 +158,7 @@ import Testing
     }
 
     /// A listener whose same-host socket cannot be made says which call failed.
-    @Test(arguments: [(FaultSite.unixSocket, "socket(AF_UNIX"), (.unixBind, "bind(rstream-shm:"), (.unixListen, "listen(rstream-shm:")])
+    @Test(arguments: [(FaultSite.unixSocket, "socket(AF_UNIX"), (.unixBind, "bind(rstream-shm:127.0.0.1:"), (.unixListen, "listen(rstream-shm:127.0.0.1:")])
     func aListenerThatCannotBeMadeSaysWhichCallFailed(site: FaultSite, call: String) throws {
         try Self.leavingNothing {
             FaultInjection.failNext(site, code: Self.code)

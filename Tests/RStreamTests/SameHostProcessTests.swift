@@ -184,8 +184,7 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
     /// `asOlderPeer`: its status segment lacks the wake-request format marker, as a build from
     /// before wake requests carried interests.
     static func connect(port: UInt16, asOlderPeer: Bool = false) throws -> Session {
-        let fd = try UnixSocket.make()
-        #expect(try UnixSocket.connect(fd, port: port) == .connected)
+        let fd = try dial(port: port)
         let offer = try SameHostOffer(shape: shape, socket: fd)
         if asOlderPeer { (offer.status.base + 8).storeBytes(of: 0, as: UInt64.self) }
         try UnixSocket.send(fd, offer.block.encoded, descriptors: offer.descriptors)
@@ -198,11 +197,30 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         return Session(socket: fd, offer: offer, peer: peer, peerInbound: inbound)
     }
 
-    /// Sends a hand-made request (block bytes and descriptors) and returns the refusal's text.
-    static func refusal(port: UInt16, block: [UInt8], descriptors: [Int32]) throws -> String {
+    /// A set-up socket connected to the same-host listener of 127.0.0.1 `port`, bound to a
+    /// client name as the library's client binds it (`named`), or to `name`, or to none.
+    static func dial(port: UInt16, named: ClientName = .asTheLibraryDoes) throws -> Int32 {
         let fd = try UnixSocket.make()
+        let dialled = SocketAddress.make(ip: [127, 0, 0, 1], port: port)
+        switch named {
+        case .asTheLibraryDoes: _ = try SameHostName.bindClient(fd, dialling: dialled)
+        case .name(let name): #expect(try UnixSocket.bind(fd, name: name))
+        case .none: break
+        }
+        #expect(try UnixSocket.connect(fd, name: SameHostName.listener(boundTo: dialled)!) == .connected)
+        return fd
+    }
+
+    enum ClientName {
+        case asTheLibraryDoes
+        case name(String)
+        case none
+    }
+
+    /// Sends a hand-made request (block bytes and descriptors) and returns the refusal's text.
+    static func refusal(port: UInt16, block: [UInt8], descriptors: [Int32], named: ClientName = .asTheLibraryDoes) throws -> String {
+        let fd = try dial(port: port, named: named)
         defer { close(fd) }
-        #expect(try UnixSocket.connect(fd, port: port) == .connected)
         try UnixSocket.send(fd, block, descriptors: descriptors)
         let answer = try answer(on: fd)
         answer.closeDescriptors()
@@ -306,6 +324,29 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
             do throws(RStreamError) { _ = try server.tryReceive(into: &buffer) } catch { outcome = error }
         }
         #expect(outcome?.kind == .connectionReset, "\(String(describing: outcome))")
+    }
+
+    /// The name a client's socket carries is the peer's word: none, one that is no client name,
+    /// and one claiming an address this listener does not serve are each refused with the reason,
+    /// and the listener goes on.
+    @Test func aRequestWithoutATrueClientNameIsRefusedWithAReason() throws {
+        let (listen, port, errors) = try startSameHostListener(["--provider", "shm"])
+        defer { kill(listen.processIdentifier, SIGKILL); listen.waitUntilExit() }
+        let cases: [(ClientName, String)] = [
+            (.none, "carries no client name"),
+            (.name("someone-else"), "carries no client name"),
+            (.name("rstream-shm-peer:127.0.0.1:80"), "carries no client name"),
+            (.name("rstream-shm-peer:127.0.0.1:050000"), "carries no client name"),
+            (.name("rstream-shm-peer:127.0.0.9:50000"), "does not serve"),
+        ]
+        for (named, needle) in cases {
+            let offer = try SameHostOffer(shape: Self.shape, socket: -1)
+            // A request that is right but for the name.
+            let reason = try Self.refusal(port: port, block: offer.block.encoded, descriptors: offer.descriptors, named: named)
+            #expect(reason.contains(needle), "\(named): \(reason)")
+        }
+        #expect(errors.waitFor("connection failed", count: cases.count), "\(errors.value)")
+        try Self.expectStillServing(port: port, errors: errors)
     }
 
     @Test func badSegmentsAndDescriptorsAreRefusedWithAReason() throws {

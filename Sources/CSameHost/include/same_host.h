@@ -47,5 +47,3 @@ int rs_thread_id(void);
 int rs_thread_waits_on_futex(int tid);
 /// The user id at the other end of a Unix socket (SO_PEERCRED), or -1.
 long rs_peer_uid(int socket);
-/// The process id at the other end of a Unix socket (SO_PEERCRED), or -1.
-long rs_peer_pid(int socket);

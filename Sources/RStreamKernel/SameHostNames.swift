@@ -1,0 +1,239 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An IPv4 or IPv6 socket address as the bytes of a `sockaddr_in` or `sockaddr_in6` (what the
+/// fabric and the provider pass around), read and made without trusting its length.
+package enum SocketAddress {
+    /// The IP address: 4 bytes, or 16 (an IPv4-mapped IPv6 address gives its IPv4 bytes); nil
+    /// for anything else.
+    package static func ip(of address: [UInt8]) -> [UInt8]? {
+        guard address.count >= 2 else { return nil }
+        let family = address.withUnsafeBytes { Int32($0.loadUnaligned(as: sa_family_t.self)) }
+        switch family {
+        case AF_INET where address.count >= MemoryLayout<sockaddr_in>.size:
+            return Array(address[4..<8])
+        case AF_INET6 where address.count >= MemoryLayout<sockaddr_in6>.size:
+            let bytes = Array(address[8..<24])
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return Array(bytes[12...]) }
+            return bytes
+        default:
+            return nil
+        }
+    }
+
+    package static func port(of address: [UInt8]) -> UInt16 {
+        address.count >= 4 ? UInt16(address[2]) << 8 | UInt16(address[3]) : 0
+    }
+
+    /// `address` with its port replaced.
+    package static func with(_ address: [UInt8], port: UInt16) -> [UInt8] {
+        guard address.count >= 4 else { return address }
+        var copy = address
+        copy[2] = UInt8(port >> 8)
+        copy[3] = UInt8(port & 0xFF)
+        return copy
+    }
+
+    /// A `sockaddr_in` (4 bytes of `ip`) or `sockaddr_in6` (16) with `port`.
+    package static func make(ip: [UInt8], port: UInt16) -> [UInt8] {
+        precondition(ip.count == 4 || ip.count == 16, "an IP address has 4 or 16 bytes")
+        if ip.count == 4 {
+            var v4 = sockaddr_in()
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = port.bigEndian
+            withUnsafeMutableBytes(of: &v4.sin_addr) { $0.copyBytes(from: ip) }
+            return withUnsafeBytes(of: v4) { Array($0) }
+        }
+        var v6 = sockaddr_in6()
+        v6.sin6_family = sa_family_t(AF_INET6)
+        v6.sin6_port = port.bigEndian
+        withUnsafeMutableBytes(of: &v6.sin6_addr) { $0.copyBytes(from: ip) }
+        return withUnsafeBytes(of: v6) { Array($0) }
+    }
+
+    /// The IP address in text, IPv6 in brackets ("127.0.0.1", "[::1]").
+    package static func text(ip: [UInt8]) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let family = ip.count == 4 ? AF_INET : AF_INET6
+        let ok = ip.withUnsafeBytes { raw in inet_ntop(family, raw.baseAddress, &buffer, socklen_t(buffer.count)) } != nil
+        let plain = ok ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+        return family == AF_INET ? plain : "[\(plain)]"
+    }
+
+    /// The bytes of an IP address written by `text(ip:)`; nil for anything else.
+    package static func parse(ip text: Substring) -> [UInt8]? {
+        let bracketed = text.hasPrefix("[") && text.hasSuffix("]")
+        let plain = bracketed ? String(text.dropFirst().dropLast()) : String(text)
+        var bytes = [UInt8](repeating: 0, count: bracketed ? 16 : 4)
+        let ok = bytes.withUnsafeMutableBytes { inet_pton(bracketed ? AF_INET6 : AF_INET, plain, $0.baseAddress) } == 1
+        guard ok else { return nil }
+        // Written as text(ip:) writes it (which writes an IPv4-mapped address as IPv4), or it is
+        // not one of ours.
+        let mapped = bracketed && bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+        return !mapped && text == Substring(Self.text(ip: bytes)) ? bytes : nil
+    }
+
+    static func isWildcard(_ ip: [UInt8]) -> Bool { ip.allSatisfy { $0 == 0 } }
+}
+
+/// Whether a host name is this host: a loopback address, or an address of one of its interfaces.
+package enum LocalAddress {
+    package static func isLocal(_ host: String) -> Bool { !socketAddresses(ofLocal: host, port: 0).isEmpty }
+
+    /// The addresses `host` resolves to that are this host's, in the resolver's order and each
+    /// once, as `sockaddr`s with `port`: the addresses a same-host client tries.
+    package static func socketAddresses(ofLocal host: String, port: UInt16) -> [[UInt8]] {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let list else { return [] }
+        defer { freeaddrinfo(list) }
+        let own = interfaceAddresses()
+        var result: [[UInt8]] = []
+        var entry: UnsafeMutablePointer<addrinfo>? = list
+        while let e = entry {
+            if let address = e.pointee.ai_addr {
+                let whole = Array(UnsafeRawBufferPointer(start: address, count: Int(e.pointee.ai_addrlen)))
+                if let ip = SocketAddress.ip(of: whole), isLoopback(ip) || own.contains(ip) {
+                    let local = SocketAddress.make(ip: ip, port: port)
+                    if !result.contains(local) { result.append(local) }
+                }
+            }
+            entry = e.pointee.ai_next
+        }
+        return result
+    }
+
+    /// An IP address (4 or 16 bytes) of this host.
+    package static func isLocal(ip: [UInt8]) -> Bool { isLoopback(ip) || interfaceAddresses().contains(ip) }
+
+    private static func isLoopback(_ ip: [UInt8]) -> Bool {
+        ip.count == 4 ? ip[0] == 127 : ip == [UInt8](repeating: 0, count: 15) + [1]
+    }
+
+    private static func interfaceAddresses() -> Set<[UInt8]> {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var result = Set<[UInt8]>()
+        var entry = list
+        while let e = entry {
+            if let address = e.pointee.ifa_addr {
+                let length = Int32(address.pointee.sa_family) == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+                if let ip = SocketAddress.ip(of: Array(UnsafeRawBufferPointer(start: address, count: length))) { result.insert(ip) }
+            }
+            entry = e.pointee.ifa_next
+        }
+        return result
+    }
+}
+
+/// The names of the same-host transport's set-up sockets: abstract Unix names, scoped like TCP
+/// ports to the network namespace.
+///
+/// A listener takes the name of the IP address and port its fabric twin is bound to,
+/// `rstream-shm:<address>:<port>` (`rstream-shm:127.0.0.1:7471`, `rstream-shm:[::]:7471`). A
+/// client tries, for each local address that its host name gives, the names that a TCP connect to
+/// that address could reach, in the order the kernel matches listeners: the address itself, the
+/// wildcard of its family, and for IPv4 the IPv6 wildcard (a dual-stack listener takes IPv4
+/// clients). So a same-host listener serves exactly the clients its TCP twin would: two listeners
+/// of one port on different addresses both serve shared memory, and one bound to a single address
+/// takes no client that dialled another.
+///
+/// A client's socket is bound, before it connects, to `rstream-shm-peer:<address>:<port>`: the
+/// address it dialled and a port of the ephemeral range that no other client socket of that
+/// address holds (a bind to a name in use fails, as on a taken TCP port). The listener reads the
+/// name back (`getpeername`) and checks it (`checkedClient`): its address is what a wildcard
+/// listener's stream reports as its own, and the whole is the peer's address, unique among the
+/// live streams of the host like a TCP peer's.
+package enum SameHostName {
+    package static let listenerPrefix = "rstream-shm:"
+    package static let clientPrefix = "rstream-shm-peer:"
+    /// The client ports, as for TCP: 49152 to 65535.
+    static let clientPorts = 49152...65535
+
+    package static func listener(boundTo address: [UInt8]) -> String? {
+        SocketAddress.ip(of: address).map { "\(listenerPrefix)\(SocketAddress.text(ip: $0)):\(SocketAddress.port(of: address))" }
+    }
+
+    /// A listener name to try, and the address a stream made through it reports as its peer's.
+    package struct Candidate: Equatable {
+        package let name: String
+        package let destination: [UInt8]
+    }
+
+    /// The names a client dialling `destinations` (local addresses, with the port) tries, in order.
+    package static func candidates(for destinations: [[UInt8]]) -> [Candidate] {
+        var result: [Candidate] = []
+        for destination in destinations {
+            guard let ip = SocketAddress.ip(of: destination) else { continue }
+            let port = SocketAddress.port(of: destination)
+            var reachable = [ip, [UInt8](repeating: 0, count: ip.count)]
+            if ip.count == 4 { reachable.append([UInt8](repeating: 0, count: 16)) }
+            for listening in reachable {
+                let name = "\(listenerPrefix)\(SocketAddress.text(ip: listening)):\(port)"
+                if !result.contains(where: { $0.name == name }) {
+                    result.append(Candidate(name: name, destination: SocketAddress.make(ip: ip, port: port)))
+                }
+            }
+        }
+        return result
+    }
+
+    package static func client(_ address: [UInt8]) -> String? {
+        SocketAddress.ip(of: address).map { "\(clientPrefix)\(SocketAddress.text(ip: $0)):\(SocketAddress.port(of: address))" }
+    }
+
+    /// A client name's address (the address dialled, the client's port); nil when `name` is not
+    /// a client name as `client` writes it.
+    package static func parseClient(_ name: String) -> [UInt8]? {
+        guard name.hasPrefix(clientPrefix) else { return nil }
+        let rest = name.dropFirst(clientPrefix.count)
+        guard let colon = rest.lastIndex(of: ":") else { return nil }
+        let ipText = rest[..<colon]
+        let portText = rest[rest.index(after: colon)...]
+        guard let ip = SocketAddress.parse(ip: ipText), let port = UInt16(portText), clientPorts.contains(Int(port)),
+              String(port) == portText else { return nil }
+        return SocketAddress.make(ip: ip, port: port)
+    }
+
+    /// The next client port to try: each process starts at a place of its own, so that processes
+    /// starting together seldom try the same ports.
+    private static let nextClientPort = Atomic<Int>(Int(getpid()) &* 7919)
+
+    /// Binds client socket `fd` to the name of `destination`'s address and a free client port,
+    /// and returns that address with the port (the stream's own address).
+    package static func bindClient(_ fd: Int32, dialling destination: [UInt8]) throws(RStreamError) -> [UInt8] {
+        guard let ip = SocketAddress.ip(of: destination) else {
+            throw RStreamError(.invalidOption, code: EAFNOSUPPORT, "the same-host transport dials IPv4 and IPv6 addresses only")
+        }
+        let count = clientPorts.count
+        for _ in 0..<count {
+            let offset = nextClientPort.wrappingAdd(1, ordering: .relaxed).oldValue
+            let own = SocketAddress.make(ip: ip, port: UInt16(clientPorts.lowerBound + (offset % count + count) % count))
+            if try UnixSocket.bind(fd, name: client(own)!) { return own }
+        }
+        throw RStreamError(.system, code: EADDRNOTAVAIL, "every same-host client port of \(SocketAddress.text(ip: ip)) is in use")
+    }
+
+    /// The addresses of a stream accepted by a listener bound to `listening`, from the name
+    /// its client's socket carries (the peer's word, so checked here): the address the client
+    /// dialled must be one the listener serves (the listener's own, or, for a wildcard, one of
+    /// this host, of the listener's family or IPv4 under an IPv6 wildcard).
+    package static func checkedClient(_ name: String?, listening: [UInt8]) throws(RStreamError) -> (local: [UInt8], peer: [UInt8]) {
+        guard let name, let peer = parseClient(name), let dialled = SocketAddress.ip(of: peer),
+              let served = SocketAddress.ip(of: listening) else {
+            throw RStreamError.protocolViolation("the client's socket carries no client name (\(clientPrefix)<address>:<port>)")
+        }
+        let servesIt = SocketAddress.isWildcard(served)
+            ? (dialled.count == served.count || served.count == 16) && LocalAddress.isLocal(ip: dialled)
+            : dialled == served
+        guard servesIt else {
+            throw RStreamError.protocolViolation("the client says it dialled \(SocketAddress.text(ip: dialled)), which this listener (\(SocketAddress.text(ip: served))) does not serve")
+        }
+        return (SocketAddress.make(ip: dialled, port: SocketAddress.port(of: listening)), peer)
+    }
+}

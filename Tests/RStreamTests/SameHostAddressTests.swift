@@ -1,0 +1,118 @@
+import Foundation
+@testable import RStream
+@testable import RStreamKernel
+import Testing
+
+/// A same-host listener serves exactly the clients its TCP twin would (`SameHostName`), and a
+/// same-host stream reports addresses as a TCP stream would: the address dialled, and a peer
+/// address unique among live streams.
+@Suite struct SameHostAddressTests {
+    static func accepting(_ listener: StreamListener) -> Background<StreamConnection> {
+        Background { try listener.accept(timeout: .seconds(10)) }
+    }
+
+    /// One byte each way, so that the two ends are known to be one stream.
+    static func expectJoined(_ client: StreamConnection, _ server: StreamConnection, _ byte: UInt8) throws {
+        #expect(client.transport == "shm" && server.transport == "shm")
+        try client.sendAll([byte])
+        #expect(try server.receive(maxBytes: 1) == [byte])
+        try server.sendAll([byte &+ 1])
+        #expect(try client.receive(maxBytes: 1) == [byte &+ 1])
+    }
+
+    @Test func twoListenersOfOnePortOnTwoAddressesEachServeTheirOwnClients() throws {
+        let first = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { first.close() }
+        let second = try StreamListener(host: "127.0.0.2", port: first.port, options: sameHostOptions())
+        defer { second.close() }
+        #expect(first.servesSameHost && second.servesSameHost)
+        for (host, listener, other) in [("127.0.0.2", second, first), ("127.0.0.1", first, second)] {
+            let accepted = Self.accepting(listener)
+            let client = try StreamConnection.connect(host: host, port: first.port, options: sameHostOptions(), timeout: .seconds(10))
+            let server = try accepted.value()
+            try Self.expectJoined(client, server, 1)
+            #expect(server.localAddress == StreamAddress(host: host, port: first.port))
+            #expect(client.peerAddress == StreamAddress(host: host, port: first.port))
+            expectError(.timedOut) { _ = try other.accept(timeout: .milliseconds(50)) }
+            client.close()
+            server.close()
+        }
+    }
+
+    @Test func aListenerOfOneAddressTakesNoClientThatDialledAnother() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        expectError(.connectionRefused) {
+            _ = try StreamConnection.connect(host: "127.0.0.2", port: listener.port, options: sameHostOptions(), timeout: .seconds(10))
+        }
+        expectError(.timedOut) { _ = try listener.accept(timeout: .milliseconds(50)) }
+    }
+
+    /// A wildcard listener's stream reports the address its client dialled as its own; two
+    /// streams of one client process have different peer addresses; each end's peer is the
+    /// other's own address.
+    @Test func aWildcardListenersStreamsReportTheAddressDialledAndPeersOfTheirOwn() throws {
+        let listener = try StreamListener(host: "0.0.0.0", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        #expect(listener.servesSameHost)
+        var peers: Set<StreamAddress> = []
+        for (i, host) in ["127.0.0.3", "127.0.0.3", "127.0.0.1"].enumerated() {
+            let accepted = Self.accepting(listener)
+            let client = try StreamConnection.connect(host: host, port: listener.port, options: sameHostOptions(), timeout: .seconds(10))
+            let server = try accepted.value()
+            defer { client.close(); server.close() }
+            try Self.expectJoined(client, server, UInt8(i * 2))
+            let dialled = StreamAddress(host: host, port: listener.port)
+            #expect(server.localAddress == dialled)
+            #expect(client.peerAddress == dialled)
+            let clientAddress = try #require(client.localAddress)
+            #expect(server.peerAddress == clientAddress)
+            #expect(clientAddress.host == host && SameHostName.clientPorts.contains(Int(clientAddress.port)))
+            peers.insert(clientAddress)
+        }
+        #expect(peers.count == 3)
+    }
+
+    @Test func aClientTriesTheAddressThenItsFamilysWildcardThenTheDualStackOne() {
+        let v4 = SocketAddress.make(ip: [127, 0, 0, 1], port: 7471)
+        let v6 = SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 7471)
+        #expect(SameHostName.candidates(for: [v4]).map(\.name)
+                == ["rstream-shm:127.0.0.1:7471", "rstream-shm:0.0.0.0:7471", "rstream-shm:[::]:7471"])
+        #expect(SameHostName.candidates(for: [v6, v4]).map(\.name)
+                == ["rstream-shm:[::1]:7471", "rstream-shm:[::]:7471", "rstream-shm:127.0.0.1:7471", "rstream-shm:0.0.0.0:7471"])
+        // Each name stands for the address that was dialled.
+        #expect(SameHostName.candidates(for: [v6, v4]).map(\.destination) == [v6, v6, v4, v4])
+        #expect(SameHostName.listener(boundTo: SocketAddress.make(ip: [0, 0, 0, 0], port: 9)) == "rstream-shm:0.0.0.0:9")
+    }
+
+    @Test func aClientNameIsReadBackOnlyAsItWasWritten() throws {
+        let own = SocketAddress.make(ip: [127, 0, 0, 5], port: 50_000)
+        let name = try #require(SameHostName.client(own))
+        #expect(name == "rstream-shm-peer:127.0.0.5:50000")
+        #expect(SameHostName.parseClient(name) == own)
+        for bad in ["rstream-shm:127.0.0.5:50000", "rstream-shm-peer:127.0.0.5", "rstream-shm-peer:127.0.0.5:", "rstream-shm-peer:127.0.0.5:49151",
+                    "rstream-shm-peer:127.0.0.5:65536", "rstream-shm-peer:127.0.0.5:+50000", "rstream-shm-peer:127.000.0.5:50000",
+                    "rstream-shm-peer:[::ffff:127.0.0.5]:50000", "rstream-shm-peer:::1:50000", "rstream-shm-peer:[::1:50000",
+                    "rstream-shm-peer:127.0.0.5:50000\u{0}"] {
+            #expect(SameHostName.parseClient(bad) == nil, "\(bad)")
+        }
+        #expect(SameHostName.parseClient("rstream-shm-peer:[::1]:65535") == SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 65535))
+    }
+
+    /// Only the address served passes: the listener's own, or one of this host under a wildcard.
+    @Test func theListenerChecksTheAddressItsClientClaims() throws {
+        let one = SocketAddress.make(ip: [127, 0, 0, 1], port: 9)
+        let any4 = SocketAddress.make(ip: [0, 0, 0, 0], port: 9)
+        let any6 = SocketAddress.make(ip: [UInt8](repeating: 0, count: 16), port: 9)
+        let client = "rstream-shm-peer:127.0.0.1:50001"
+        let served = try SameHostName.checkedClient(client, listening: any4)
+        #expect(served.local == one && served.peer == SocketAddress.make(ip: [127, 0, 0, 1], port: 50001))
+        #expect(try SameHostName.checkedClient(client, listening: one).local == one)
+        #expect(try SameHostName.checkedClient(client, listening: any6).local == one)
+        for (claim, listening) in [("rstream-shm-peer:127.0.0.2:50001", one), ("rstream-shm-peer:[::1]:50001", any4),
+                                   ("rstream-shm-peer:192.0.2.1:50001", any4), ("rstream-shm-peer:[2001:db8::1]:50001", any6)] {
+            #expect(throws: RStreamError.self, "\(claim)") { _ = try SameHostName.checkedClient(claim, listening: listening) }
+        }
+        #expect(throws: RStreamError.self) { _ = try SameHostName.checkedClient(nil, listening: any4) }
+    }
+}
