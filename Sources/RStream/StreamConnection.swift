@@ -127,8 +127,9 @@ public final class StreamConnection: Sendable {
     ///     while stream.readableBytes == 0 {
     ///         if stream.prepareToWait(for: .readable) { poll(&pollfd(fd: stream.descriptor!, ...), 1, -1) }
     ///     }
-    /// nil where the transport has none, or where it could not be made now (a stream sharing
-    /// its queues makes its eventfd on first use: none when the process has no descriptor left).
+    /// nil where the transport has none, or where it could not be made now: it is made on first
+    /// use (an epoll set of the stream's own descriptors, or the eventfd of a stream sharing its
+    /// queues), and none can be when the process has no descriptor left.
     public var descriptor: Int32? {
         guard let fd = waitSet?.descriptor, fd >= 0 else { return nil }
         return fd

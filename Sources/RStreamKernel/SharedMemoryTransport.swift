@@ -47,7 +47,7 @@ package struct SameHostOffer: ~Copyable {
         let words = status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2)
         words.initialize(to: Atomic(0))
         (words + 1).initialize(to: Atomic(SameHostWakeRequest.formatMarker))
-        guard let waitSet = WaitSet(waitDescriptors: [], doorbell: socket) else {
+        guard let waitSet = WaitSet(waitDescriptors: [], doorbell: socket, gathering: .whenAsked) else {
             throw RStreamError.system(errno, "making the stream's wait set")
         }
         self.inbound = inbound
@@ -196,8 +196,9 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
     }
 
     /// Closes this side's copies of what it passed to the peer (its segments' memfds), once the
-    /// peer holds them: the mappings keep the memory, so a stream holds three descriptors (the
-    /// set-up socket, its wait set's epoll and eventfd).
+    /// peer holds them: the mappings keep the memory, so a stream holds two descriptors (the
+    /// set-up socket and its wait set's eventfd; an epoll set of the two once its `descriptor` is
+    /// asked for).
     package func releasePassedDescriptors() {
         inbound.closeDescriptor()
         status.closeDescriptor()

@@ -110,7 +110,7 @@ extension StreamEngine {
     @discardableResult
     package func closeLingeringAsync(for linger: Duration) async -> Bool {
         shutdown()
-        let finished = (try? await lingerWait(linger).runAsync(prepare: { prepareToWait(for: [], sleeper: true) }) { _ in lingerRound() }) ?? false
+        let finished = (try? await lingerWait(linger).runAsync(prepare: { prepareToWait(for: [], sleeper: true) }, watching: true) { _ in lingerRound() }) ?? false
         return endClose(finished: finished)
     }
 

@@ -20,8 +20,9 @@ public struct WaitInterest: OptionSet, Sendable {
     package static let anything: WaitInterest = [.readable, .writable, .everyWord]
 }
 
-/// Owner of the descriptor a stream's waiters sleep on. Either an epoll set holding the
-/// completion queue's and event queue's wait descriptors and a private eventfd, or, for a stream
+/// Owner of what a stream's waiters sleep on. Either *members*: the completion queue's and event
+/// queue's wait descriptors (a same-host stream's set-up socket) and a private eventfd, gathered
+/// in an epoll set; or, for a stream
 /// whose completion queue is shared with many others (`CompletionGroup`), *flat*: the private
 /// eventfd alone, made when first needed; the reactor reads the shared queue for every stream
 /// and rings the eventfds (so that one epoll holds ten thousand such descriptors: a nested
@@ -36,7 +37,16 @@ public struct WaitInterest: OptionSet, Sendable {
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// Invariants: the descriptors are open until deinit (a flat set's eventfd from when it is made);
+/// A stream's own set makes its epoll set only for a caller that asks for one descriptor
+/// (`Gathering.whenAsked`): its library sleeps poll the members, and the reactor watches them one
+/// by one, so a stream nobody polls from outside holds no epoll. A set that others `watch`
+/// descriptors into (an event queue of the provider, a listener) gathers them at once: their
+/// owners may close them without an `unwatch` (a C program closing an endpoint), which an epoll
+/// set forgets by itself and a list of descriptors would not.
+///
+/// Invariants: the descriptors are open until deinit (a flat set's eventfd, and the epoll set,
+/// from when they are made); the epoll set, once made, holds every member, with its events
+/// (both change together under `memberList`'s lock);
 /// `armed` is set under the engine's progress lock (a listener's accept lock) and cleared by
 /// whoever rings: the thread taking completions under that lock, or, for a flat set, the shared
 /// queue's reader under the group's lock, ordered against the arming by `CompletionInbox`'s
@@ -44,8 +54,10 @@ public struct WaitInterest: OptionSet, Sendable {
 /// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. A
 /// flat set's eventfd is made before its first arming, so whoever finds it armed finds the eventfd.
 package final class WaitSet: @unchecked Sendable {
-    /// The epoll set (-1 for a flat set).
-    private let epollFD: Int32
+    /// The epoll set of the members, made when first asked for (-1 until then, and always for a
+    /// flat set).
+    private let epollFD = Atomic<Int32>(-1)
+    package let isFlat: Bool
     /// The private eventfd (-1 until a flat set first needs it).
     private let wake = Atomic<Int32>(-1)
     /// What has the reactor read a flat set's shared queues (once), and says whether it does.
@@ -60,19 +72,46 @@ package final class WaitSet: @unchecked Sendable {
     /// The interests armed since the last ring (`WaitInterest` bits; 0: nobody is armed).
     private let armed = Atomic<UInt8>(0)
     private let sleepers = Atomic<Int>(0)
-    /// The descriptors in the set now, for a waiter that watches them one by one (the reactor:
-    /// holding the set itself nests one epoll in another, which the kernel limits per shared
-    /// descriptor, to about a hundred tcp streams; holding the members, to several hundred).
-    private let memberList: Mutex<[Int32]>
+    /// The descriptors in the set now, each with the events it is watched for (`EPOLLIN`, or
+    /// `EPOLLRDHUP` alone), for a library sleep and for a waiter that watches them one by one (the
+    /// reactor: holding the set itself nests one epoll in another, which the kernel limits per
+    /// shared descriptor, to about a hundred tcp streams; holding the members, to several hundred).
+    private let memberList: Mutex<[Member]>
+    private struct Member {
+        let fd: Int32
+        var events: UInt32
+    }
 
-    package var isFlat: Bool { epollFD < 0 }
-
-    /// What a caller sleeps on: the epoll set, or a flat set's eventfd (made now if need be;
-    /// the shared queues are then read by the reactor, since whoever sleeps on this alone does
-    /// not read them). -1 when it cannot be had (no descriptor left, or no reactor).
+    /// One descriptor a caller can sleep on: the epoll set of the members (made now if need be),
+    /// or a flat set's eventfd (made now if need be; the shared queues are then read by the
+    /// reactor, since whoever sleeps on this alone does not read them). -1 when it cannot be had
+    /// (no descriptor left, or no reactor).
     package var descriptor: Int32 {
-        guard isFlat else { return epollFD }
+        guard isFlat else { return epollDescriptor }
         return sharedReadersRun ? wakeDescriptor : -1
+    }
+
+    /// The members' epoll set, made at the first call.
+    private var epollDescriptor: Int32 {
+        if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { return fd }
+        return memberList.withCheckedLock(key: lockKey(self)) { members -> Int32 in
+            if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { return fd }
+            let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+            guard epoll >= 0 else { return -1 }
+            for member in members where !Self.control(epoll, EPOLL_CTL_ADD, member) {
+                close(epoll)
+                return -1
+            }
+            epollFD.store(epoll, ordering: .releasing)
+            return epoll
+        }
+    }
+
+    private static func control(_ epoll: Int32, _ operation: Int32, _ member: Member) -> Bool {
+        var event = epoll_event()
+        event.events = member.events
+        event.data.fd = member.fd
+        return epoll_ctl(epoll, operation, member.fd, &event) == 0
     }
 
     /// True when a flat set's shared queues are read by the reactor (started now if need be):
@@ -93,36 +132,35 @@ package final class WaitSet: @unchecked Sendable {
 
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
-        guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0 } }
+        guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0.map(\.fd) } }
         let fd = descriptor
         return fd >= 0 ? [fd] : []
     }
 
-    package init?(waitDescriptors: [Int32], doorbell: Int32 = -1) {
-        let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { return nil }
+    /// When a set of members makes its epoll set.
+    package enum Gathering {
+        /// Now; library sleeps poll it.
+        case atOnce
+        /// At the first `descriptor`; until then library sleeps poll the members.
+        case whenAsked
+    }
+
+    package init?(waitDescriptors: [Int32], doorbell: Int32 = -1, gathering: Gathering = .atOnce) {
         let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard wake >= 0 else { close(epoll); return nil }
-        for fd in waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []) {
-            var event = epoll_event()
-            event.events = EPOLLIN.rawValue
-            event.data.fd = fd
-            if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
-                close(wake); close(epoll)
-                return nil
-            }
-        }
-        epollFD = epoll
+        guard wake >= 0 else { return nil }
+        isFlat = false
         self.wake.store(wake, ordering: .releasing)
         startSharedReaders = nil
         doorbellFD = doorbell
-        memberList = Mutex(waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : []))
+        let fds = waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : [])
+        memberList = Mutex(fds.map { Member(fd: $0, events: EPOLLIN.rawValue) })
+        if gathering == .atOnce && epollDescriptor < 0 { return nil } // `wake` is closed by deinit
     }
 
     /// A flat set of a stream whose queues are shared; `startSharedReaders` has the reactor read
     /// them (the first time anyone sleeps on this set) and says whether it does.
     package init(flatStartingReaders startSharedReaders: @escaping @Sendable () -> Bool) {
-        epollFD = -1
+        isFlat = true
         self.startSharedReaders = startSharedReaders
         doorbellFD = -1
         memberList = Mutex([])
@@ -133,23 +171,31 @@ package final class WaitSet: @unchecked Sendable {
     /// watched for that from now on.
     package func watch(_ fd: Int32, hangUpOnly: Bool = false) {
         precondition(!isFlat, "a flat wait set watches nothing of its own")
-        var event = epoll_event()
-        event.events = hangUpOnly ? EPOLLRDHUP.rawValue : EPOLLIN.rawValue
-        event.data.fd = fd
-        if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 {
-            memberList.withCheckedLock(key: lockKey(self)) { $0.append(fd) }
-        } else if errno == EEXIST {
-            let changed = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
-            assert(changed == 0, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
+        let member = Member(fd: fd, events: hangUpOnly ? EPOLLRDHUP.rawValue : EPOLLIN.rawValue)
+        memberList.withCheckedLock(key: lockKey(self)) { members in
+            let epoll = epollFD.load(ordering: .relaxed) // made under this lock
+            if let i = members.firstIndex(where: { $0.fd == fd }) {
+                members[i].events = member.events
+                if epoll >= 0 {
+                    let changed = Self.control(epoll, EPOLL_CTL_MOD, member)
+                    assert(changed, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
+                }
+            } else if epoll < 0 || Self.control(epoll, EPOLL_CTL_ADD, member) {
+                members.append(member)
+            }
         }
     }
 
     /// Stops sleeping on `fd` (before it is closed).
     package func unwatch(_ fd: Int32) {
         guard !isFlat else { return }
-        var event = epoll_event()
-        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
-        memberList.withCheckedLock(key: lockKey(self)) { $0.removeAll { $0 == fd } }
+        memberList.withCheckedLock(key: lockKey(self)) { members in
+            if case let epoll = epollFD.load(ordering: .relaxed), epoll >= 0 {
+                var event = epoll_event()
+                _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event)
+            }
+            members.removeAll { $0.fd == fd }
+        }
     }
 
     /// Adds a timer that makes the set readable every `milliseconds` (the stand-in descriptor of
@@ -173,7 +219,7 @@ package final class WaitSet: @unchecked Sendable {
     deinit {
         if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 { close(fd) }
         if case let fd = wake.load(ordering: .acquiring), fd >= 0 { close(fd) }
-        if epollFD >= 0 { close(epollFD) }
+        if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { close(fd) }
     }
 
     /// Called under the progress lock before the last readiness check: clears an old wake-up and
@@ -235,15 +281,47 @@ package final class WaitSet: @unchecked Sendable {
     /// Sleeps until the set is readable or `timeout` passes (milliseconds); the caller announced
     /// itself with `willSleep` under the progress lock.
     package func sleep(timeoutMilliseconds: Int32) {
-        // A flat set's eventfd alone: the reactor reads the shared queues and rings it.
-        var pfd = pollfd(fd: isFlat ? wakeDescriptor : epollFD, events: Int16(POLLIN), revents: 0)
-        let woken = poll(&pfd, 1, timeoutMilliseconds)
+        let woken: Int32
+        if isFlat || epollFD.load(ordering: .acquiring) >= 0 {
+            // The epoll set, or a flat set's eventfd alone (the reactor reads the shared queues
+            // and rings it).
+            var pfd = pollfd(fd: isFlat ? wakeDescriptor : epollFD.load(ordering: .acquiring), events: Int16(POLLIN), revents: 0)
+            woken = poll(&pfd, 1, timeoutMilliseconds)
+        } else {
+            woken = pollMembers(timeoutMilliseconds: timeoutMilliseconds)
+        }
         if woken == 0 {
             timedOutSleeps.add(1, ordering: .relaxed)
             ThreadSleepLog.recordTimeout()
         }
         endSleep()
     }
+
+    /// `poll` over the members (a stream's own: open until deinit), from a copy on the stack (a
+    /// member watched or dropped meanwhile is seen by the next sleep: the callers look again
+    /// before they sleep again).
+    private func pollMembers(timeoutMilliseconds: Int32) -> Int32 {
+        let capacity = Self.mostMembersPolled
+        return withUnsafeTemporaryAllocation(of: pollfd.self, capacity: capacity) { fds -> Int32 in
+            let count = memberList.withCheckedLock(key: lockKey(self)) { members -> Int in
+                for (i, member) in members.prefix(capacity).enumerated() {
+                    let events = member.events == EPOLLRDHUP.rawValue ? Self.pollReadHangUp : Int32(POLLIN)
+                    fds.initializeElement(at: i, to: pollfd(fd: member.fd, events: Int16(events), revents: 0))
+                }
+                return min(members.count, capacity)
+            }
+            assert(count == memberList.withCheckedLock(key: lockKey(self)) { $0.count }, "more members than a stream's set has")
+            defer { fds.baseAddress!.deinitialize(count: count) }
+            return poll(fds.baseAddress!, nfds_t(count), timeoutMilliseconds)
+        }
+    }
+
+    /// `POLLRDHUP` (a GNU extension that Glibc's module does not export; the kernel's value).
+    private static let pollReadHangUp: Int32 = 0x2000
+
+    /// The most members a library sleep polls: a stream's own set has at most four (its queues'
+    /// wait descriptors or its set-up socket, a ticker, the eventfd).
+    static let mostMembersPolled = 8
 
     /// Sleeps that ended by their timeout, not by a ring (for tests: a wake-up that should have
     /// come by a ring shows here).
