@@ -66,8 +66,6 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
 
 int rs_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 
-int rs_socket_pair(int ends[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends); }
-
 long rs_ring_doorbell(int fd) {
     char one = 1;
     return send(fd, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -1,3 +1,4 @@
+import Foundation
 import CLibfabric // its header brings sys/eventfd.h
 import CSameHost
 import Glibc
@@ -37,17 +38,26 @@ import Testing
 @Suite struct WaitSetTests {
     /// A same-host set-up socket carries the peer's rings: watched for its hang-up alone (how a
     /// C program's event queue watches it), its traffic does not make the set readable, its
-    /// peer's leaving does; watched for readability, a ring does.
-    @Test func aHangUpOnlyWatchIgnoresTrafficAndSeesTheHangUp() throws {
+    /// peer's leaving does; watched for readability, a ring does. Both ways a set is looked at:
+    /// its one descriptor, and a library sleep over its members before any descriptor was made.
+    @Test(arguments: [false, true])
+    func aHangUpOnlyWatchIgnoresTrafficAndSeesTheHangUp(pollingMembers: Bool) throws {
         var ends: [Int32] = [-1, -1]
-        try #require(rs_socket_pair(&ends) == 0)
+        try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &ends) == 0)
         defer { close(ends[0]) }
-        let events = try #require(WaitSet(waitDescriptors: []))
+        let gathering: WaitSet.Gathering = pollingMembers ? .whenAsked : .atOnce
+        let events = try #require(WaitSet(waitDescriptors: [], gathering: gathering))
         events.watch(ends[0], hangUpOnly: true)
-        let data = try #require(WaitSet(waitDescriptors: [], doorbell: ends[0]))
+        let data = try #require(WaitSet(waitDescriptors: [], doorbell: ends[0], gathering: gathering))
         func readable(_ set: WaitSet) -> Bool {
-            var look = pollfd(fd: set.descriptor, events: Int16(POLLIN), revents: 0)
-            return poll(&look, 1, 0) == 1
+            guard pollingMembers else {
+                var look = pollfd(fd: set.descriptor, events: Int16(POLLIN), revents: 0)
+                return poll(&look, 1, 0) == 1
+            }
+            let timedOut = set.timedOutSleeps.load(ordering: .relaxed)
+            set.willSleep()
+            set.sleep(timeoutMilliseconds: 0)
+            return set.timedOutSleeps.load(ordering: .relaxed) == timedOut
         }
         #expect(rs_ring_doorbell(ends[1]) == 1)
         #expect(!readable(events), "a ring is no connection event")
@@ -56,5 +66,41 @@ import Testing
         close(ends[1])
         #expect(readable(events), "the hang-up is")
         #expect(rs_peer_hung_up(ends[0]) == 1, "seen with a ring still queued ahead of it")
+    }
+
+    /// A set's epoll set is made when its descriptor is first asked for, holding every member
+    /// watched before and after; a set gathered at once has it from the start.
+    @Test func theEpollSetIsMadeWhenAskedForAndHoldsEveryMember() throws {
+        func epollSets() -> Int {
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).filter {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == "anon_inode:[eventpoll]"
+            }.count
+        }
+        let before = epollSets()
+        let early = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)), late = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        defer { close(early); close(late) }
+        let set = try #require(WaitSet(waitDescriptors: [early], gathering: .whenAsked))
+        #expect(epollSets() == before)
+        let descriptor = set.descriptor
+        #expect(descriptor >= 0 && epollSets() == before + 1)
+        #expect(set.descriptor == descriptor, "made once")
+        set.watch(late)
+        func readable() -> Bool {
+            var look = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            return poll(&look, 1, 0) == 1
+        }
+        #expect(!readable())
+        var one: UInt64 = 1
+        _ = write(late, &one, 8)
+        #expect(readable(), "a member watched after the epoll set was made")
+        var drained: UInt64 = 0
+        _ = read(late, &drained, 8)
+        _ = write(early, &one, 8)
+        #expect(readable(), "a member from before")
+        set.unwatch(early)
+        #expect(!readable(), "a member no longer watched")
+        let atOnce = try #require(WaitSet(waitDescriptors: [], gathering: .atOnce))
+        #expect(epollSets() == before + 2)
+        _ = atOnce
     }
 }

@@ -23,9 +23,6 @@ long rs_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *
                                  int *count, int *truncated, int dontwait);
 /// accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), which needs _GNU_SOURCE.
 int rs_accept_nonblocking(int socket);
-/// socketpair(AF_UNIX, SOCK_SEQPACKET, CLOEXEC | NONBLOCK) into `ends` (for tests: a connected
-/// pair like a same-host set-up socket's two ends).
-int rs_socket_pair(int ends[2]);
 /// Rings the peer over a connected set-up socket without ever blocking (MSG_DONTWAIT |
 /// MSG_NOSIGNAL): 1 byte or -1/errno.
 long rs_ring_doorbell(int fd);
