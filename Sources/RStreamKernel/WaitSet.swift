@@ -37,28 +37,30 @@ public struct WaitInterest: OptionSet, Sendable {
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// A stream's own set makes its epoll set only for a caller that asks for one descriptor
-/// (`Gathering.whenAsked`): its library sleeps poll the members, and the reactor watches them one
-/// by one, so a stream nobody polls from outside holds no epoll. A set that others `watch`
+/// A stream's own set makes its eventfd at its first arming and its epoll set only for a caller
+/// that asks for one descriptor (`Gathering.whenAsked`): its library sleeps poll the members, and
+/// the reactor watches them one by one, so a stream that is only busy-polled holds neither, and
+/// one that nobody polls from outside holds no epoll. A set that others `watch`
 /// descriptors into (an event queue of the provider, a listener) gathers them at once: their
 /// owners may close them without an `unwatch` (a C program closing an endpoint), which an epoll
 /// set forgets by itself and a list of descriptors would not.
 ///
-/// Invariants: the descriptors are open until deinit (a flat set's eventfd, and the epoll set,
-/// from when they are made); the epoll set, once made, holds every member, with its events
-/// (both change together under `memberList`'s lock);
+/// Invariants: the descriptors are open until deinit (the eventfd and the epoll set from when
+/// they are made); a set of members holds its eventfd as a member from when it is made; the
+/// epoll set, once made, holds every member, with its events (members, eventfd and epoll set
+/// change together under `memberList`'s lock);
 /// `armed` is set under the engine's progress lock (a listener's accept lock) and cleared by
 /// whoever rings: the thread taking completions under that lock, or, for a flat set, the shared
 /// queue's reader under the group's lock, ordered against the arming by `CompletionInbox`'s
 /// fences; `sleepers` is raised under that lock,
-/// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. A
-/// flat set's eventfd is made before its first arming, so whoever finds it armed finds the eventfd.
+/// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. The
+/// eventfd is made before the first arming, so whoever finds the set armed finds the eventfd.
 package final class WaitSet: @unchecked Sendable {
     /// The epoll set of the members, made when first asked for (-1 until then, and always for a
     /// flat set).
     private let epollFD = Atomic<Int32>(-1)
     package let isFlat: Bool
-    /// The private eventfd (-1 until a flat set first needs it).
+    /// The private eventfd (-1 until a flat set, or a set gathered when asked, first needs it).
     private let wake = Atomic<Int32>(-1)
     /// What has the reactor read a flat set's shared queues (once), and says whether it does.
     private let startSharedReaders: (@Sendable () -> Bool)?
@@ -82,7 +84,8 @@ package final class WaitSet: @unchecked Sendable {
         var events: UInt32
     }
 
-    /// One descriptor a caller can sleep on: the epoll set of the members (made now if need be),
+    /// One descriptor a caller can sleep on: the epoll set of the members (made now if need be,
+    /// with the eventfd),
     /// or a flat set's eventfd (made now if need be; the shared queues are then read by the
     /// reactor, since whoever sleeps on this alone does not read them). -1 when it cannot be had
     /// (no descriptor left, or no reactor).
@@ -94,6 +97,7 @@ package final class WaitSet: @unchecked Sendable {
     /// The members' epoll set, made at the first call.
     private var epollDescriptor: Int32 {
         if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { return fd }
+        guard wakeDescriptor >= 0 else { return -1 } // a member, which local rings must reach
         return memberList.withCheckedLock(key: lockKey(self)) { members -> Int32 in
             if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { return fd }
             let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -118,17 +122,38 @@ package final class WaitSet: @unchecked Sendable {
     /// only then may anyone sleep on its eventfd. Always true for a set of its own queues.
     private var sharedReadersRun: Bool { startSharedReaders?() ?? true }
 
-    /// The private eventfd (made now for a flat set; tests use it as an eventfd to offer a
-    /// hostile peer's listener).
+    /// The private eventfd, made now if need be (-1 when it cannot be: no descriptor left). A
+    /// set of members takes it in as a member (and into its epoll set, if made) before anyone
+    /// sees it, so whoever arms with it sleeps on it. Tests use it as an eventfd to offer a
+    /// hostile peer's listener.
     package var wakeDescriptor: Int32 {
         let fd = wake.load(ordering: .acquiring)
         if fd >= 0 { return fd }
-        let made = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard made >= 0 else { return -1 }
-        let (exchanged, current) = wake.compareExchange(expected: -1, desired: made, ordering: .acquiringAndReleasing)
-        if !exchanged { close(made) }
-        return exchanged ? made : current
+        guard !isFlat else {
+            let made = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+            guard made >= 0 else { return -1 }
+            let (exchanged, current) = wake.compareExchange(expected: -1, desired: made, ordering: .acquiringAndReleasing)
+            if !exchanged { close(made) }
+            return exchanged ? made : current
+        }
+        return memberList.withCheckedLock(key: lockKey(self)) { members -> Int32 in
+            if case let fd = wake.load(ordering: .acquiring), fd >= 0 { return fd }
+            let made = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+            guard made >= 0 else { return -1 }
+            let member = Member(fd: made, events: EPOLLIN.rawValue)
+            if case let epoll = epollFD.load(ordering: .relaxed), epoll >= 0, !Self.control(epoll, EPOLL_CTL_ADD, member) {
+                close(made)
+                return -1
+            }
+            members.append(member)
+            wake.store(made, ordering: .releasing)
+            return made
+        }
     }
+
+    /// True once the eventfd is made: a waiter may sleep only then (else a ring would reach
+    /// nobody), and `arm` makes it.
+    package var canBeRung: Bool { wake.load(ordering: .acquiring) >= 0 }
 
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
@@ -137,24 +162,22 @@ package final class WaitSet: @unchecked Sendable {
         return fd >= 0 ? [fd] : []
     }
 
-    /// When a set of members makes its epoll set.
+    /// When a set of members makes its epoll set and its eventfd.
     package enum Gathering {
-        /// Now; library sleeps poll it.
+        /// Now; library sleeps poll the epoll set.
         case atOnce
-        /// At the first `descriptor`; until then library sleeps poll the members.
+        /// The eventfd at the first arming, the epoll set at the first `descriptor`; until then
+        /// library sleeps poll the members. A stream that is only busy-polled holds neither.
         case whenAsked
     }
 
     package init?(waitDescriptors: [Int32], doorbell: Int32 = -1, gathering: Gathering = .atOnce) {
-        let wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard wake >= 0 else { return nil }
         isFlat = false
-        self.wake.store(wake, ordering: .releasing)
         startSharedReaders = nil
         doorbellFD = doorbell
-        let fds = waitDescriptors + [wake] + (doorbell >= 0 ? [doorbell] : [])
+        let fds = waitDescriptors + (doorbell >= 0 ? [doorbell] : [])
         memberList = Mutex(fds.map { Member(fd: $0, events: EPOLLIN.rawValue) })
-        if gathering == .atOnce && epollDescriptor < 0 { return nil } // `wake` is closed by deinit
+        if gathering == .atOnce && epollDescriptor < 0 { return nil } // what was made is closed by deinit
     }
 
     /// A flat set of a stream whose queues are shared; `startSharedReaders` has the reactor read
@@ -225,8 +248,9 @@ package final class WaitSet: @unchecked Sendable {
     /// Called under the progress lock before the last readiness check: clears an old wake-up and
     /// asks the next taker of completions that can serve `interest` (empty: anything) to ring.
     package func arm(for interest: WaitInterest = []) {
-        // A flat set's eventfd is made before the first arming (see the invariant).
-        let wakeFD = isFlat ? wakeDescriptor : wake.load(ordering: .relaxed)
+        // The eventfd is made before the first arming (see the invariant); -1 when it cannot be,
+        // and then nobody sleeps (`canBeRung`).
+        let wakeFD = wakeDescriptor
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             var value: UInt64 = 0
             _ = read(wakeFD, &value, 8)
