@@ -24,6 +24,7 @@ struct Perf: ParsableCommand {
     @Option(help: "Threads test: 1...N streams, each busy with 64 B round trips on a thread of its own (0 skips it).") var threads = 0
     @Option(name: .customLong("scale-ring"), help: "Send and receive rings of the scale test's client streams (default 32 KiB).") var scaleRing: Int?
     @Option(name: .customLong("scale-queue"), help: "Transmit queue and posted receives of the scale test's client streams (default 384, capped by the core).") var scaleQueue: Int?
+    @Option(name: .customLong("scale-provider"), help: "What carries the scale test's streams: shm (shared memory), or a core (default: --provider's).") var scaleProvider: String?
     @Flag(name: .customLong("in-process"), help: "Instead: both ends of one stream in one thread, through the Swift API and through the provider from C (sizes up to 32768).")
     var inProcess = false
     @Option(help: "Transports to measure, comma-separated: rstream, rstream-tuned, rstream-zerocopy (tuned, no copies), rstream-busypoll, rstream-shm, rstream-shm-tuned, rstream-shm-busypoll, shm-floor, ucx-stream (loopback only), provider-c (loopback only), core-writedata, tcp-blocking, tcp-busypoll; or all.")
@@ -63,10 +64,12 @@ struct Perf: ParsableCommand {
     /// The scale test's streams: default options, in iWarp mode over a core that reports a remote
     /// write's data without a receive (tcp), so that they share completion queues (a word sent
     /// as a message names its stream; `StreamOptions.sharedCompletions`).
+    /// Over shared memory (`--scale-provider shm`) they are the same-host transport's streams.
     var scaleOptions: StreamOptions {
         var options = defaultOptions
+        if let scaleProvider { options.provider = scaleProvider }
         let core = CoreProvider.available().first { $0.name == options.provider }
-        options.iwarp = !(core?.writeConsumesReceive ?? true)
+        options.iwarp = options.provider != "shm" && !(core?.writeConsumesReceive ?? true)
         if let scaleRing { options.sendRingSize = scaleRing; options.receiveRingSize = scaleRing }
         if let scaleQueue { options.txQueueSize = scaleQueue; options.rxCredits = scaleQueue }
         return options
@@ -124,6 +127,7 @@ struct Perf: ParsableCommand {
         var arguments = ["perf", "--server", "--port", "0", "--host", "127.0.0.1",
                          "--send-ring", String(sendRing), "--recv-ring", String(recvRing)]
         if let provider { arguments += ["--provider", provider] }
+        if let scaleProvider { arguments += ["--scale-provider", scaleProvider] }
         if let cpu = serverCPU ?? cpu { arguments += ["--cpu", String(cpu)] }
         if let numaNode { arguments += ["--numa-node", String(numaNode)] }
         child.arguments = arguments
@@ -520,6 +524,7 @@ struct Perf: ParsableCommand {
         var ringBytesPerConnection: Int
         var descriptorsPerConnection: Double
         var iwarp: Bool
+        var transport: String
     }
 
     func measureScale(host: String, port: UInt16) throws -> ScaleResult {
@@ -549,13 +554,14 @@ struct Perf: ParsableCommand {
             }
         }
         let seconds = Double((ContinuousClock.now - start) / .nanoseconds(1)) / 1e9
+        let transport = streams.first?.transport ?? "?"
         // Each released once closed: a close that sleeps gives its stream an eventfd, and 10,000
         // of them beside 10,000 sockets would not fit the descriptor limit.
         while let stream = streams.popLast() { stream.close() }
         return ScaleResult(connections: connections, roundTripsPerSecond: Double(rounds * connections) / seconds,
                            residentBytesPerConnection: Double(after - before) / Double(connections),
                            ringBytesPerConnection: options.sendRingSize + options.receiveRingSize,
-                           descriptorsPerConnection: descriptors, iwarp: options.iwarp)
+                           descriptorsPerConnection: descriptors, iwarp: options.iwarp, transport: transport)
     }
 
     /// Descriptors open in this process now.
@@ -651,7 +657,7 @@ struct Perf: ParsableCommand {
             print(pad("\(size)", 8) + " B: the C face (provider-c - rstream, p50 RTT, both ends through it) \(fmt(difference, 2)) µs")
         }
         if let scale {
-            print("\nscale: \(scale.connections) rstream connections: \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
+            print("\nscale: \(scale.connections) rstream connections over \(scale.transport): \(fmt(scale.roundTripsPerSecond, 0)) round trips/s (64 B), "
                   + "resident \(fmt(scale.residentBytesPerConnection / 1024)) KiB per connection (client side; rings of \(scale.ringBytesPerConnection / 1024) KiB, their pages resident as used), "
                   + "\(fmt(scale.descriptorsPerConnection, 2)) descriptors per connection"
                   + (scale.iwarp ? " (iWarp mode: words as messages, so the streams share completion queues)" : ""))
@@ -675,7 +681,7 @@ struct Perf: ParsableCommand {
             document["scale"] = ["connections": scale.connections, "round_trips_per_s": scale.roundTripsPerSecond,
                                  "resident_bytes_per_connection": scale.residentBytesPerConnection,
                                  "ring_bytes_per_connection": scale.ringBytesPerConnection,
-                                 "descriptors_per_connection": scale.descriptorsPerConnection]
+                                 "descriptors_per_connection": scale.descriptorsPerConnection, "transport": scale.transport]
         }
         let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: path))

@@ -5,8 +5,8 @@ import CLibfabric // sys/epoll.h
 import Testing
 
 /// Streams that share completion queues (`StreamOptions.sharedCompletions`, iWarp mode over tcp):
-/// what each holds in descriptors, at the scale issue 11 asks for, and that their completions
-/// reach the right stream.
+/// what each holds in descriptors, at the scale issue 11 asks for (and same-host streams, which
+/// need no shared queue), and that their completions reach the right stream.
 @Suite(.serialized) struct SharedCompletionTests {
     static func options(_ configure: (inout StreamOptions) -> Void = { _ in }) -> StreamOptions {
         loopbackOptions {
@@ -66,21 +66,24 @@ import Testing
 
     /// 10,000 streams (5,000 pairs, both ends here) under this machine's 20,000-descriptor
     /// limit (fewer where the limit is lower: what it allows): each holds its core socket alone
-    /// until something sleeps on it, and bytes cross every one of them to the right peer. Before
-    /// the shared queues a tcp stream held six to nine (its completion queue's three, its wait
-    /// set's two, a client's own event queue), so this failed with EMFILE near 2,000.
-    @Test func tenThousandStreamsHoldOneDescriptorEach() throws {
-        try Self.withDescriptorLimit(20_000) { limit in try tenThousandStreams(limit: limit) }
+    /// (over shared memory, its set-up socket) until something sleeps on it, and bytes cross every
+    /// one of them to the right peer. Before the shared queues a tcp stream held six to nine (its
+    /// completion queue's three, its wait set's two, a client's own event queue), so this failed
+    /// with EMFILE near 2,000; a same-host stream held three (its wait set's epoll and eventfd).
+    @Test(arguments: ["tcp", "shm"])
+    func tenThousandStreamsHoldOneDescriptorEach(transport: String) throws {
+        let options = transport == "shm" ? Self.options { $0.iwarp = false; $0.provider = "shm" } : Self.options()
+        try Self.withDescriptorLimit(20_000) { limit in try tenThousandStreams(limit: limit, options: options) }
     }
 
-    private func tenThousandStreams(limit: Int) throws {
-        let options = Self.options()
+    private func tenThousandStreams(limit: Int, options: StreamOptions) throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 1024, options: options)
         let before = Self.openDescriptors()
         // RSTREAM_SCALE_STREAMS scales it down (the ThreadSanitizer pass: 2,000).
         let wanted = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
         let streams = min(wanted, (limit - 256) / 2 * 2)
         let pairs = try Self.openPairs(streams / 2, options: options, listener: listener)
+        #expect(pairs.allSatisfy { $0.0.transport == $0.1.transport } && pairs.first?.0.transport == (options.provider == "shm" ? "shm" : "tcp"))
         let perStream = Double(Self.openDescriptors() - before) / Double(2 * pairs.count)
         // The core's socket; the shared queues (a few descriptors for all) round away.
         #expect(perStream < 1.05, "\(perStream) descriptors per stream")
