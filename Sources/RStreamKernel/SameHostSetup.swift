@@ -288,9 +288,13 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
 }
 
 /// The same-host side of a listener: the Unix socket named for its address and port
-/// (`SameHostName`), and the connections
-/// accepted from it whose request has not arrived yet (so a client that connects and says
-/// nothing holds up nobody; it is dropped after `requestTimeout`).
+/// (`SameHostName`), and the connections accepted from it whose request has not arrived yet, so
+/// that a client that connects and says nothing holds up nobody: it is dropped after
+/// `requestTimeout`, or, once the list is full (`pendingLimit`: the backlog, at least
+/// `mostPending`), after `silentGrace` when a new connection is there to take its place. A full list of connections
+/// younger than that stops accepting: the rest wait in the kernel's backlog, their requests
+/// queued with them (a burst of clients is served; before, the list dropped its oldest, and a
+/// burst of a thousand lost all but the last 64).
 ///
 /// Invariant: `listenDescriptor` is open until `stopListening` (at the latest deinit); every pending descriptor is open, watched by
 /// the wait set, and closed when it leaves the list.
@@ -308,6 +312,8 @@ package final class SameHostListener: @unchecked Sendable {
     nonisolated(unsafe) private var extraWaitSets: [WaitSet] = []
     package static let requestTimeout: Duration = .seconds(10)
     package static let mostPending = 64
+    package static let silentGrace: Duration = .milliseconds(250)
+    private let pendingLimit: Int
 
     /// Listens for same-host streams of the address `boundAddress` (a `sockaddr` with the port,
     /// as the fabric's listener is bound); nil when another listener holds its name.
@@ -327,6 +333,7 @@ package final class SameHostListener: @unchecked Sendable {
         }
         listenDescriptor = fd
         self.boundAddress = boundAddress
+        pendingLimit = max(Self.mostPending, backlog)
         self.waitSet = waitSet
         waitSet?.watch(fd)
     }
@@ -360,16 +367,19 @@ package final class SameHostListener: @unchecked Sendable {
     package func takeRequest() throws(RStreamError) -> SameHostRequest? {
         var acceptFailure: RStreamError?
         let ready = pending.withCheckedLock(key: lockKey(self)) { (list: inout [Pending]) -> (Int32, UnixSocket.Message)? in
-            // An accept that fails (out of descriptors) stops accepting, not serving the requests
-            // already pending; it is reported after them.
-            while true {
+            // The requests that came first, then new connections (an accept that fails, out of
+            // descriptors, stops accepting, not serving those pending: it is reported after
+            // them), then their requests. So a connection is given up for being silent only
+            // after its socket was read.
+            if let ready = firstRequest(&list) { return ready }
+            while list.count < pendingLimit || ContinuousClock.now - list[0].since > Self.silentGrace {
                 let next: Int32?
                 do throws(RStreamError) { next = try UnixSocket.accept(listenDescriptor) } catch {
                     acceptFailure = error
                     break
                 }
                 guard let fd = next else { break }
-                if list.count >= Self.mostPending {
+                if list.count >= pendingLimit { // silent past the grace, and another one waits
                     let oldest = list.removeFirst()
                     unwatch(oldest.fd)
                     close(oldest.fd)
@@ -377,25 +387,7 @@ package final class SameHostListener: @unchecked Sendable {
                 list.append(Pending(fd: fd, since: .now))
                 watch(fd)
             }
-            var i = 0
-            while i < list.count {
-                let p = list[i]
-                let message: UnixSocket.Message?
-                do throws(RStreamError) { message = try UnixSocket.receive(p.fd) } catch { message = UnixSocket.Message(bytes: [], descriptors: [], truncated: false) }
-                if let message, !message.isEnd {
-                    list.remove(at: i)
-                    unwatch(p.fd)
-                    return (p.fd, message)
-                }
-                if message != nil || ContinuousClock.now - p.since > Self.requestTimeout {
-                    list.remove(at: i) // closed before it asked, or never asked
-                    unwatch(p.fd)
-                    close(p.fd)
-                    continue
-                }
-                i += 1
-            }
-            return nil
+            return firstRequest(&list)
         }
         guard let (fd, message) = ready else {
             if let acceptFailure { throw acceptFailure }
@@ -414,6 +406,30 @@ package final class SameHostListener: @unchecked Sendable {
             close(fd)
             throw RStreamError(.protocolViolation, code: error.code, "refused a same-host connection request: \(error.context)")
         }
+    }
+
+    /// The first pending connection whose request has arrived, taken off `list` (under its lock);
+    /// connections closed before they asked, or silent past `requestTimeout`, are dropped.
+    private func firstRequest(_ list: inout [Pending]) -> (Int32, UnixSocket.Message)? {
+        var i = 0
+        while i < list.count {
+            let p = list[i]
+            let message: UnixSocket.Message?
+            do throws(RStreamError) { message = try UnixSocket.receive(p.fd) } catch { message = UnixSocket.Message(bytes: [], descriptors: [], truncated: false) }
+            if let message, !message.isEnd {
+                list.remove(at: i)
+                unwatch(p.fd)
+                return (p.fd, message)
+            }
+            if message != nil || ContinuousClock.now - p.since > Self.requestTimeout {
+                list.remove(at: i) // closed before it asked, or never asked
+                unwatch(p.fd)
+                close(p.fd)
+                continue
+            }
+            i += 1
+        }
+        return nil
     }
 
     /// Adds `waitSet` to those woken by a request arriving (a C program's event queue).

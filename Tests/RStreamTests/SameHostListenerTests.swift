@@ -1,0 +1,63 @@
+import Foundation
+@testable import RStream
+@testable import RStreamKernel
+import Testing
+
+/// How a same-host listener holds the connections whose request it has not read
+/// (`SameHostListener`): a burst of clients is served whole, and connections that say nothing
+/// give their places up to ones that come after them.
+@Suite(.serialized) struct SameHostListenerTests {
+    static let shape = EndpointShape(sendRingSize: 4096, receiveRingSize: 4096, txQueueSize: 16, rxCredits: 16, iwarp: false)
+
+    /// Two hundred clients connect before the listener accepts any (past the 128 of its backlog
+    /// they wait for room): every one is served. Before, the listener kept at most 64 unread
+    /// connections and dropped the oldest, so all but the last 64 of a burst were reset.
+    @Test func aBurstOfClientsIsServedWhole() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        let destination = SocketAddress.make(ip: [127, 0, 0, 1], port: listener.port)
+        let count = 200
+        var attempts: [SameHostConnectAttempt] = []
+        for _ in 0..<count { attempts.append(try #require(try SameHostConnectAttempt(destinations: [destination], shape: Self.shape))) }
+        #expect(attempts.filter(\.requestSent).count >= 128, "the backlog took its 128")
+        let accepted = Background { () throws -> [StreamConnection] in
+            try (0..<count).map { _ in try listener.accept(timeout: .seconds(20)) }
+        }
+        var engines: [StreamEngine?] = Array(repeating: nil, count: count)
+        var failures: [String] = []
+        let giveUp = ContinuousClock.now + .seconds(20)
+        while engines.contains(where: { $0 == nil }) && failures.isEmpty && ContinuousClock.now < giveUp {
+            for i in 0..<count where engines[i] == nil {
+                do throws(RStreamError) { engines[i] = try attempts[i].complete()?.0 } catch { failures.append("client \(i): \(error)") }
+            }
+            usleep(1000)
+        }
+        #expect(failures.count == 0, "\(failures.count) clients failed; the first: \(failures.first ?? "")")
+        #expect(engines.allSatisfy { $0 != nil }, "every client was answered")
+        let servers = try accepted.value()
+        #expect(servers.count == count && servers.allSatisfy { $0.transport == "shm" })
+        for server in servers { server.close(linger: .zero) }
+    }
+
+    /// A full list of connections that say nothing: past the grace, a client after them takes
+    /// the place of the oldest and is served (within the accept's 5 s, where the silent ones
+    /// would otherwise hold their places for the 10 s of `requestTimeout`).
+    @Test func silentConnectionsGiveTheirPlacesUp() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 16, options: sameHostOptions())
+        defer { listener.close() }
+        let accepted = Background { () throws -> StreamConnection in try listener.accept(timeout: .seconds(5)) }
+        var silent: [Int32] = []
+        defer { for fd in silent { close(fd) } }
+        for _ in 0..<(SameHostListener.mostPending + 8) {
+            let fd = try SameHostHostilePeerTests.dial(port: listener.port)
+            silent.append(fd)
+            usleep(2000) // the accepting thread takes it off the backlog
+        }
+        let client = try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: sameHostOptions(), timeout: .seconds(5))
+        let server = try accepted.value()
+        try client.sendAll([5])
+        #expect(try server.receive(maxBytes: 1) == [5])
+        client.close()
+        server.close()
+    }
+}
