@@ -404,7 +404,9 @@ package enum StreamConnector {
     ) throws(RStreamError) -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
         if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
-           let engine = try SameHostHandshake.connect(destinations: destinations, shape: shape, deadline: deadline) {
+           let engine = try fallingBack(selection, { () throws(RStreamError) in
+               try SameHostHandshake.connect(destinations: destinations, shape: shape, deadline: deadline)
+           }) {
             return engine
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
@@ -417,12 +419,25 @@ package enum StreamConnector {
         deadline: ContinuousClock.Instant?
     ) async throws -> StreamEngine {
         let selection = SameHostSelection(provider: requirements.provider)
-        if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
-           let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape, deadline: deadline) {
-            return engine
+        if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty {
+            do {
+                if let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape, deadline: deadline) { return engine }
+            } catch let error as RStreamError where Self.fallsBack(error, selection) {}
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
         return try await ActiveConnector.connectAsync(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
+    }
+
+    /// A same-host connect, where a client that finds no free client name (another user may hold
+    /// them: abstract names have no owner) goes over the fabric instead unless shared memory was
+    /// asked for.
+    private static func fallingBack(_ selection: SameHostSelection,
+                                    _ connect: () throws(RStreamError) -> StreamEngine?) throws(RStreamError) -> StreamEngine? {
+        do throws(RStreamError) { return try connect() } catch where fallsBack(error, selection) { return nil }
+    }
+
+    private static func fallsBack(_ error: RStreamError, _ selection: SameHostSelection) -> Bool {
+        selection == .automatic && error.code == EADDRNOTAVAIL
     }
 
     /// The addresses to dial over shared memory: those of `host` that are this host's, when the

@@ -246,7 +246,7 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             waitSet = flatSet
         } else if cqAttr.wait_obj == FI_WAIT_FD, let eqDescriptor = eventQueue.waitDescriptor,
            fi_control(fidOf(cq!), Int32(FI_GETWAIT), &cqDescriptor) == 0, cqDescriptor >= 0 {
-            waitSet = WaitSet(waitDescriptors: [cqDescriptor, eqDescriptor], gathering: .whenAsked)
+            waitSet = WaitSet(ownMembers: [cqDescriptor, eqDescriptor])
         } else {
             waitSet = nil
         }

@@ -53,6 +53,13 @@ package enum SocketAddress {
         return withUnsafeBytes(of: v6) { Array($0) }
     }
 
+    /// `make(ip:port:)` in the family of `reference`: an IPv4 address for an IPv6 reference is
+    /// IPv4-mapped (`::ffff:a.b.c.d`), as an IPv6 socket reports an IPv4 peer.
+    package static func make(ip: [UInt8], port: UInt16, familyOf reference: [UInt8]) -> [UInt8] {
+        let v6 = reference.count >= 2 && reference.withUnsafeBytes { Int32($0.loadUnaligned(as: sa_family_t.self)) } == AF_INET6
+        return make(ip: v6 && ip.count == 4 ? [UInt8](repeating: 0, count: 10) + [0xFF, 0xFF] + ip : ip, port: port)
+    }
+
     /// The IP address in text, IPv6 in brackets ("127.0.0.1", "[::1]").
     package static func text(ip: [UInt8]) -> String {
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
@@ -83,7 +90,8 @@ package enum LocalAddress {
     package static func isLocal(_ host: String) -> Bool { !socketAddresses(ofLocal: host, port: 0).isEmpty }
 
     /// The addresses `host` resolves to that are this host's, in the resolver's order and each
-    /// once, as `sockaddr`s with `port`: the addresses a same-host client tries.
+    /// once, as the resolver gives them (its family kept) with `port`: the addresses a same-host
+    /// client tries.
     package static func socketAddresses(ofLocal host: String, port: UInt16) -> [[UInt8]] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -98,7 +106,7 @@ package enum LocalAddress {
             if let address = e.pointee.ai_addr {
                 let whole = Array(UnsafeRawBufferPointer(start: address, count: Int(e.pointee.ai_addrlen)))
                 if let ip = SocketAddress.ip(of: whole), isLoopback(ip) || own.contains(ip) {
-                    let local = SocketAddress.make(ip: ip, port: port)
+                    let local = SocketAddress.make(ip: ip, port: port, familyOf: whole)
                     if !result.contains(local) { result.append(local) }
                 }
             }
@@ -108,11 +116,23 @@ package enum LocalAddress {
     }
 
     /// An IP address (4 or 16 bytes) of this host.
-    package static func isLocal(ip: [UInt8]) -> Bool { isLoopback(ip) || interfaceAddresses().contains(ip) }
+    package static func isLocal(ip: [UInt8]) -> Bool { isLoopback(ip) || recentInterfaceAddresses().contains(ip) }
 
     private static func isLoopback(_ ip: [UInt8]) -> Bool {
         ip.count == 4 ? ip[0] == 127 : ip == [UInt8](repeating: 0, count: 15) + [1]
     }
+
+    /// The interfaces' addresses as read at most a second ago: a listener checks every wildcard
+    /// client's claim with them, and a local process may connect as often as it likes (each
+    /// read is a netlink dump).
+    private static func recentInterfaceAddresses() -> Set<[UInt8]> {
+        let now = ContinuousClock.now
+        if let (read, addresses) = interfaceCache.withLock({ $0 }), now - read < .seconds(1) { return addresses }
+        let addresses = interfaceAddresses()
+        interfaceCache.withLock { $0 = (now, addresses) }
+        return addresses
+    }
+    private static let interfaceCache = Mutex<(ContinuousClock.Instant, Set<[UInt8]>)?>(nil)
 
     private static func interfaceAddresses() -> Set<[UInt8]> {
         var list: UnsafeMutablePointer<ifaddrs>?
@@ -143,12 +163,16 @@ package enum LocalAddress {
 /// of one port on different addresses both serve shared memory, and one bound to a single address
 /// takes no client that dialled another.
 ///
-/// A client's socket is bound, before it connects, to `rstream-shm-peer:<address>:<port>`: the
-/// address it dialled and a port of the ephemeral range that no other client socket of that
-/// address holds (a bind to a name in use fails, as on a taken TCP port). The listener reads the
-/// name back (`getpeername`) and checks it (`checkedClient`): its address is what a wildcard
-/// listener's stream reports as its own, and the whole is the peer's address, unique among the
-/// live streams of the host like a TCP peer's.
+/// A client's socket is bound, before it connects, to
+/// `rstream-shm-peer:<address>:<listener port>:<port>`: the address and port it dialled and a
+/// port of the ephemeral range that no other client socket of that address and listener port
+/// holds (a bind to a name in use fails, as a taken TCP port would; 64 ports picked at random are
+/// tried). The listener reads the name back (`getpeername`) and checks it (`checkedClient`): its
+/// address is what a wildcard listener's stream reports as its own, and address and port are the
+/// peer's address, unique among the live client sockets of that listener, like a TCP peer's
+/// among its connections. Abstract names have no owner: another user can take names, and a
+/// client that finds none free (`EADDRNOTAVAIL`) falls back to the fabric unless shared memory
+/// was asked for.
 package enum SameHostName {
     package static let listenerPrefix = "rstream-shm:"
     package static let clientPrefix = "rstream-shm-peer:"
@@ -176,57 +200,70 @@ package enum SameHostName {
             for listening in reachable {
                 let name = "\(listenerPrefix)\(SocketAddress.text(ip: listening)):\(port)"
                 if !result.contains(where: { $0.name == name }) {
-                    result.append(Candidate(name: name, destination: SocketAddress.make(ip: ip, port: port)))
+                    result.append(Candidate(name: name, destination: destination))
                 }
             }
         }
         return result
     }
 
-    package static func client(_ address: [UInt8]) -> String? {
-        SocketAddress.ip(of: address).map { "\(clientPrefix)\(SocketAddress.text(ip: $0)):\(SocketAddress.port(of: address))" }
+    /// The name of a client socket whose own address is `address` (the address dialled, with
+    /// the client's port) and that dials `listenerPort`.
+    package static func client(_ address: [UInt8], listenerPort: UInt16) -> String? {
+        SocketAddress.ip(of: address).map {
+            "\(clientPrefix)\(SocketAddress.text(ip: $0)):\(listenerPort):\(SocketAddress.port(of: address))"
+        }
     }
 
-    /// A client name's address (the address dialled, the client's port); nil when `name` is not
-    /// a client name as `client` writes it.
-    package static func parseClient(_ name: String) -> [UInt8]? {
+    /// A client name's parts: the client's own address (the address dialled, the client's port)
+    /// and the listener port it dialled; nil when `name` is not a client name as `client` writes it.
+    package static func parseClient(_ name: String) -> (own: [UInt8], listenerPort: UInt16)? {
         guard name.hasPrefix(clientPrefix) else { return nil }
         let rest = name.dropFirst(clientPrefix.count)
-        guard let colon = rest.lastIndex(of: ":") else { return nil }
-        let ipText = rest[..<colon]
-        let portText = rest[rest.index(after: colon)...]
-        guard let ip = SocketAddress.parse(ip: ipText), let port = UInt16(portText), clientPorts.contains(Int(port)),
-              String(port) == portText else { return nil }
-        return SocketAddress.make(ip: ip, port: port)
+        guard let lastColon = rest.lastIndex(of: ":") else { return nil }
+        let head = rest[..<lastColon]
+        guard let middleColon = head.lastIndex(of: ":") else { return nil }
+        let ipText = head[..<middleColon]
+        let listenerText = head[head.index(after: middleColon)...]
+        let portText = rest[rest.index(after: lastColon)...]
+        guard let ip = SocketAddress.parse(ip: ipText),
+              let listenerPort = UInt16(listenerText), listenerPort != 0, String(listenerPort) == listenerText,
+              let port = UInt16(portText), clientPorts.contains(Int(port)), String(port) == portText else { return nil }
+        return (SocketAddress.make(ip: ip, port: port), listenerPort)
     }
 
-    /// The next client port to try: each process starts at a place of its own, so that processes
-    /// starting together seldom try the same ports.
-    private static let nextClientPort = Atomic<Int>(Int(getpid()) &* 7919)
+    /// How many client ports a connect tries before it gives up.
+    static let clientPortTries = 64
 
-    /// Binds client socket `fd` to the name of `destination`'s address and a free client port,
-    /// and returns that address with the port (the stream's own address).
+    /// Binds client socket `fd` to the name of `destination` (the address and port dialled) and
+    /// a free client port, and returns the stream's own address: the address dialled (in its
+    /// family) with that port.
     package static func bindClient(_ fd: Int32, dialling destination: [UInt8]) throws(RStreamError) -> [UInt8] {
         guard let ip = SocketAddress.ip(of: destination) else {
             throw RStreamError(.invalidOption, code: EAFNOSUPPORT, "the same-host transport dials IPv4 and IPv6 addresses only")
         }
-        let count = clientPorts.count
-        for _ in 0..<count {
-            let offset = nextClientPort.wrappingAdd(1, ordering: .relaxed).oldValue
-            let own = SocketAddress.make(ip: ip, port: UInt16(clientPorts.lowerBound + (offset % count + count) % count))
-            if try UnixSocket.bind(fd, name: client(own)!) { return own }
+        let listenerPort = SocketAddress.port(of: destination)
+        for _ in 0..<clientPortTries {
+            let own = SocketAddress.make(ip: ip, port: UInt16(Int.random(in: clientPorts)), familyOf: destination)
+            if try UnixSocket.bind(fd, name: client(own, listenerPort: listenerPort)!) { return own }
         }
-        throw RStreamError(.system, code: EADDRNOTAVAIL, "every same-host client port of \(SocketAddress.text(ip: ip)) is in use")
+        throw RStreamError(.system, code: EADDRNOTAVAIL,
+                           "no free same-host client name for \(SocketAddress.text(ip: ip)) port \(listenerPort) in \(clientPortTries) tries")
     }
 
     /// The addresses of a stream accepted by a listener bound to `listening`, from the name
-    /// its client's socket carries (the peer's word, so checked here): the address the client
-    /// dialled must be one the listener serves (the listener's own, or, for a wildcard, one of
-    /// this host, of the listener's family or IPv4 under an IPv6 wildcard).
+    /// its client's socket carries (the peer's word, so checked here): the address and port the
+    /// client dialled must be ones the listener serves (its own port; its own address, or, for a
+    /// wildcard, one of this host, of the listener's family or IPv4 under an IPv6 wildcard). Both
+    /// are given in the listener's family (an IPv4 client of an IPv6 listener IPv4-mapped).
     package static func checkedClient(_ name: String?, listening: [UInt8]) throws(RStreamError) -> (local: [UInt8], peer: [UInt8]) {
-        guard let name, let peer = parseClient(name), let dialled = SocketAddress.ip(of: peer),
+        guard let name, let (own, listenerPort) = parseClient(name), let dialled = SocketAddress.ip(of: own),
               let served = SocketAddress.ip(of: listening) else {
-            throw RStreamError.protocolViolation("the client's socket carries no client name (\(clientPrefix)<address>:<port>)")
+            throw RStreamError.protocolViolation("the client's socket carries no client name (\(clientPrefix)<address>:<listener port>:<port>)")
+        }
+        let port = SocketAddress.port(of: listening)
+        guard listenerPort == port else {
+            throw RStreamError.protocolViolation("the client says it dialled port \(listenerPort); this listener serves port \(port)")
         }
         let servesIt = SocketAddress.isWildcard(served)
             ? (dialled.count == served.count || served.count == 16) && LocalAddress.isLocal(ip: dialled)
@@ -234,6 +271,7 @@ package enum SameHostName {
         guard servesIt else {
             throw RStreamError.protocolViolation("the client says it dialled \(SocketAddress.text(ip: dialled)), which this listener (\(SocketAddress.text(ip: served))) does not serve")
         }
-        return (SocketAddress.make(ip: dialled, port: SocketAddress.port(of: listening)), peer)
+        return (SocketAddress.make(ip: dialled, port: port, familyOf: listening),
+                SocketAddress.make(ip: dialled, port: SocketAddress.port(of: own), familyOf: listening))
     }
 }

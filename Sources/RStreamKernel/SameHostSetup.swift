@@ -316,11 +316,10 @@ package final class SameHostListener: @unchecked Sendable {
     private let pendingLimit: Int
 
     /// Listens for same-host streams of the address `boundAddress` (a `sockaddr` with the port,
-    /// as the fabric's listener is bound); nil when another listener holds its name.
+    /// as the fabric's listener is bound); nil when another listener holds its name, or it is
+    /// not an IP address.
     package init?(boundTo boundAddress: [UInt8], backlog: Int, waitSet: WaitSet?) throws(RStreamError) {
-        guard let name = SameHostName.listener(boundTo: boundAddress) else {
-            throw RStreamError(.invalidOption, code: EAFNOSUPPORT, "the same-host transport serves IPv4 and IPv6 addresses only")
-        }
+        guard let name = SameHostName.listener(boundTo: boundAddress) else { return nil } // not an IP address: no same-host name
         let fd = try UnixSocket.make()
         do throws(RStreamError) {
             guard try UnixSocket.listen(fd, name: name, backlog: backlog) else {

@@ -47,9 +47,7 @@ package struct SameHostOffer: ~Copyable {
         let words = status.base.bindMemory(to: Atomic<UInt64>.self, capacity: 2)
         words.initialize(to: Atomic(0))
         (words + 1).initialize(to: Atomic(SameHostWakeRequest.formatMarker))
-        guard let waitSet = WaitSet(waitDescriptors: [], doorbell: socket, gathering: .whenAsked) else {
-            throw RStreamError.system(errno, "making the stream's wait set")
-        }
+        let waitSet = WaitSet(ownMembers: [], doorbell: socket)
         self.inbound = inbound
         self.status = status
         self.waitSet = waitSet

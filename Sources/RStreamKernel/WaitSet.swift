@@ -37,8 +37,8 @@ public struct WaitInterest: OptionSet, Sendable {
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// A stream's own set makes its eventfd at its first arming and its epoll set only for a caller
-/// that asks for one descriptor (`Gathering.whenAsked`): its library sleeps poll the members, and
+/// A stream's own set (`init(ownMembers:)`) makes its eventfd at its first arming and its epoll
+/// set only for a caller that asks for one descriptor: its library sleeps poll the members, and
 /// the reactor watches them one by one, so a stream that is only busy-polled holds neither, and
 /// one that nobody polls from outside holds no epoll. A set that others `watch`
 /// descriptors into (an event queue of the provider, a listener) gathers them at once: their
@@ -78,10 +78,30 @@ package final class WaitSet: @unchecked Sendable {
     /// `EPOLLRDHUP` alone), for a library sleep and for a waiter that watches them one by one (the
     /// reactor: holding the set itself nests one epoll in another, which the kernel limits per
     /// shared descriptor, to about a hundred tcp streams; holding the members, to several hundred).
-    private let memberList: Mutex<[Member]>
+    private let memberList: Mutex<Members>
     private struct Member {
         let fd: Int32
         var events: UInt32
+    }
+    /// The members as two arrays, so that `members` hands the reactor the descriptors without
+    /// copying them (a copy-on-write share, not an allocation per filing).
+    private struct Members {
+        private(set) var fds: [Int32] = []
+        private(set) var events: [UInt32] = []
+        var count: Int { fds.count }
+        subscript(i: Int) -> Member { Member(fd: fds[i], events: events[i]) }
+        func firstIndex(of fd: Int32) -> Int? { fds.firstIndex(of: fd) }
+        mutating func set(_ member: Member) {
+            if let i = fds.firstIndex(of: member.fd) { events[i] = member.events } else {
+                fds.append(member.fd)
+                events.append(member.events)
+            }
+        }
+        mutating func remove(_ fd: Int32) {
+            guard let i = fds.firstIndex(of: fd) else { return }
+            fds.remove(at: i)
+            events.remove(at: i)
+        }
     }
 
     /// One descriptor a caller can sleep on: the epoll set of the members (made now if need be,
@@ -102,7 +122,7 @@ package final class WaitSet: @unchecked Sendable {
             if case let fd = epollFD.load(ordering: .acquiring), fd >= 0 { return fd }
             let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
             guard epoll >= 0 else { return -1 }
-            for member in members where !Self.control(epoll, EPOLL_CTL_ADD, member) {
+            for i in 0..<members.count where !Self.control(epoll, EPOLL_CTL_ADD, members[i]) {
                 close(epoll)
                 return -1
             }
@@ -132,7 +152,7 @@ package final class WaitSet: @unchecked Sendable {
         guard !isFlat else {
             let made = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
             guard made >= 0 else { return -1 }
-            let (exchanged, current) = wake.compareExchange(expected: -1, desired: made, ordering: .acquiringAndReleasing)
+            let (exchanged, current) = wake.compareExchange(expected: -1, desired: made, ordering: .sequentiallyConsistent)
             if !exchanged { close(made) }
             return exchanged ? made : current
         }
@@ -145,8 +165,11 @@ package final class WaitSet: @unchecked Sendable {
                 close(made)
                 return -1
             }
-            members.append(member)
-            wake.store(made, ordering: .releasing)
+            members.set(member)
+            // Sequentially consistent, as `ring`'s load: a closer that raised its flag and then
+            // finds no eventfd is ordered before this store, so the waiter that made it sees the
+            // flag when it looks after arming.
+            wake.store(made, ordering: .sequentiallyConsistent)
             return made
         }
     }
@@ -157,27 +180,35 @@ package final class WaitSet: @unchecked Sendable {
 
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
-        guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0.map(\.fd) } }
+        guard isFlat else { return memberList.withCheckedLock(key: lockKey(self)) { $0.fds } }
         let fd = descriptor
         return fd >= 0 ? [fd] : []
     }
 
-    /// When a set of members makes its epoll set and its eventfd.
-    package enum Gathering {
-        /// Now; library sleeps poll the epoll set.
-        case atOnce
-        /// The eventfd at the first arming, the epoll set at the first `descriptor`; until then
-        /// library sleeps poll the members. A stream that is only busy-polled holds neither.
-        case whenAsked
+    /// True once the epoll set is made (for tests).
+    package var hasEpollSet: Bool { epollFD.load(ordering: .acquiring) >= 0 }
+
+    /// A set that others watch descriptors into (an event queue, a listener): its eventfd and
+    /// epoll set are made now; nil when they cannot be.
+    package convenience init?(waitDescriptors: [Int32]) {
+        self.init(members: waitDescriptors, doorbell: -1)
+        if epollDescriptor < 0 { return nil } // what was made is closed by deinit
     }
 
-    package init?(waitDescriptors: [Int32], doorbell: Int32 = -1, gathering: Gathering = .atOnce) {
+    /// A stream's own set: its eventfd is made at the first arming, its epoll set at the first
+    /// `descriptor`; until then library sleeps poll the members, so a stream that is only
+    /// busy-polled holds neither. `doorbell`: a same-host stream's set-up socket.
+    package convenience init(ownMembers waitDescriptors: [Int32], doorbell: Int32 = -1) {
+        self.init(members: waitDescriptors, doorbell: doorbell)
+    }
+
+    private init(members fds: [Int32], doorbell: Int32) {
         isFlat = false
         startSharedReaders = nil
         doorbellFD = doorbell
-        let fds = waitDescriptors + (doorbell >= 0 ? [doorbell] : [])
-        memberList = Mutex(fds.map { Member(fd: $0, events: EPOLLIN.rawValue) })
-        if gathering == .atOnce && epollDescriptor < 0 { return nil } // what was made is closed by deinit
+        var members = Members()
+        for fd in fds + (doorbell >= 0 ? [doorbell] : []) { members.set(Member(fd: fd, events: EPOLLIN.rawValue)) }
+        memberList = Mutex(members)
     }
 
     /// A flat set of a stream whose queues are shared; `startSharedReaders` has the reactor read
@@ -186,26 +217,28 @@ package final class WaitSet: @unchecked Sendable {
         isFlat = true
         self.startSharedReaders = startSharedReaders
         doorbellFD = -1
-        memberList = Mutex([])
+        memberList = Mutex(Members())
     }
 
     /// Adds one more descriptor to sleep on, for its readability, or for its hang-up alone
     /// (`hangUpOnly`: a socket that carries other traffic); a descriptor already in the set is
     /// watched for that from now on.
+    ///
+    /// Once the epoll set is made it is the truth: the member list of a set that others watch
+    /// descriptors into may still name one its owner closed without an `unwatch` (the epoll set
+    /// forgot it), whose number a new descriptor now has. So it is added, and changed only if
+    /// the epoll set has it already.
     package func watch(_ fd: Int32, hangUpOnly: Bool = false) {
         precondition(!isFlat, "a flat wait set watches nothing of its own")
         let member = Member(fd: fd, events: hangUpOnly ? EPOLLRDHUP.rawValue : EPOLLIN.rawValue)
         memberList.withCheckedLock(key: lockKey(self)) { members in
             let epoll = epollFD.load(ordering: .relaxed) // made under this lock
-            if let i = members.firstIndex(where: { $0.fd == fd }) {
-                members[i].events = member.events
-                if epoll >= 0 {
-                    let changed = Self.control(epoll, EPOLL_CTL_MOD, member)
-                    assert(changed, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
-                }
-            } else if epoll < 0 || Self.control(epoll, EPOLL_CTL_ADD, member) {
-                members.append(member)
+            if epoll >= 0 && !Self.control(epoll, EPOLL_CTL_ADD, member) {
+                guard errno == EEXIST else { return } // not a descriptor epoll can watch
+                let changed = Self.control(epoll, EPOLL_CTL_MOD, member)
+                assert(changed, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
             }
+            members.set(member)
         }
     }
 
@@ -217,7 +250,7 @@ package final class WaitSet: @unchecked Sendable {
                 var event = epoll_event()
                 _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event)
             }
-            members.removeAll { $0.fd == fd }
+            members.remove(fd)
         }
     }
 
@@ -283,8 +316,9 @@ package final class WaitSet: @unchecked Sendable {
 
     package func ring() {
         armed.store(0, ordering: .relaxed)
-        let wakeFD = wake.load(ordering: .acquiring)
-        guard wakeFD >= 0 else { return } // a flat set nobody has slept on, or armed, yet
+        // Sequentially consistent: see `wakeDescriptor`'s store.
+        let wakeFD = wake.load(ordering: .sequentiallyConsistent)
+        guard wakeFD >= 0 else { return } // a set nobody has armed yet
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
@@ -328,7 +362,8 @@ package final class WaitSet: @unchecked Sendable {
         let capacity = Self.mostMembersPolled
         return withUnsafeTemporaryAllocation(of: pollfd.self, capacity: capacity) { fds -> Int32 in
             let count = memberList.withCheckedLock(key: lockKey(self)) { members -> Int in
-                for (i, member) in members.prefix(capacity).enumerated() {
+                for i in 0..<min(members.count, capacity) {
+                    let member = members[i]
                     let events = member.events == EPOLLRDHUP.rawValue ? Self.pollReadHangUp : Int32(POLLIN)
                     fds.initializeElement(at: i, to: pollfd(fd: member.fd, events: Int16(events), revents: 0))
                 }

@@ -209,11 +209,15 @@ import Testing
         let slept = Self.openDescriptors()
         for stream in streams { #expect(try !stream.wait(for: .readable, timeout: .milliseconds(2))) }
         #expect(perStream(since: slept) == 1, "more descriptors per same-host stream slept on")
+        // A receive asleep on the eventfd made this way is rung awake by the peer's word, not
+        // by its sleep running out.
         let reader = streams[1]
+        let timedOut = try #require(reader.waitSetForTests).timedOutSleeps.load(ordering: .relaxed)
         let sleeper = Background { try reader.receive(maxBytes: 1) }
         usleep(100_000)
         try streams[0].sendAll([41])
         #expect(try sleeper.value() == [41])
+        #expect(reader.waitSetForTests?.timedOutSleeps.load(ordering: .relaxed) == timedOut, "the sleeper was rung")
         let asked = Self.openDescriptors()
         for stream in streams { #expect(stream.descriptor != nil) }
         #expect(perStream(since: asked) == 1, "more descriptors per stream polled from outside")

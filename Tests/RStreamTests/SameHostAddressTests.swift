@@ -56,11 +56,13 @@ import Testing
         defer { listener.close() }
         #expect(listener.servesSameHost)
         var peers: Set<StreamAddress> = []
+        var open: [StreamConnection] = [] // all at once: their names are live together
+        defer { for stream in open { stream.close() } }
         for (i, host) in ["127.0.0.3", "127.0.0.3", "127.0.0.1"].enumerated() {
             let accepted = Self.accepting(listener)
             let client = try StreamConnection.connect(host: host, port: listener.port, options: sameHostOptions(), timeout: .seconds(10))
             let server = try accepted.value()
-            defer { client.close(); server.close() }
+            open += [client, server]
             try Self.expectJoined(client, server, UInt8(i * 2))
             let dialled = StreamAddress(host: host, port: listener.port)
             #expect(server.localAddress == dialled)
@@ -87,30 +89,40 @@ import Testing
 
     @Test func aClientNameIsReadBackOnlyAsItWasWritten() throws {
         let own = SocketAddress.make(ip: [127, 0, 0, 5], port: 50_000)
-        let name = try #require(SameHostName.client(own))
-        #expect(name == "rstream-shm-peer:127.0.0.5:50000")
-        #expect(SameHostName.parseClient(name) == own)
-        for bad in ["rstream-shm:127.0.0.5:50000", "rstream-shm-peer:127.0.0.5", "rstream-shm-peer:127.0.0.5:", "rstream-shm-peer:127.0.0.5:49151",
-                    "rstream-shm-peer:127.0.0.5:65536", "rstream-shm-peer:127.0.0.5:+50000", "rstream-shm-peer:127.000.0.5:50000",
-                    "rstream-shm-peer:[::ffff:127.0.0.5]:50000", "rstream-shm-peer:::1:50000", "rstream-shm-peer:[::1:50000",
-                    "rstream-shm-peer:127.0.0.5:50000\u{0}"] {
+        let name = try #require(SameHostName.client(own, listenerPort: 7471))
+        #expect(name == "rstream-shm-peer:127.0.0.5:7471:50000")
+        #expect(SameHostName.parseClient(name)?.own == own && SameHostName.parseClient(name)?.listenerPort == 7471)
+        // An IPv4-mapped address is named as IPv4.
+        let mapped = SocketAddress.make(ip: [127, 0, 0, 5], port: 50_000, familyOf: SocketAddress.make(ip: [UInt8](repeating: 0, count: 16), port: 0))
+        #expect(mapped.count == MemoryLayout<sockaddr_in6>.size && SameHostName.client(mapped, listenerPort: 7471) == name)
+        for bad in ["rstream-shm:127.0.0.5:7471:50000", "rstream-shm-peer:127.0.0.5:50000", "rstream-shm-peer:127.0.0.5:7471:",
+                    "rstream-shm-peer:127.0.0.5::50000", "rstream-shm-peer:127.0.0.5:0:50000", "rstream-shm-peer:127.0.0.5:07471:50000",
+                    "rstream-shm-peer:127.0.0.5:7471:49151", "rstream-shm-peer:127.0.0.5:7471:65536", "rstream-shm-peer:127.0.0.5:7471:+50000",
+                    "rstream-shm-peer:127.000.0.5:7471:50000", "rstream-shm-peer:[::ffff:127.0.0.5]:7471:50000",
+                    "rstream-shm-peer:::1:7471:50000", "rstream-shm-peer:[::1:7471:50000", "rstream-shm-peer:127.0.0.5:7471:50000\u{0}",
+                    "rstream-shm-peer::", "rstream-shm-peer:::", "rstream-shm-peer:"] {
             #expect(SameHostName.parseClient(bad) == nil, "\(bad)")
         }
-        #expect(SameHostName.parseClient("rstream-shm-peer:[::1]:65535") == SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 65535))
+        #expect(SameHostName.parseClient("rstream-shm-peer:[::1]:1:65535")?.own == SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 65535))
     }
 
-    /// Only the address served passes: the listener's own, or one of this host under a wildcard.
+    /// Only the address and port served pass: the listener's own, or one of this host under a
+    /// wildcard; both addresses come in the listener's family.
     @Test func theListenerChecksTheAddressItsClientClaims() throws {
         let one = SocketAddress.make(ip: [127, 0, 0, 1], port: 9)
         let any4 = SocketAddress.make(ip: [0, 0, 0, 0], port: 9)
         let any6 = SocketAddress.make(ip: [UInt8](repeating: 0, count: 16), port: 9)
-        let client = "rstream-shm-peer:127.0.0.1:50001"
+        let client = "rstream-shm-peer:127.0.0.1:9:50001"
         let served = try SameHostName.checkedClient(client, listening: any4)
         #expect(served.local == one && served.peer == SocketAddress.make(ip: [127, 0, 0, 1], port: 50001))
         #expect(try SameHostName.checkedClient(client, listening: one).local == one)
-        #expect(try SameHostName.checkedClient(client, listening: any6).local == one)
-        for (claim, listening) in [("rstream-shm-peer:127.0.0.2:50001", one), ("rstream-shm-peer:[::1]:50001", any4),
-                                   ("rstream-shm-peer:192.0.2.1:50001", any4), ("rstream-shm-peer:[2001:db8::1]:50001", any6)] {
+        // An IPv6 listener reports an IPv4 client as IPv4-mapped, as an IPv6 socket would.
+        let underV6 = try SameHostName.checkedClient(client, listening: any6)
+        #expect(underV6.local == SocketAddress.make(ip: [UInt8](repeating: 0, count: 10) + [0xFF, 0xFF, 127, 0, 0, 1], port: 9))
+        #expect(underV6.peer.count == MemoryLayout<sockaddr_in6>.size && SocketAddress.ip(of: underV6.peer) == [127, 0, 0, 1])
+        for (claim, listening) in [("rstream-shm-peer:127.0.0.2:9:50001", one), ("rstream-shm-peer:[::1]:9:50001", any4),
+                                   ("rstream-shm-peer:192.0.2.1:9:50001", any4), ("rstream-shm-peer:[2001:db8::1]:9:50001", any6),
+                                   ("rstream-shm-peer:127.0.0.1:10:50001", one), ("rstream-shm-peer:127.0.0.1:10:50001", any4)] {
             #expect(throws: RStreamError.self, "\(claim)") { _ = try SameHostName.checkedClient(claim, listening: listening) }
         }
         #expect(throws: RStreamError.self) { _ = try SameHostName.checkedClient(nil, listening: any4) }

@@ -335,9 +335,10 @@ func startSameHostListener(_ extra: [String], stdout: Any = FileHandle.nullDevic
         let cases: [(ClientName, String)] = [
             (.none, "carries no client name"),
             (.name("someone-else"), "carries no client name"),
-            (.name("rstream-shm-peer:127.0.0.1:80"), "carries no client name"),
-            (.name("rstream-shm-peer:127.0.0.1:050000"), "carries no client name"),
-            (.name("rstream-shm-peer:127.0.0.9:50000"), "does not serve"),
+            (.name("rstream-shm-peer:127.0.0.1:\(port):80"), "carries no client name"),
+            (.name("rstream-shm-peer:127.0.0.1:\(port):050000"), "carries no client name"),
+            (.name("rstream-shm-peer:127.0.0.9:\(port):50000"), "does not serve"),
+            (.name("rstream-shm-peer:127.0.0.1:\(port &+ 1):50000"), "this listener serves port \(port)"),
         ]
         for (named, needle) in cases {
             let offer = try SameHostOffer(shape: Self.shape, socket: -1)
