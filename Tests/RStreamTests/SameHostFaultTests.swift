@@ -171,6 +171,30 @@ import Testing
         }
     }
 
+    /// A client that can bind no client name (another user may hold them all: abstract names
+    /// have no owner) goes over the fabric when the transport is chosen by itself, and fails
+    /// with `EADDRNOTAVAIL` when shared memory was asked for.
+    @Test func aClientWithoutAFreeNameFallsBackToTheFabric() throws {
+        let listener = try Self.newListener()
+        defer { listener.close() }
+        let automatic = StreamOptions() // no provider named (nor in RSTREAM_PROVIDER, in the tests)
+        let accepted = Background { try listener.accept(timeout: .seconds(10)) }
+        FaultInjection.failNext(.unixBindClient, code: EADDRNOTAVAIL)
+        let client = Result { () throws(RStreamError) in
+            try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: automatic, timeout: .seconds(10))
+        }
+        FaultInjection.disarm()
+        let stream = try client.get()
+        let server = try accepted.value()
+        #expect(stream.transport != "shm" && server.transport == stream.transport, "\(stream.transport)")
+        stream.close()
+        server.close()
+        FaultInjection.failNext(.unixBindClient, code: EADDRNOTAVAIL)
+        let refused = Self.failure(Self.connect(listener))
+        FaultInjection.disarm()
+        #expect(refused?.code == EADDRNOTAVAIL, "\(String(describing: refused))")
+    }
+
     @Test func everySameHostSiteHasACase() {
         let covered = Set(Self.clientSites.map(\.0) + Self.answerSites.map(\.0) + [.unixAccept, .receiveMessage, .unixBind, .unixListen])
         #expect(covered == Set(FaultSite.sameHost))
