@@ -428,16 +428,16 @@ package enum StreamConnector {
         return try await ActiveConnector.connectAsync(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
     }
 
-    /// A same-host connect, where a client that finds no free client name (another user may hold
-    /// them: abstract names have no owner) goes over the fabric instead unless shared memory was
-    /// asked for.
+    /// A same-host connect, where a client that finds no free client name (`.addressUnavailable`:
+    /// another user may hold them, abstract names have no owner) goes over the fabric instead
+    /// unless shared memory was asked for.
     private static func fallingBack(_ selection: SameHostSelection,
                                     _ connect: () throws(RStreamError) -> StreamEngine?) throws(RStreamError) -> StreamEngine? {
         do throws(RStreamError) { return try connect() } catch where fallsBack(error, selection) { return nil }
     }
 
     private static func fallsBack(_ error: RStreamError, _ selection: SameHostSelection) -> Bool {
-        selection == .automatic && error.code == EADDRNOTAVAIL
+        selection == .automatic && error.kind == .addressUnavailable
     }
 
     /// The addresses to dial over shared memory: those of `host` that are this host's, when the

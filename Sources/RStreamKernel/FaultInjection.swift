@@ -29,12 +29,16 @@ package enum FaultInjection {
     private static let armed = Atomic<UInt64>(0)
     // Only the thread that armed a fault trips it, so tests running beside it are not disturbed.
     private static let armingThread = Atomic<UInt>(0)
+    // How many more calls after the next one fail too (changed only by the arming thread).
+    private static let repeats = Atomic<Int>(0)
     #endif
 
-    /// Makes the next call at `site` on this thread return `-code` instead of running (debug
-    /// builds; a release build ignores it).
-    package static func failNext(_ site: FaultSite, code: Int32) {
+    /// Makes the next call at `site` on this thread (the next `times`) return `-code` instead of
+    /// running (debug builds; a release build ignores it).
+    package static func failNext(_ site: FaultSite, code: Int32, times: Int = 1) {
         #if DEBUG
+        precondition(times >= 1)
+        repeats.store(times - 1, ordering: .sequentiallyConsistent)
         armingThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
         armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
         #endif
@@ -62,6 +66,11 @@ package enum FaultInjection {
         let word = armed.load(ordering: .relaxed)
         guard word != 0, word >> 32 == UInt64(site.rawValue + 1),
               armingThread.load(ordering: .acquiring) == UInt(pthread_self()) else { return nil }
+        // The arming thread alone trips it, so the count needs no more than a load and a store.
+        if repeats.load(ordering: .relaxed) > 0 {
+            repeats.store(repeats.load(ordering: .relaxed) - 1, ordering: .relaxed)
+            return -Int(UInt32(truncatingIfNeeded: word))
+        }
         guard armed.compareExchange(expected: word, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
             return nil
         }

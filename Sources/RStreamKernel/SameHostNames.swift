@@ -115,19 +115,26 @@ package enum LocalAddress {
         return result
     }
 
-    /// An IP address (4 or 16 bytes) of this host.
-    package static func isLocal(ip: [UInt8]) -> Bool { isLoopback(ip) || recentInterfaceAddresses().contains(ip) }
+    /// An IP address (4 or 16 bytes) of this host. An address not among those read lately is
+    /// looked for once more in a fresh read, unless the last is under 100 ms old: an address
+    /// added within the second is found (its client, which read the interfaces itself, came
+    /// over shared memory), and a peer that claims addresses of other hosts costs at most ten
+    /// reads a second.
+    package static func isLocal(ip: [UInt8]) -> Bool {
+        isLoopback(ip) || recentInterfaceAddresses(within: .seconds(1)).contains(ip)
+            || recentInterfaceAddresses(within: .milliseconds(100)).contains(ip)
+    }
 
     private static func isLoopback(_ ip: [UInt8]) -> Bool {
         ip.count == 4 ? ip[0] == 127 : ip == [UInt8](repeating: 0, count: 15) + [1]
     }
 
-    /// The interfaces' addresses as read at most a second ago: a listener checks every wildcard
+    /// The interfaces' addresses as read at most `age` ago: a listener checks every wildcard
     /// client's claim with them, and a local process may connect as often as it likes (each
     /// read is a netlink dump).
-    private static func recentInterfaceAddresses() -> Set<[UInt8]> {
+    private static func recentInterfaceAddresses(within age: Duration) -> Set<[UInt8]> {
         let now = ContinuousClock.now
-        if let (read, addresses) = interfaceCache.withLock({ $0 }), now - read < .seconds(1) { return addresses }
+        if let (read, addresses) = interfaceCache.withLock({ $0 }), now - read < age { return addresses }
         let addresses = interfaceAddresses()
         interfaceCache.withLock { $0 = (now, addresses) }
         return addresses
@@ -233,7 +240,7 @@ package enum SameHostName {
     }
 
     /// How many client ports a connect tries before it gives up.
-    static let clientPortTries = 64
+    package static let clientPortTries = 64
 
     /// Binds client socket `fd` to the name of `destination` (the address and port dialled) and
     /// a free client port, and returns the stream's own address: the address dialled (in its
@@ -247,7 +254,7 @@ package enum SameHostName {
             let own = SocketAddress.make(ip: ip, port: UInt16(Int.random(in: clientPorts)), familyOf: destination)
             if try UnixSocket.bind(fd, name: client(own, listenerPort: listenerPort)!) { return own }
         }
-        throw RStreamError(.system, code: EADDRNOTAVAIL,
+        throw RStreamError(.addressUnavailable, code: EADDRNOTAVAIL,
                            "no free same-host client name for \(SocketAddress.text(ip: ip)) port \(listenerPort) in \(clientPortTries) tries")
     }
 

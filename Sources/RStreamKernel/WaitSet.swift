@@ -227,18 +227,21 @@ package final class WaitSet: @unchecked Sendable {
     /// Once the epoll set is made it is the truth: the member list of a set that others watch
     /// descriptors into may still name one its owner closed without an `unwatch` (the epoll set
     /// forgot it), whose number a new descriptor now has. So it is added, and changed only if
-    /// the epoll set has it already.
-    package func watch(_ fd: Int32, hangUpOnly: Bool = false) {
+    /// the epoll set has it already. False when the epoll set cannot hold it (the kernel's
+    /// memory or its limit on watches, or a descriptor epoll cannot watch): nobody is woken by it.
+    @discardableResult
+    package func watch(_ fd: Int32, hangUpOnly: Bool = false) -> Bool {
         precondition(!isFlat, "a flat wait set watches nothing of its own")
         let member = Member(fd: fd, events: hangUpOnly ? EPOLLRDHUP.rawValue : EPOLLIN.rawValue)
-        memberList.withCheckedLock(key: lockKey(self)) { members in
+        return memberList.withCheckedLock(key: lockKey(self)) { members -> Bool in
             let epoll = epollFD.load(ordering: .relaxed) // made under this lock
             if epoll >= 0 && !Self.control(epoll, EPOLL_CTL_ADD, member) {
-                guard errno == EEXIST else { return } // not a descriptor epoll can watch
+                guard errno == EEXIST else { return false }
                 let changed = Self.control(epoll, EPOLL_CTL_MOD, member)
                 assert(changed, "EPOLL_CTL_MOD of \(fd): errno \(errno)") // a descriptor in the set: it cannot fail
             }
             members.set(member)
+            return true
         }
     }
 
@@ -362,6 +365,7 @@ package final class WaitSet: @unchecked Sendable {
         let capacity = Self.mostMembersPolled
         return withUnsafeTemporaryAllocation(of: pollfd.self, capacity: capacity) { fds -> Int32 in
             let count = memberList.withCheckedLock(key: lockKey(self)) { members -> Int in
+                assert(members.count <= capacity, "more members than a stream's set has")
                 for i in 0..<min(members.count, capacity) {
                     let member = members[i]
                     let events = member.events == EPOLLRDHUP.rawValue ? Self.pollReadHangUp : Int32(POLLIN)
@@ -369,7 +373,6 @@ package final class WaitSet: @unchecked Sendable {
                 }
                 return min(members.count, capacity)
             }
-            assert(count == memberList.withCheckedLock(key: lockKey(self)) { $0.count }, "more members than a stream's set has")
             defer { fds.baseAddress!.deinitialize(count: count) }
             return poll(fds.baseAddress!, nfds_t(count), timeoutMilliseconds)
         }

@@ -244,7 +244,9 @@ final class ServerSide {
     /// request it had not read and dropped the oldest, so a burst of a thousand clients was reset.
     @Test(arguments: ["tcp", "shm"])
     func aThousandConnectionsServedFromOneEpoll(transport: String) throws {
-        var saved = rlimit() // each side needs about 2,100 descriptors; children inherit the limit
+        // Each side needs about 2,100 descriptors over tcp, 3,100 over shared memory (a socket, an
+        // eventfd and the epoll set of the two per endpoint); children inherit the limit.
+        var saved = rlimit()
         let known = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0
         if known, saved.rlim_cur < 4096, saved.rlim_max > saved.rlim_cur {
             var raised = saved

@@ -171,15 +171,16 @@ import Testing
         }
     }
 
-    /// A client that can bind no client name (another user may hold them all: abstract names
-    /// have no owner) goes over the fabric when the transport is chosen by itself, and fails
-    /// with `EADDRNOTAVAIL` when shared memory was asked for.
+    /// A client that finds every client name it tries taken (another user may hold them all:
+    /// abstract names have no owner; each of its binds fails with `EADDRINUSE`) goes over the
+    /// fabric when the transport is chosen by itself, and fails with `.addressUnavailable` when
+    /// shared memory was asked for.
     @Test func aClientWithoutAFreeNameFallsBackToTheFabric() throws {
         let listener = try Self.newListener()
         defer { listener.close() }
         let automatic = StreamOptions() // no provider named (nor in RSTREAM_PROVIDER, in the tests)
         let accepted = Background { try listener.accept(timeout: .seconds(10)) }
-        FaultInjection.failNext(.unixBindClient, code: EADDRNOTAVAIL)
+        FaultInjection.failNext(.unixBindClient, code: EADDRINUSE, times: SameHostName.clientPortTries)
         let client = Result { () throws(RStreamError) in
             try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: automatic, timeout: .seconds(10))
         }
@@ -189,10 +190,18 @@ import Testing
         #expect(stream.transport != "shm" && server.transport == stream.transport, "\(stream.transport)")
         stream.close()
         server.close()
-        FaultInjection.failNext(.unixBindClient, code: EADDRNOTAVAIL)
+        FaultInjection.failNext(.unixBindClient, code: EADDRINUSE, times: SameHostName.clientPortTries)
         let refused = Self.failure(Self.connect(listener))
         FaultInjection.disarm()
-        #expect(refused?.code == EADDRNOTAVAIL, "\(String(describing: refused))")
+        #expect(refused?.kind == .addressUnavailable && refused?.code == EADDRNOTAVAIL, "\(String(describing: refused))")
+        // One try fewer than that finds a name.
+        FaultInjection.failNext(.unixBindClient, code: EADDRINUSE, times: SameHostName.clientPortTries - 1)
+        let served = Background { try listener.accept(timeout: .seconds(10)) }
+        let named = try Self.connect(listener).get()
+        FaultInjection.disarm()
+        #expect(named.transport == "shm")
+        named.close()
+        try served.value().close()
     }
 
     @Test func everySameHostSiteHasACase() {
