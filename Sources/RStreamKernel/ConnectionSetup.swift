@@ -171,7 +171,21 @@ package final class PassiveListener: @unchecked Sendable {
 
     /// `accept` without the stream engine: the connected transport and the peer's checked block.
     package func acceptConnection(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> AcceptedConnection {
-        let (transport, peer) = try answerNextRequest(shape: shape, deadline: deadline)
+        try complete(answerNextRequest(shape: shape, deadline: deadline), deadline: deadline)
+    }
+
+    /// `accept` of a request already queued, without waiting for one; nil when none is (another
+    /// accept took it). For a caller that waits on more than this listener (`StreamAcceptor`):
+    /// waiting here, it would not look at the rest.
+    package func acceptQueued(shape: EndpointShape, deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
+        guard let request = try eventQueue.takeRequest() else { return nil }
+        let accepted = try complete(answer(request, shape: shape), deadline: deadline)
+        return try StreamEngine(transport: accepted.transport, peer: accepted.peer, peerTimeout: shape.peerTimeout)
+    }
+
+    /// Waits for an answered request's `FI_CONNECTED` (at most `handshakeLimit`).
+    private func complete(_ answered: (FabricTransport, ConnectionBlock), deadline: ContinuousClock.Instant?) throws(RStreamError) -> AcceptedConnection {
+        let (transport, peer) = answered
         let completing = completion(of: transport, deadline: deadline)
         let event: ConnectionEvent
         do throws(RStreamError) {
@@ -523,7 +537,7 @@ package final class StreamAcceptor: @unchecked Sendable {
         try withOpenListener { () throws(RStreamError) -> StreamEngine? in
             switch try look(shape: shape) {
             case .stream(let engine): return engine
-            case .fabricRequest: return try fabric.accept(shape: shape, deadline: deadline)
+            case .fabricRequest: return try fabric.acceptQueued(shape: shape, deadline: deadline) // nil: taken meanwhile
             case nil: return nil
             }
         }

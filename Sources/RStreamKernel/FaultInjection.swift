@@ -25,22 +25,20 @@ package enum FaultSite: Int, Sendable, CaseIterable {
 
 package enum FaultInjection {
     #if DEBUG
-    // Packed as site << 32 | code, 0 when disarmed: one relaxed load is all a debug build pays.
+    // Packed as (site + 1) << 48 | (calls to fail after the next) << 32 | code, 0 when disarmed:
+    // one relaxed load is all a debug build pays, and one compare-and-exchange trips it.
     private static let armed = Atomic<UInt64>(0)
     // Only the thread that armed a fault trips it, so tests running beside it are not disturbed.
     private static let armingThread = Atomic<UInt>(0)
-    // How many more calls after the next one fail too (changed only by the arming thread).
-    private static let repeats = Atomic<Int>(0)
     #endif
 
     /// Makes the next call at `site` on this thread (the next `times`) return `-code` instead of
     /// running (debug builds; a release build ignores it).
     package static func failNext(_ site: FaultSite, code: Int32, times: Int = 1) {
         #if DEBUG
-        precondition(times >= 1)
-        repeats.store(times - 1, ordering: .sequentiallyConsistent)
+        precondition((1...0x1_0000).contains(times))
         armingThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
-        armed.store(UInt64(site.rawValue + 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
+        armed.store(UInt64(site.rawValue + 1) << 48 | UInt64(times - 1) << 32 | UInt64(UInt32(code)), ordering: .sequentiallyConsistent)
         #endif
     }
 
@@ -64,14 +62,11 @@ package enum FaultInjection {
     package static func injected(at site: FaultSite) -> Int? {
         #if DEBUG
         let word = armed.load(ordering: .relaxed)
-        guard word != 0, word >> 32 == UInt64(site.rawValue + 1),
+        guard word != 0, word >> 48 == UInt64(site.rawValue + 1),
               armingThread.load(ordering: .acquiring) == UInt(pthread_self()) else { return nil }
-        // The arming thread alone trips it, so the count needs no more than a load and a store.
-        if repeats.load(ordering: .relaxed) > 0 {
-            repeats.store(repeats.load(ordering: .relaxed) - 1, ordering: .relaxed)
-            return -Int(UInt32(truncatingIfNeeded: word))
-        }
-        guard armed.compareExchange(expected: word, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
+        let more = (word >> 32) & 0xFFFF
+        let next = more > 0 ? word - (1 << 32) : 0
+        guard armed.compareExchange(expected: word, desired: next, ordering: .acquiringAndReleasing).exchanged else {
             return nil
         }
         return -Int(UInt32(truncatingIfNeeded: word))

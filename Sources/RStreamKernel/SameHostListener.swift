@@ -42,10 +42,14 @@ package final class SameHostListener: @unchecked Sendable {
     }
     private struct State {
         var list: [Pending] = []
+        /// Pending sockets the last `poll` found readable, not yet read (last first).
+        var readable: [Int32] = []
         var accepting = true
+        /// When an accept (or watching a socket) last failed: accepting waits `acceptRetry`.
         var acceptFailedAt: ContinuousClock.Instant?
         /// More wait sets to wake (a C program's event queue).
         var extraWaitSets: [WaitSet] = []
+        var stopped = false
     }
     private let state = Mutex(State())
     private let waitSet: WaitSet?
@@ -77,8 +81,13 @@ package final class SameHostListener: @unchecked Sendable {
         pendingLimit = min(max(Self.mostPending, backlog), Self.mostPendingEver)
         timer = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
         self.waitSet = waitSet
-        waitSet?.watch(fd)
-        if timer >= 0 { waitSet?.watch(timer) }
+        if let waitSet, !waitSet.watch(fd) || (timer >= 0 && !waitSet.watch(timer)) {
+            let code = errno
+            waitSet.unwatch(fd)
+            close(fd)
+            if timer >= 0 { close(timer) }
+            throw RStreamError.system(code, "epoll_ctl(the same-host listener's socket)")
+        }
     }
 
     deinit { stopListening() }
@@ -91,12 +100,14 @@ package final class SameHostListener: @unchecked Sendable {
     package func stopListening() {
         guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         state.withCheckedLock(key: lockKey(self)) { s in
+            s.stopped = true
             for p in s.list { unwatch(p.fd, s); close(p.fd) }
             s.list = []
+            s.readable = []
             unwatch(listenDescriptor, s)
             if timer >= 0 { unwatch(timer, s); close(timer) }
+            close(listenDescriptor)
         }
-        close(listenDescriptor)
     }
 
     /// The next same-host stream whose request has arrived, without waiting; nil when none has.
@@ -112,6 +123,7 @@ package final class SameHostListener: @unchecked Sendable {
     package func takeRequest() throws(RStreamError) -> SameHostRequest? {
         var acceptFailure: RStreamError?
         let ready = state.withCheckedLock(key: lockKey(self)) { (s: inout State) -> (Int32, UnixSocket.Message)? in
+            guard !s.stopped else { return nil }
             let now = ContinuousClock.now
             if timer >= 0 {
                 var expirations: UInt64 = 0
@@ -151,7 +163,8 @@ package final class SameHostListener: @unchecked Sendable {
 
     /// Accepts the connections waiting in the kernel's backlog while the list has room, or its
     /// oldest may give its place up (silent past the grace since before `now`, and still
-    /// without a request).
+    /// without a request when the new one is in hand: one that spoke meanwhile keeps its place,
+    /// the list one over its limit until it is read).
     private func acceptWaiting(_ s: inout State, _ now: ContinuousClock.Instant) throws(RStreamError) {
         while true {
             let full = s.list.count >= pendingLimit
@@ -159,14 +172,17 @@ package final class SameHostListener: @unchecked Sendable {
                 guard now - s.list[0].since > Self.silentGrace, !Self.hasSomething(s.list[0].fd) else { return }
             }
             guard let fd = try UnixSocket.accept(listenDescriptor) else { return }
-            if full {
+            guard watch(fd, s) else {
+                // A wait set cannot hold it (the kernel's memory, or its limit on watches): this
+                // one is dropped (its client reset), and accepting waits as after a failed accept.
+                close(fd)
+                s.acceptFailedAt = now
+                return
+            }
+            if full && !Self.hasSomething(s.list[0].fd) {
                 let oldest = s.list.removeFirst()
                 unwatch(oldest.fd, s)
                 close(oldest.fd)
-            }
-            guard watch(fd, s) else {
-                close(fd) // a wait set could not hold it (the kernel's memory): dropped, its client reset
-                continue
             }
             s.list.append(Pending(fd: fd, since: .now))
         }
@@ -180,54 +196,59 @@ package final class SameHostListener: @unchecked Sendable {
 
     /// The first pending connection whose request has arrived, taken off the list; connections
     /// closed before they asked, or silent past `requestTimeout`, are dropped. One `poll` looks
-    /// at them all, and only those with something are read.
+    /// at them all, and the sockets it found readable are read one by one, over as many calls as
+    /// it takes (a burst is not polled once per request).
     private func firstRequest(_ s: inout State, _ now: ContinuousClock.Instant) -> (Int32, UnixSocket.Message)? {
-        guard !s.list.isEmpty else { return nil }
-        var looks = s.list.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-        let anything = poll(&looks, nfds_t(looks.count), 0) > 0
-        var found: (Int32, UnixSocket.Message)?
-        var kept: [Pending] = []
-        kept.reserveCapacity(s.list.count)
-        for (i, p) in s.list.enumerated() {
-            if found == nil && anything && looks[i].revents != 0 {
-                let message: UnixSocket.Message?
-                do throws(RStreamError) { message = try UnixSocket.receive(p.fd) } catch {
-                    message = UnixSocket.Message(bytes: [], descriptors: [], truncated: false)
-                }
-                if let message, !message.isEnd {
-                    unwatch(p.fd, s)
-                    found = (p.fd, message)
-                    continue
-                }
-                if message != nil { // closed before it asked
-                    unwatch(p.fd, s)
-                    close(p.fd)
-                    continue
-                }
-            }
-            if now - p.since > Self.requestTimeout { // never asked
-                unwatch(p.fd, s)
-                close(p.fd)
+        for p in s.list where now - p.since > Self.requestTimeout { // never asked
+            unwatch(p.fd, s)
+            close(p.fd)
+        }
+        s.list.removeAll { now - $0.since > Self.requestTimeout }
+        var polled = false
+        while true {
+            if s.readable.isEmpty {
+                guard !polled, !s.list.isEmpty else { return nil }
+                polled = true
+                var looks = s.list.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+                guard poll(&looks, nfds_t(looks.count), 0) > 0 else { return nil }
+                s.readable = looks.reversed().filter { $0.revents != 0 }.map(\.fd)
                 continue
             }
-            kept.append(p)
+            let fd = s.readable.removeLast()
+            guard let i = s.list.firstIndex(where: { $0.fd == fd }) else { continue } // gone meanwhile
+            let message: UnixSocket.Message?
+            do throws(RStreamError) { message = try UnixSocket.receive(fd) } catch {
+                message = UnixSocket.Message(bytes: [], descriptors: [], truncated: false)
+            }
+            guard let message else { continue } // nothing after all
+            s.list.remove(at: i)
+            unwatch(fd, s)
+            if !message.isEnd { return (fd, message) }
+            close(fd) // closed before it asked
         }
-        s.list = kept
-        return found
     }
 
     /// After a look: the listening socket is watched while the listener accepts, and the timer
-    /// set for the next moment that changes something without an event.
+    /// set for the next moment that changes something without an event: when accepting resumes
+    /// (the later of the retry after a failure and the end of the oldest's grace, whichever
+    /// hold it), and when the oldest connection's time runs out.
     private func settle(_ s: inout State, _ now: ContinuousClock.Instant) {
         let retryAt = s.acceptFailedAt.map { $0 + Self.acceptRetry }
         let graceEnds = s.list.count >= pendingLimit ? s.list[0].since + Self.silentGrace : nil
-        let accepting = (retryAt.map { now >= $0 } ?? true) && (graceEnds.map { now > $0 } ?? true)
+        let resumeAt = [retryAt, graceEnds].compactMap { $0 }.max()
+        var accepting = resumeAt.map { now > $0 } ?? true
         if accepting != s.accepting {
+            if !accepting {
+                unwatch(listenDescriptor, s)
+            } else if !watch(listenDescriptor, s) {
+                s.acceptFailedAt = now // retried at the timer
+                accepting = false
+            }
             s.accepting = accepting
-            if accepting { _ = watch(listenDescriptor, s) } else { unwatch(listenDescriptor, s) }
         }
         guard timer >= 0 else { return }
-        let moments = [retryAt, accepting ? nil : graceEnds, s.list.first.map { $0.since + Self.requestTimeout }].compactMap { $0 }
+        let resume = accepting ? nil : (resumeAt.map { max($0, now) } ?? now + Self.acceptRetry)
+        let moments = [resume, s.list.first.map { $0.since + Self.requestTimeout }].compactMap { $0 }
         var spec = itimerspec() // zero: disarmed
         if let next = moments.min() {
             let left = max(next - now, .milliseconds(1))
@@ -240,6 +261,7 @@ package final class SameHostListener: @unchecked Sendable {
     /// Adds `waitSet` to those woken by a request arriving (a C program's event queue).
     package func alsoWake(_ waitSet: WaitSet) {
         state.withCheckedLock(key: lockKey(self)) { s in
+            guard !s.stopped else { return }
             s.extraWaitSets.append(waitSet)
             if s.accepting { waitSet.watch(listenDescriptor) }
             if timer >= 0 { waitSet.watch(timer) }

@@ -198,6 +198,7 @@ import Testing
         FaultInjection.failNext(.unixBindClient, code: EADDRINUSE, times: SameHostName.clientPortTries - 1)
         let served = Background { try listener.accept(timeout: .seconds(10)) }
         let named = try Self.connect(listener).get()
+        #expect(!FaultInjection.isArmed, "every injected failure was used")
         FaultInjection.disarm()
         #expect(named.transport == "shm")
         named.close()
