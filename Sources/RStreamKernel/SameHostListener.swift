@@ -237,18 +237,20 @@ package final class SameHostListener: @unchecked Sendable {
         let graceEnds = s.list.count >= pendingLimit ? s.list[0].since + Self.silentGrace : nil
         let resumeAt = [retryAt, graceEnds].compactMap { $0 }.max()
         var accepting = resumeAt.map { now > $0 } ?? true
+        var resume = resumeAt
         if accepting != s.accepting {
             if !accepting {
                 unwatch(listenDescriptor, s)
             } else if !watch(listenDescriptor, s) {
                 s.acceptFailedAt = now // retried at the timer
                 accepting = false
+                resume = now + Self.acceptRetry
             }
             s.accepting = accepting
         }
         guard timer >= 0 else { return }
-        let resume = accepting ? nil : (resumeAt.map { max($0, now) } ?? now + Self.acceptRetry)
-        let moments = [resume, s.list.first.map { $0.since + Self.requestTimeout }].compactMap { $0 }
+        if accepting { resume = nil }
+        let moments = [resume.map { max($0, now) }, s.list.first.map { $0.since + Self.requestTimeout }].compactMap { $0 }
         var spec = itimerspec() // zero: disarmed
         if let next = moments.min() {
             let left = max(next - now, .milliseconds(1))
@@ -258,14 +260,18 @@ package final class SameHostListener: @unchecked Sendable {
         _ = timerfd_settime(timer, 0, &spec, nil)
     }
 
-    /// Adds `waitSet` to those woken by a request arriving (a C program's event queue).
-    package func alsoWake(_ waitSet: WaitSet) {
-        state.withCheckedLock(key: lockKey(self)) { s in
-            guard !s.stopped else { return }
+    /// Adds `waitSet` to those woken by a request arriving (a C program's event queue); false
+    /// (and not added) when it cannot watch what the others watch.
+    package func alsoWake(_ waitSet: WaitSet) -> Bool {
+        state.withCheckedLock(key: lockKey(self)) { s -> Bool in
+            guard !s.stopped else { return false }
+            let fds = (s.accepting ? [listenDescriptor] : []) + (timer >= 0 ? [timer] : []) + s.list.map(\.fd)
+            for (i, fd) in fds.enumerated() where !waitSet.watch(fd) {
+                for earlier in fds[..<i] { waitSet.unwatch(earlier) }
+                return false
+            }
             s.extraWaitSets.append(waitSet)
-            if s.accepting { waitSet.watch(listenDescriptor) }
-            if timer >= 0 { waitSet.watch(timer) }
-            for p in s.list { waitSet.watch(p.fd) }
+            return true
         }
     }
 

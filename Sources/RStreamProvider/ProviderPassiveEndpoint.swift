@@ -224,7 +224,10 @@ final class ProviderPassiveEndpoint: ConnectionEventSource, @unchecked Sendable 
                     }
                     // The passive endpoint's own descriptor (FI_GETWAIT, fi_trywait) wakes for
                     // same-host requests too.
-                    if let own = listener.waitSet { sameHost.alsoWake(own) }
+                    if let own = listener.waitSet, !sameHost.alsoWake(own) {
+                        s.listener = nil
+                        return -Int32(FI_ENOMEM) // the kernel could not watch its sockets
+                    }
                     s.sameHost = sameHost
                 }
                 return 0
