@@ -52,6 +52,67 @@ import Testing
         return fd
     }
 
+    /// The same, watched the way a program polling the listener's descriptor with no timeout
+    /// watches it: while the list is full of young silent connections nothing wakes it (the
+    /// listening socket, readable with the client waiting, is not watched: a handful of
+    /// wake-ups, not a spin), and when the oldest's grace ends the listener's timer does, so the
+    /// client is served without the watchdog (which after 10 s closes a silent connection, an
+    /// event that would wake the poll).
+    @Test func aListenerPolledWithoutATimeoutIsWokenWhenASilentConnectionGivesItsPlaceUp() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 64, options: sameHostOptions())
+        defer { listener.close() }
+        var silent: [Int32] = []
+        defer { for fd in silent where fd >= 0 { close(fd) } }
+        for _ in 0..<SameHostListener.mostPending {
+            silent.append(try Self.silentClient(port: listener.port))
+            _ = try? listener.accept(timeout: .zero) // one look: the listener takes it in
+        }
+        let destination = SocketAddress.make(ip: [127, 0, 0, 1], port: listener.port)
+        let client = try #require(try SameHostConnectAttempt(destinations: [destination], shape: Self.shape))
+        let descriptor = try #require(listener.descriptor)
+        // The watchdog: (fired, the test is done), the shutdown under the lock, so that it never
+        // touches the descriptor (or a reused number) once the test is done.
+        let watchdog = Locked((fired: false, done: false))
+        let youngest = silent[silent.count - 1]
+        defer { watchdog.withLock { $0.done = true } }
+        Thread {
+            for _ in 0..<1000 {
+                usleep(10_000)
+                if watchdog.withLock({ $0.done }) { return }
+            }
+            watchdog.withLock { state in
+                guard !state.done else { return }
+                state.fired = true
+                shutdown(youngest, Int32(SHUT_RDWR))
+            }
+        }.start()
+        var wakes = 0
+        var server: StreamConnection?
+        while server == nil && wakes < 10_000 {
+            server = Self.acceptIfThere(listener)
+            if server != nil { break }
+            if listener.prepareToWait() {
+                var look = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                _ = poll(&look, 1, -1)
+            }
+            wakes += 1
+        }
+        let served = try #require(server)
+        #expect(!watchdog.withLock { $0.fired }, "woken only by the watchdog: no timer")
+        #expect(wakes < 50, "\(wakes) wake-ups: a spin")
+        #expect(served.transport == "shm")
+        var engine: StreamEngine?
+        let giveUp = ContinuousClock.now + .seconds(10)
+        while engine == nil && ContinuousClock.now < giveUp { engine = try client.complete()?.0 }
+        #expect(engine != nil, "the client got its answer")
+        served.close(linger: .zero)
+    }
+
+    /// One look for a connection, without waiting.
+    static func acceptIfThere(_ listener: StreamListener) -> StreamConnection? {
+        try? listener.accept(timeout: .zero)
+    }
+
     /// A full list of connections that say nothing: past the grace, a client after them takes
     /// the place of the oldest and is served (within the accept's 5 s, where the silent ones
     /// would otherwise hold their places for the 10 s of `requestTimeout`). (That the waiting
