@@ -27,15 +27,6 @@ package enum SocketAddress {
         address.count >= 4 ? UInt16(address[2]) << 8 | UInt16(address[3]) : 0
     }
 
-    /// `address` with its port replaced.
-    package static func with(_ address: [UInt8], port: UInt16) -> [UInt8] {
-        guard address.count >= 4 else { return address }
-        var copy = address
-        copy[2] = UInt8(port >> 8)
-        copy[3] = UInt8(port & 0xFF)
-        return copy
-    }
-
     /// A `sockaddr_in` (4 bytes of `ip`) or `sockaddr_in6` (16) with `port`.
     package static func make(ip: [UInt8], port: UInt16) -> [UInt8] {
         precondition(ip.count == 4 || ip.count == 16, "an IP address has 4 or 16 bytes")
@@ -187,8 +178,10 @@ package enum SameHostName {
     static let clientPorts = 49152...65535
 
     package static func listener(boundTo address: [UInt8]) -> String? {
-        SocketAddress.ip(of: address).map { "\(listenerPrefix)\(SocketAddress.text(ip: $0)):\(SocketAddress.port(of: address))" }
+        SocketAddress.ip(of: address).map { listenerName(ip: $0, port: SocketAddress.port(of: address)) }
     }
+
+    private static func listenerName(ip: [UInt8], port: UInt16) -> String { "\(listenerPrefix)\(SocketAddress.text(ip: ip)):\(port)" }
 
     /// A listener name to try, and the address a stream made through it reports as its peer's.
     package struct Candidate: Equatable {
@@ -205,7 +198,7 @@ package enum SameHostName {
             var reachable = [ip, [UInt8](repeating: 0, count: ip.count)]
             if ip.count == 4 { reachable.append([UInt8](repeating: 0, count: 16)) }
             for listening in reachable {
-                let name = "\(listenerPrefix)\(SocketAddress.text(ip: listening)):\(port)"
+                let name = listenerName(ip: listening, port: port)
                 if !result.contains(where: { $0.name == name }) {
                     result.append(Candidate(name: name, destination: destination))
                 }

@@ -90,7 +90,6 @@ package final class WaitSet: @unchecked Sendable {
         private(set) var events: [UInt32] = []
         var count: Int { fds.count }
         subscript(i: Int) -> Member { Member(fd: fds[i], events: events[i]) }
-        func firstIndex(of fd: Int32) -> Int? { fds.firstIndex(of: fd) }
         mutating func set(_ member: Member) {
             if let i = fds.firstIndex(of: member.fd) { events[i] = member.events } else {
                 fds.append(member.fd)
@@ -381,8 +380,9 @@ package final class WaitSet: @unchecked Sendable {
     /// `POLLRDHUP` (a GNU extension that Glibc's module does not export; the kernel's value).
     private static let pollReadHangUp: Int32 = 0x2000
 
-    /// The most members a library sleep polls: a stream's own set has at most four (its queues'
-    /// wait descriptors or its set-up socket, a ticker, the eventfd).
+    /// The most members a library sleep polls: a stream's own set has at most three (its two
+    /// queues' wait descriptors, or its set-up socket, and the eventfd; nothing else watches
+    /// into it).
     static let mostMembersPolled = 8
 
     /// Sleeps that ended by their timeout, not by a ring (for tests: a wake-up that should have
