@@ -30,8 +30,10 @@ let package = Package(
         .systemLibrary(name: "CNuma", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
         // What the same-host transport's system calls need that Swift cannot import (SCM_RIGHTS, memfd seals).
         .target(name: "CSameHost"),
+        // The copy of bulk bytes into a ring another CPU reads (non-temporal stores).
+        .target(name: "CBulkCopy"),
         // Layer 1: the unsafe kernel (rings, word codec, credits, the fabric and same-host transports, progress).
-        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma", "CSameHost"]),
+        .target(name: "RStreamKernel", dependencies: ["CLibfabric", "CFabricShim", "CNuma", "CSameHost", "CBulkCopy"]),
         // Layer 2: the safe public API.
         .target(name: "RStream", dependencies: [
             "RStreamKernel",
@@ -59,7 +61,7 @@ let package = Package(
         .target(name: "RStreamFakeWire", dependencies: ["RStreamKernel"]),
         // libFuzzer targets (`make fuzz`); built only with --sanitize=fuzzer, which brings its main.
         .executableTarget(name: "rstream-fuzz", dependencies: ["RStreamKernel", "RStreamFakeWire"]),
-        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim", "CSameHost"]),
+        .testTarget(name: "RStreamKernelTests", dependencies: ["RStreamKernel", "RStreamFakeWire", "CLibfabric", "CFabricShim", "CSameHost", "CBulkCopy"]),
         // C programs against the built provider (librstream-fi.so), and against the command.
         .testTarget(name: "ProviderTests", dependencies: ["rstream", "RStreamKernel", "RStreamProvider", "CLibfabric"], exclude: ["C"]),
         // The README's async example, built and run by the tests (ReadmeTests).

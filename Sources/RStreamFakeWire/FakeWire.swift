@@ -41,9 +41,15 @@ package final class FakeWire {
     /// Every word each side posted, in order (what the peer was sent).
     package var posted: [[UInt32]] = [[], []]
 
-    package init(consumesOnData: Bool = false, iwarp: Bool = false) {
+    /// The streaming shape both sides' costs report (`TransportCosts`).
+    package let largestStreamingWrite: Int
+    package let controlWordsPerRing: Int
+
+    package init(consumesOnData: Bool = false, iwarp: Bool = false, largestStreamingWrite: Int = .max, controlWordsPerRing: Int = 2) {
         self.consumesOnData = consumesOnData
         self.iwarp = iwarp
+        self.largestStreamingWrite = largestStreamingWrite
+        self.controlWordsPerRing = controlWordsPerRing
     }
 
     package func inject(to side: Int, _ event: TransportEvent) { pending[side].append(event) }
@@ -91,7 +97,8 @@ package final class FakeTransport: StreamTransport, @unchecked Sendable {
         receiveRegion = try! PageAlignedRegion(byteCount: ringSize)
         costs = TransportCosts(txPerDataWrite: wire.iwarp ? 2 : 1,
                                peerReceivesPerDataWrite: wire.iwarp || wire.consumesOnData ? 1 : 0,
-                               txQueueSize: txQueueSize, postedReceives: rxCredits)
+                               txQueueSize: txQueueSize, postedReceives: rxCredits,
+                               largestStreamingWrite: wire.largestStreamingWrite, controlWordsPerRing: wire.controlWordsPerRing)
         wire.rings.append(receiveRegion.buffer)
     }
 

@@ -1,6 +1,7 @@
 /// When this side owes the peer a CONTROL word (protocol v4, "Control"), as a pure rule.
 ///
-/// Due when: FIN is wanted; a heartbeat is due; half the receive ring or half the credits are to
+/// Due when: FIN is wanted; a heartbeat is due; half the receive ring (or, where the transport
+/// finds CONTROL words cheap, a smaller part: `controlWordsPerRing`) or half the credits are to
 /// be returned; the peer would otherwise stall (its data needs more than the reserve of credits,
 /// a CONTROL word needs one); or, once the peer's FIN is in, a sixteenth of the ring was freed or
 /// the last byte consumed (the peer may be waiting in its close for everything it sent to be
@@ -12,15 +13,16 @@ struct ControlSchedule {
     /// Credits held back for CONTROL words on each side.
     let reserve: Int
     // The thresholds, divided once: this rule runs on every receive.
-    private let halfRing: Int
+    private let ringPart: Int
     private let sixteenthRing: Int
     private let halfCredits: Int
 
-    init(receiveCapacity: Int, localRxCredits: Int, reserve: Int) {
+    init(receiveCapacity: Int, localRxCredits: Int, reserve: Int, controlWordsPerRing: Int = 2) {
+        precondition(controlWordsPerRing >= 2, "protocol v4 returns space at the latest each half ring")
         self.receiveCapacity = receiveCapacity
         self.localRxCredits = localRxCredits
         self.reserve = reserve
-        halfRing = receiveCapacity / 2
+        ringPart = receiveCapacity / controlWordsPerRing
         sixteenthRing = receiveCapacity / 16
         halfCredits = (localRxCredits + 1) / 2
     }
@@ -33,7 +35,7 @@ struct ControlSchedule {
         guard wantFin || beat || freed > 0 || credits > 0 else { return false }
         let rx = localRxCredits
         return wantFin || beat
-            || freed >= halfRing
+            || freed >= ringPart
             || credits >= halfCredits
             || (returns.dataCredits > 0 && rx - credits <= reserve)
             || rx - credits <= 1

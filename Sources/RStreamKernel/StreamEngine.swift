@@ -139,7 +139,8 @@ package final class StreamEngine: @unchecked Sendable {
         counters = FlowCounters(initializingAt: base + countersAt, limits: FlowLimits(
             txQueueSize: costs.txQueueSize, peerRxCredits: peer.rxCredits, peerRingSize: peer.ringSize,
             localRxCredits: costs.postedReceives, sendCapacity: sendCapacity, receiveCapacity: receiveCapacity))
-        schedule = ControlSchedule(receiveCapacity: receiveCapacity, localRxCredits: costs.postedReceives, reserve: Self.reserve)
+        schedule = ControlSchedule(receiveCapacity: receiveCapacity, localRxCredits: costs.postedReceives, reserve: Self.reserve,
+                                   controlWordsPerRing: costs.controlWordsPerRing)
         let events = UnsafeMutableBufferPointer(
             start: (base + eventsAt).bindMemory(to: TransportEvent.self, capacity: Self.eventBatch), count: Self.eventBatch)
         events.initialize(repeating: .transmitted(writeSlot: nil))

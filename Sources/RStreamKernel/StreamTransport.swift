@@ -20,11 +20,26 @@ package struct TransportCosts: Sendable, Equatable {
     package var txQueueSize: Int
     /// Receives this side keeps posted: the rx credits its connection block announces.
     package var postedReceives: Int
-    package init(txPerDataWrite: Int, peerReceivesPerDataWrite: Int, txQueueSize: Int, postedReceives: Int) {
+    /// The most bytes one data write of a streaming send carries. A transport whose writes the
+    /// sender's own thread performs (a copy) caps them, so that the peer copies one part out while
+    /// the next is copied in; one whose writes a core carries on (a NIC, a kernel) takes any span.
+    package var largestStreamingWrite: Int
+    /// The send ring is memory another CPU reads next (the peer's receive ring, mapped here): a
+    /// bulk send's copy into it is better made with stores that bypass this CPU's caches.
+    package var bulkCopyBypassesCache: Bool
+    /// CONTROL words that return one receive ring's worth of freed space: 2, one each half ring
+    /// (protocol v4's latest), or more where a CONTROL word is cheap, to keep a sender streaming.
+    package var controlWordsPerRing: Int
+    package init(txPerDataWrite: Int, peerReceivesPerDataWrite: Int, txQueueSize: Int, postedReceives: Int,
+                 largestStreamingWrite: Int = .max, bulkCopyBypassesCache: Bool = false, controlWordsPerRing: Int = 2) {
+        precondition(largestStreamingWrite > 0 && controlWordsPerRing >= 2)
         self.txPerDataWrite = txPerDataWrite
         self.peerReceivesPerDataWrite = peerReceivesPerDataWrite
         self.txQueueSize = txQueueSize
         self.postedReceives = postedReceives
+        self.bulkCopyBypassesCache = bulkCopyBypassesCache
+        self.controlWordsPerRing = controlWordsPerRing
+        self.largestStreamingWrite = largestStreamingWrite
     }
 }
 

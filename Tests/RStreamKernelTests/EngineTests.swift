@@ -45,6 +45,35 @@ import RStreamFakeWire
 
     static let reserve = FakeEngine.reserve
 
+    /// A transport that caps streaming writes and asks for a CONTROL word each quarter ring (the
+    /// same-host one) gets both: a send goes out in parts the peer can copy out while the next
+    /// is copied in, and space returns after a quarter ring is read.
+    @Test func streamingWritesInPartsAndSpaceReturnedEachQuarterRing() throws {
+        let pair = EnginePair(ringSize: 4096, wire: FakeWire(largestStreamingWrite: 1024, controlWordsPerRing: 4))
+        #expect(try pair.a.send([UInt8](repeating: 7, count: 5000)) == 4096)
+        let lengths = pair.wire.posted[0].compactMap { word -> Int? in
+            if case .data(let n)? = try? NotificationWord.decode(word) { return n } else { return nil }
+        }
+        #expect(lengths == [1024, 1024, 1024, 1024])
+        var buffer = [UInt8](repeating: 0, count: 1023)
+        #expect(try pair.b.receive(into: &buffer) == .bytes(1023))
+        pair.a.progress()
+        #expect(pair.a.writableCount == 0)
+        buffer = [UInt8](repeating: 0, count: 1)
+        #expect(try pair.b.receive(into: &buffer) == .bytes(1))
+        pair.a.progress()
+        #expect(pair.a.writableCount == 1024)
+    }
+
+    /// A record (`sendWhole`) keeps its one write per contiguous span: it is not cut into parts.
+    @Test func aRecordIsNotCutIntoStreamingParts() throws {
+        let pair = EnginePair(ringSize: 4096, wire: FakeWire(largestStreamingWrite: 1024, controlWordsPerRing: 4))
+        let record = [UInt8](repeating: 9, count: 3000)
+        let sent = try record.withUnsafeBytes { bytes throws(RStreamError) in try pair.a.sendWhole(bytes) }
+        #expect(sent == 3000)
+        #expect(pair.wire.posted[0] == [NotificationWord.data(length: 3000).encoded])
+    }
+
     @Test(arguments: [4, 5, 8])
     func targetCreditsWhenDataConsumesReceives(rxCredits: Int) throws {
         let pair = EnginePair(ringSize: 1 << 16, txQueueSize: 64, rxCredits: rxCredits, wire: FakeWire(consumesOnData: true))
