@@ -32,6 +32,9 @@ package final class SameHostListener: @unchecked Sendable {
     package let listenDescriptor: Int32
     /// The address and port served (the fabric twin's bound address).
     private let boundAddress: [UInt8]
+    /// Whether this listener, if an IPv6 wildcard, takes IPv4 clients (as its TCP twin, bound at
+    /// the same time, does: `LocalAddress.ipv6WildcardTakesIPv4`).
+    private let dualStack = LocalAddress.ipv6WildcardTakesIPv4
     /// A timerfd for the moments when something changes without an event on a socket; -1 when
     /// none could be made (waiters then find those moments at their own timeouts).
     private let timer: Int32
@@ -148,7 +151,7 @@ package final class SameHostListener: @unchecked Sendable {
         }
         do throws(RStreamError) {
             let addresses: (local: [UInt8], peer: [UInt8])
-            do throws(RStreamError) { addresses = try SameHostName.checkedClient(UnixSocket.peerName(fd), listening: boundAddress) } catch {
+            do throws(RStreamError) { addresses = try SameHostName.checkedClient(UnixSocket.peerName(fd), listening: boundAddress, dualStack: dualStack) } catch {
                 message.closeDescriptors()
                 throw error
             }

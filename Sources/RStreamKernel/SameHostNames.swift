@@ -116,6 +116,17 @@ package enum LocalAddress {
             || recentInterfaceAddresses(within: .milliseconds(100)).contains(ip)
     }
 
+    /// Whether an IPv6 wildcard listener takes IPv4 clients too, as a TCP one does here: a
+    /// socket that sets no `IPV6_V6ONLY` follows its network namespace's `net.ipv6.bindv6only`
+    /// (Linux's default 0: dual-stack), and the `tcp` core's listening socket sets none (checked:
+    /// with 1 it refuses an IPv4 connect to `[::]`). Read at each use: a same-host client and
+    /// listener share the namespace, so they read the same. False where IPv6 is absent.
+    package static var ipv6WildcardTakesIPv4: Bool {
+        guard let file = fopen("/proc/sys/net/ipv6/bindv6only", "r") else { return false }
+        defer { fclose(file) }
+        return fgetc(file) == Int32(UInt8(ascii: "0"))
+    }
+
     private static func isLoopback(_ ip: [UInt8]) -> Bool {
         ip.count == 4 ? ip[0] == 127 : ip == [UInt8](repeating: 0, count: 15) + [1]
     }
@@ -156,8 +167,8 @@ package enum LocalAddress {
 /// `rstream-shm:<address>:<port>` (`rstream-shm:127.0.0.1:7471`, `rstream-shm:[::]:7471`). A
 /// client tries, for each local address that its host name gives, the names that a TCP connect to
 /// that address could reach, in the order the kernel matches listeners: the address itself, the
-/// wildcard of its family, and for IPv4 the IPv6 wildcard (a dual-stack listener takes IPv4
-/// clients). So a same-host listener serves exactly the clients its TCP twin would: two listeners
+/// wildcard of its family, and for IPv4 the IPv6 wildcard when IPv6 wildcards are dual-stack here
+/// (`LocalAddress.ipv6WildcardTakesIPv4`). So a same-host listener serves exactly the clients its TCP twin would: two listeners
 /// of one port on different addresses both serve shared memory, and one bound to a single address
 /// takes no client that dialled another.
 ///
@@ -189,14 +200,16 @@ package enum SameHostName {
         package let destination: [UInt8]
     }
 
-    /// The names a client dialling `destinations` (local addresses, with the port) tries, in order.
-    package static func candidates(for destinations: [[UInt8]]) -> [Candidate] {
+    /// The names a client dialling `destinations` (local addresses, with the port) tries, in order;
+    /// `dualStack`: whether an IPv6 wildcard listener takes IPv4 clients.
+    package static func candidates(for destinations: [[UInt8]],
+                                   dualStack: Bool = LocalAddress.ipv6WildcardTakesIPv4) -> [Candidate] {
         var result: [Candidate] = []
         for destination in destinations {
             guard let ip = SocketAddress.ip(of: destination) else { continue }
             let port = SocketAddress.port(of: destination)
             var reachable = [ip, [UInt8](repeating: 0, count: ip.count)]
-            if ip.count == 4 { reachable.append([UInt8](repeating: 0, count: 16)) }
+            if ip.count == 4 && dualStack { reachable.append([UInt8](repeating: 0, count: 16)) }
             for listening in reachable {
                 let name = listenerName(ip: listening, port: port)
                 if !result.contains(where: { $0.name == name }) {
@@ -254,9 +267,10 @@ package enum SameHostName {
     /// The addresses of a stream accepted by a listener bound to `listening`, from the name
     /// its client's socket carries (the peer's word, so checked here): the address and port the
     /// client dialled must be ones the listener serves (its own port; its own address, or, for a
-    /// wildcard, one of this host, of the listener's family or IPv4 under an IPv6 wildcard). Both
-    /// are given in the listener's family (an IPv4 client of an IPv6 listener IPv4-mapped).
-    package static func checkedClient(_ name: String?, listening: [UInt8]) throws(RStreamError) -> (local: [UInt8], peer: [UInt8]) {
+    /// wildcard, one of this host, of the listener's family or IPv4 under a dual-stack IPv6
+    /// wildcard: `dualStack`, read when the listener was made). Both are given in the listener's
+    /// family (an IPv4 client of an IPv6 listener IPv4-mapped).
+    package static func checkedClient(_ name: String?, listening: [UInt8], dualStack: Bool) throws(RStreamError) -> (local: [UInt8], peer: [UInt8]) {
         guard let name, let (own, listenerPort) = parseClient(name), let dialled = SocketAddress.ip(of: own),
               let served = SocketAddress.ip(of: listening) else {
             throw RStreamError.protocolViolation("the client's socket carries no client name (\(clientPrefix)<address>:<listener port>:<port>)")
@@ -266,7 +280,7 @@ package enum SameHostName {
             throw RStreamError.protocolViolation("the client says it dialled port \(listenerPort); this listener serves port \(port)")
         }
         let servesIt = SocketAddress.isWildcard(served)
-            ? (dialled.count == served.count || served.count == 16) && LocalAddress.isLocal(ip: dialled)
+            ? (dialled.count == served.count || (served.count == 16 && dualStack)) && LocalAddress.isLocal(ip: dialled)
             : dialled == served
         guard servesIt else {
             throw RStreamError.protocolViolation("the client says it dialled \(SocketAddress.text(ip: dialled)), which this listener (\(SocketAddress.text(ip: served))) does not serve")

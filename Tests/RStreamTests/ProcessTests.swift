@@ -204,28 +204,45 @@ let namespacesAvailable: Bool = {
     return ip(["netns", "del", probe])
 }()
 
-/// Protocol v4 liveness across a real link that the test cuts: two network namespaces joined by a
-/// veth pair (`scripts/netns-liveness.sh` makes and removes them).
+/// Scripts run in network namespaces they make and remove: protocol v4 liveness across a real
+/// link that the test cuts (two namespaces joined by a veth pair), and the dual-stack rule of the
+/// same-host names (a namespace of its own, whose `bindv6only` it sets).
 @Suite(.serialized, .enabled(if: namespacesAvailable)) struct NamespaceTests {
-    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/netns-liveness.sh")
+    static let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts")
 
-    @Test(arguments: ["cut-transfer", "cut-idle", "outage"])
-    func aCutLinkEndsBothSidesAndAShortOutageLosesNothing(scenario: String) throws {
+    /// Runs `scripts/<name>` with the command's path and `arguments`; nil when it says (exit 77)
+    /// that namespaces or a veth pair cannot be made here.
+    static func run(_ name: String, _ arguments: [String] = []) throws -> (status: Int32, text: String)? {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [Self.script.path, rstreamBinary.path, scenario]
+        process.arguments = [scripts.appendingPathComponent(name).path, rstreamBinary.path] + arguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
         try process.run()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        if process.terminationStatus == 77 { // namespaces, but no veth pair, here
+        if process.terminationStatus == 77 {
             print("NamespaceTests: skipped: \(text)")
-            return
+            return nil
         }
-        #expect(process.terminationStatus == 0, "\(text)")
+        return (process.terminationStatus, text)
+    }
+
+    @Test(arguments: ["cut-transfer", "cut-idle", "outage"])
+    func aCutLinkEndsBothSidesAndAShortOutageLosesNothing(scenario: String) throws {
+        guard let (status, text) = try Self.run("netns-liveness.sh", [scenario]) else { return }
+        #expect(status == 0, "\(text)")
         #expect(text.contains("netns liveness: 0 failed"), "\(text)")
     }
+
+    /// An IPv6 wildcard listener takes an IPv4 client over shared memory only where its TCP twin
+    /// would (`scripts/netns-dual-stack.sh`: a namespace with `net.ipv6.bindv6only` 0, then 1).
+    @Test func anIPv6WildcardTakesIPv4ClientsOverSharedMemoryOnlyWhenDualStack() throws {
+        guard let (status, text) = try Self.run("netns-dual-stack.sh") else { return }
+        #expect(status == 0, "\(text)")
+        #expect(text.contains("netns dual-stack: 0 failed"), "\(text)")
+    }
 }
+

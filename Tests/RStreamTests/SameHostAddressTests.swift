@@ -78,12 +78,15 @@ import Testing
     @Test func aClientTriesTheAddressThenItsFamilysWildcardThenTheDualStackOne() {
         let v4 = SocketAddress.make(ip: [127, 0, 0, 1], port: 7471)
         let v6 = SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 7471)
-        #expect(SameHostName.candidates(for: [v4]).map(\.name)
+        #expect(SameHostName.candidates(for: [v4], dualStack: true).map(\.name)
                 == ["rstream-shm:127.0.0.1:7471", "rstream-shm:0.0.0.0:7471", "rstream-shm:[::]:7471"])
-        #expect(SameHostName.candidates(for: [v6, v4]).map(\.name)
+        // Where IPv6 wildcards take IPv6 alone (`net.ipv6.bindv6only = 1`), as TCP reaches them.
+        #expect(SameHostName.candidates(for: [v4], dualStack: false).map(\.name)
+                == ["rstream-shm:127.0.0.1:7471", "rstream-shm:0.0.0.0:7471"])
+        #expect(SameHostName.candidates(for: [v6, v4], dualStack: true).map(\.name)
                 == ["rstream-shm:[::1]:7471", "rstream-shm:[::]:7471", "rstream-shm:127.0.0.1:7471", "rstream-shm:0.0.0.0:7471"])
         // Each name stands for the address that was dialled.
-        #expect(SameHostName.candidates(for: [v6, v4]).map(\.destination) == [v6, v6, v4, v4])
+        #expect(SameHostName.candidates(for: [v6, v4], dualStack: true).map(\.destination) == [v6, v6, v4, v4])
         #expect(SameHostName.listener(boundTo: SocketAddress.make(ip: [0, 0, 0, 0], port: 9)) == "rstream-shm:0.0.0.0:9")
     }
 
@@ -113,18 +116,22 @@ import Testing
         let any4 = SocketAddress.make(ip: [0, 0, 0, 0], port: 9)
         let any6 = SocketAddress.make(ip: [UInt8](repeating: 0, count: 16), port: 9)
         let client = "rstream-shm-peer:127.0.0.1:9:50001"
-        let served = try SameHostName.checkedClient(client, listening: any4)
+        let served = try SameHostName.checkedClient(client, listening: any4, dualStack: true)
         #expect(served.local == one && served.peer == SocketAddress.make(ip: [127, 0, 0, 1], port: 50001))
-        #expect(try SameHostName.checkedClient(client, listening: one).local == one)
+        #expect(try SameHostName.checkedClient(client, listening: one, dualStack: true).local == one)
         // An IPv6 listener reports an IPv4 client as IPv4-mapped, as an IPv6 socket would.
-        let underV6 = try SameHostName.checkedClient(client, listening: any6)
+        let underV6 = try SameHostName.checkedClient(client, listening: any6, dualStack: true)
         #expect(underV6.local == SocketAddress.make(ip: [UInt8](repeating: 0, count: 10) + [0xFF, 0xFF, 127, 0, 0, 1], port: 9))
         #expect(underV6.peer.count == MemoryLayout<sockaddr_in6>.size && SocketAddress.ip(of: underV6.peer) == [127, 0, 0, 1])
         for (claim, listening) in [("rstream-shm-peer:127.0.0.2:9:50001", one), ("rstream-shm-peer:[::1]:9:50001", any4),
                                    ("rstream-shm-peer:192.0.2.1:9:50001", any4), ("rstream-shm-peer:[2001:db8::1]:9:50001", any6),
                                    ("rstream-shm-peer:127.0.0.1:10:50001", one), ("rstream-shm-peer:127.0.0.1:10:50001", any4)] {
-            #expect(throws: RStreamError.self, "\(claim)") { _ = try SameHostName.checkedClient(claim, listening: listening) }
+            #expect(throws: RStreamError.self, "\(claim)") { _ = try SameHostName.checkedClient(claim, listening: listening, dualStack: true) }
         }
-        #expect(throws: RStreamError.self) { _ = try SameHostName.checkedClient(nil, listening: any4) }
+        #expect(throws: RStreamError.self) { _ = try SameHostName.checkedClient(nil, listening: any4, dualStack: true) }
+        // An IPv6 wildcard that is not dual-stack takes no IPv4 client, as its TCP twin would not.
+        #expect(throws: RStreamError.self) { _ = try SameHostName.checkedClient(client, listening: any6, dualStack: false) }
+        #expect(try SameHostName.checkedClient("rstream-shm-peer:[::1]:9:50001", listening: any6, dualStack: false).local
+                == SocketAddress.make(ip: [UInt8](repeating: 0, count: 15) + [1], port: 9))
     }
 }
