@@ -69,36 +69,14 @@ import Testing
         }
         let destination = SocketAddress.make(ip: [127, 0, 0, 1], port: listener.port)
         let client = try #require(try SameHostConnectAttempt(destinations: [destination], shape: Self.shape))
-        let descriptor = try #require(listener.descriptor)
-        // The watchdog: (fired, the test is done), the shutdown under the lock, so that it never
-        // touches the descriptor (or a reused number) once the test is done.
-        let watchdog = Locked((fired: false, done: false))
-        let youngest = silent[silent.count - 1]
-        defer { watchdog.withLock { $0.done = true } }
-        Thread {
-            for _ in 0..<1000 {
-                usleep(10_000)
-                if watchdog.withLock({ $0.done }) { return }
-            }
-            watchdog.withLock { state in
-                guard !state.done else { return }
-                state.fired = true
-                shutdown(youngest, Int32(SHUT_RDWR))
-            }
-        }.start()
-        var wakes = 0
         var server: StreamConnection?
-        while server == nil && wakes < 10_000 {
+        let youngest = silent[silent.count - 1]
+        let (wakes, rescued) = try Self.pollWithoutTimeout(listener, rescue: { shutdown(youngest, Int32(SHUT_RDWR)) }) {
             server = Self.acceptIfThere(listener)
-            if server != nil { break }
-            if listener.prepareToWait() {
-                var look = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-                _ = poll(&look, 1, -1)
-            }
-            wakes += 1
+            return server != nil
         }
         let served = try #require(server)
-        #expect(!watchdog.withLock { $0.fired }, "woken only by the watchdog: no timer")
+        #expect(!rescued, "woken only by the watchdog: no timer")
         #expect(wakes < 50, "\(wakes) wake-ups: a spin")
         #expect(served.transport == "shm")
         var engine: StreamEngine?
@@ -106,6 +84,91 @@ import Testing
         while engine == nil && ContinuousClock.now < giveUp { engine = try client.complete()?.0 }
         #expect(engine != nil, "the client got its answer")
         served.close(linger: .zero)
+    }
+
+    /// Polls `listener`'s descriptor with no timeout, as a C program's event loop does, calling
+    /// `look` after each wake-up until it returns true. A watchdog runs `rescue` (which must wake
+    /// the poll) after `patience`, and never once this returns. Returns the wake-ups, and whether
+    /// the watchdog had to act (so nothing else woke the poll).
+    static func pollWithoutTimeout(_ listener: StreamListener, patience: Duration = .seconds(10),
+                                   rescue: @escaping @Sendable () -> Void, until look: () -> Bool) throws -> (wakes: Int, rescued: Bool) {
+        let descriptor = try #require(listener.descriptor)
+        // (fired, done), `rescue` run under the lock, so that it never runs once the test is done.
+        let watchdog = Locked((fired: false, done: false))
+        defer { watchdog.withLock { $0.done = true } }
+        let giveUp = ContinuousClock.now + patience
+        Thread {
+            while ContinuousClock.now < giveUp {
+                usleep(10_000)
+                if watchdog.withLock({ $0.done }) { return }
+            }
+            watchdog.withLock { state in
+                guard !state.done else { return }
+                state.fired = true
+                rescue()
+            }
+        }.start()
+        var wakes = 0
+        while !look() && wakes < 10_000 {
+            if listener.prepareToWait() {
+                var poll = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                _ = Glibc.poll(&poll, 1, -1)
+            }
+            wakes += 1
+        }
+        return (wakes, watchdog.withLock { $0.fired })
+    }
+
+    /// An accept that fails (out of descriptors) stops accepting for `acceptRetry`, its listening
+    /// socket unwatched (so its readability spins nobody): a program polling with no timeout is
+    /// woken by the listener's timer when the retry is due, and the waiting client is served.
+    /// Without the timer only the watchdog wakes it; without the unwatch it spins.
+    @Test func aListenerPolledWithoutATimeoutIsWokenToRetryAFailedAccept() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        let destination = SocketAddress.make(ip: [127, 0, 0, 1], port: listener.port)
+        let client = try #require(try SameHostConnectAttempt(destinations: [destination], shape: Self.shape))
+        FaultInjection.failNext(.unixAccept, code: EMFILE)
+        defer { FaultInjection.disarm() }
+        #expect(throws: RStreamError.self, "the first look's accept fails") { _ = try listener.accept(timeout: .zero) }
+        var server: StreamConnection?
+        let (wakes, rescued) = try Self.pollWithoutTimeout(listener, rescue: { listener.close() }) {
+            server = Self.acceptIfThere(listener)
+            return server != nil
+        }
+        #expect(!rescued, "woken only by the watchdog: no timer")
+        #expect(wakes < 50, "\(wakes) wake-ups: a spin")
+        let served = try #require(server)
+        var engine: StreamEngine?
+        let giveUp = ContinuousClock.now + .seconds(10)
+        while engine == nil && ContinuousClock.now < giveUp { engine = try client.complete()?.0 }
+        #expect(engine != nil, "the client got its answer")
+        served.close(linger: .zero)
+    }
+
+    /// A connection that never says anything is dropped when its `requestTimeout` runs out, and
+    /// not before, even while the only waiter polls with no timeout: the listener's timer wakes
+    /// it for that moment. Without the timer the connection would stay until something else
+    /// woke the poll (here the watchdog, after 15 s).
+    @Test func aSilentConnectionIsDroppedAtItsTimeoutUnderAPollWithoutTimeout() throws {
+        let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
+        defer { listener.close() }
+        let silent = try Self.silentClient(port: listener.port)
+        defer { close(silent) }
+        _ = Self.acceptIfThere(listener) // one look: the listener takes it in
+        let start = ContinuousClock.now
+        var droppedAfter: Duration?
+        let (wakes, rescued) = try Self.pollWithoutTimeout(listener, patience: .seconds(15), rescue: { listener.close() }) {
+            _ = Self.acceptIfThere(listener)
+            var look = pollfd(fd: silent, events: Int16(POLLIN), revents: 0) // readable: the end, or a refusal
+            guard poll(&look, 1, 0) == 1 else { return false }
+            droppedAfter = ContinuousClock.now - start
+            return true
+        }
+        #expect(!rescued, "woken only by the watchdog: no timer")
+        #expect(wakes < 50, "\(wakes) wake-ups: a spin")
+        let after = try #require(droppedAfter, "the silent connection was dropped")
+        #expect(after >= SameHostListener.requestTimeout - .milliseconds(50), "dropped after \(after), before its time")
     }
 
     /// One look for a connection, without waiting.
