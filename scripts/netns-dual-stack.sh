@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # An IPv6 wildcard listener takes IPv4 clients over shared memory exactly when its TCP twin
-# would: in a network namespace of its own with net.ipv6.bindv6only = 0 (dual-stack) an IPv4
-# connect to a `[::]` listener goes over shm; with 1 it is refused, as TCP refuses it.
-# Usage: netns-dual-stack.sh RSTREAM_BINARY; exit 0 when both cases passed, 77 when namespaces
+# would, in a network namespace of its own whose net.ipv6.bindv6only this script sets:
+#   0: an IPv4 client of a `[::]` listener comes over shm;
+#   1: it is refused, as TCP refuses it, while an IPv6 client (`::1`) still comes over shm;
+#   1 when the listener is made, 0 when the client connects: the client tries the `[::]` name,
+#      and the listener, IPv6-only like its TCP twin, refuses it.
+# Usage: netns-dual-stack.sh RSTREAM_BINARY; exit 0 when every case passed, 77 when namespaces
 # cannot be made here (the caller reports a skip).
 set -uo pipefail
 # Signals: a test runner may start this with most signals blocked, which its children inherit
@@ -15,7 +18,9 @@ watchdog() {
 }
 ns=rs-dual-$$
 work=$(mktemp -d)
+listener=
 cleanup() {
+  [ -n "$listener" ] && kill -9 "$listener" 2>/dev/null
   for p in $(jobs -p); do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
   ip netns del "$ns" 2>/dev/null
@@ -26,33 +31,77 @@ if ! ip netns add "$ns" 2>/dev/null; then echo "skip: cannot make network namesp
 ip -n "$ns" link set lo up
 failures=0
 port=7800
-for v6only in 0 1; do
+fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
+
+bindv6only() { ip netns exec "$ns" sysctl -q -w net.ipv6.bindv6only="$1" || { echo "skip: no IPv6 here"; exit 77; }; }
+
+# Starts `rstream listen --host :: --once` on a new port; false if it does not say it listens.
+start_listener() {
   port=$((port + 1))
-  ip netns exec "$ns" sysctl -q -w net.ipv6.bindv6only=$v6only || { echo "skip: no IPv6 here"; exit 77; }
-  ip netns exec "$ns" "$bin" listen --host :: --port $port --once >"$work/got-$v6only" 2>"$work/listen-$v6only" &
+  ip netns exec "$ns" "$bin" listen --host :: --port $port --once >"$work/got-$port" 2>"$work/listen-$port" &
   listener=$!
   watchdog $listener 200
-  for _ in $(seq 50); do grep -q listening "$work/listen-$v6only" && break; sleep 0.1; done
-  echo "dual-stack probe" | ip netns exec "$ns" "$bin" connect 127.0.0.1 $port >/dev/null 2>"$work/connect-$v6only" &
-  client=$!
+  for _ in $(seq 100); do
+    grep -q listening "$work/listen-$port" && return 0
+    kill -0 $listener 2>/dev/null || break
+    sleep 0.1
+  done
+  fail "the listener on port $port did not start: $(cat "$work/listen-$port")"
+  return 1
+}
+
+# Connects to HOST on the current port with "probe", its messages in $work/connect-$port-HOST;
+# sets rc.
+connect_client() {
+  echo "dual-stack probe" | ip netns exec "$ns" "$bin" connect "$1" $port >/dev/null 2>"$work/connect-$port-$1" &
+  local client=$!
   watchdog $client 100
   wait $client
   rc=$?
-  if [ $v6only = 0 ]; then
-    wait $listener
-    if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$v6only" && grep -q 'dual-stack probe' "$work/got-$v6only"; then
-      echo "bindv6only=0: an IPv4 client of [::] came over shm: ok"
-    else
-      echo "bindv6only=0: FAILED (rc $rc): $(cat "$work/connect-$v6only")"; failures=$((failures + 1))
-    fi
+}
+said() { cat "$work/connect-$port-$1"; }
+
+stop_listener() { kill -9 "$listener" 2>/dev/null; wait "$listener" 2>/dev/null; listener=; }
+
+bindv6only 0
+if start_listener; then
+  connect_client 127.0.0.1
+  wait $listener; listener=
+  if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$port-127.0.0.1" && grep -q 'dual-stack probe' "$work/got-$port"; then
+    echo "bindv6only=0: an IPv4 client of [::] came over shm: ok"
   else
-    kill -9 "$listener" 2>/dev/null; wait $listener 2>/dev/null
-    if [ $rc != 0 ] && grep -q 'connectionRefused' "$work/connect-$v6only"; then
-      echo "bindv6only=1: an IPv4 client of [::] was refused, as over TCP: ok"
-    else
-      echo "bindv6only=1: FAILED (rc $rc, expected a refusal): $(cat "$work/connect-$v6only")"; failures=$((failures + 1))
-    fi
+    fail "bindv6only=0: the IPv4 client (rc $rc): $(said 127.0.0.1)"
   fi
-done
+fi
+
+bindv6only 1
+if start_listener; then
+  connect_client 127.0.0.1
+  if [ $rc != 0 ] && grep -q 'connectionRefused' "$work/connect-$port-127.0.0.1"; then
+    echo "bindv6only=1: an IPv4 client of [::] was refused, as over TCP: ok"
+  else
+    fail "bindv6only=1: the IPv4 client (rc $rc, expected a refusal): $(said 127.0.0.1)"
+  fi
+  connect_client ::1
+  wait $listener; listener=
+  if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$port-::1" && grep -q 'dual-stack probe' "$work/got-$port"; then
+    echo "bindv6only=1: an IPv6 client of [::] came over shm: ok"
+  else
+    fail "bindv6only=1: the IPv6 client (rc $rc): $(said ::1)"
+  fi
+fi
+
+bindv6only 1
+if start_listener; then
+  bindv6only 0
+  connect_client 127.0.0.1
+  stop_listener
+  if [ $rc != 0 ] && ! grep -q 'over shm' "$work/connect-$port-127.0.0.1" && grep -q 'does not serve' "$work/connect-$port-127.0.0.1"; then
+    echo "an IPv6-only listener refused an IPv4 client that tried its name: ok"
+  else
+    fail "an IPv6-only listener and an IPv4 client (rc $rc, expected a refusal by the listener): $(said 127.0.0.1)"
+  fi
+fi
+
 echo "netns dual-stack: $failures failed"
 [ $failures = 0 ]

@@ -11,7 +11,9 @@
 void rs_copy_bypassing_cache(void *destination, const void *source, size_t n) {
     unsigned char *d = destination;
     const unsigned char *s = source;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    // To the next cache line: each line is then written whole by non-temporal stores, not half
+    // by cached ones (a send's start in the ring is wherever the last one ended).
+    size_t head = (64 - ((uintptr_t)d & 63)) & 63;
     if (head > n) head = n;
     memcpy(d, s, head);
     d += head; s += head; n -= head;

@@ -44,12 +44,15 @@ package final class FakeWire {
     /// The streaming shape both sides' costs report (`TransportCosts`).
     package let largestStreamingWrite: Int
     package let controlWordsPerRing: Int
+    package let bulkCopyBypassesCache: Bool
 
-    package init(consumesOnData: Bool = false, iwarp: Bool = false, largestStreamingWrite: Int = .max, controlWordsPerRing: Int = 2) {
+    package init(consumesOnData: Bool = false, iwarp: Bool = false, largestStreamingWrite: Int = .max, controlWordsPerRing: Int = 2,
+                 bulkCopyBypassesCache: Bool = false) {
         self.consumesOnData = consumesOnData
         self.iwarp = iwarp
         self.largestStreamingWrite = largestStreamingWrite
         self.controlWordsPerRing = controlWordsPerRing
+        self.bulkCopyBypassesCache = bulkCopyBypassesCache
     }
 
     package func inject(to side: Int, _ event: TransportEvent) { pending[side].append(event) }
@@ -98,7 +101,8 @@ package final class FakeTransport: StreamTransport, @unchecked Sendable {
         costs = TransportCosts(txPerDataWrite: wire.iwarp ? 2 : 1,
                                peerReceivesPerDataWrite: wire.iwarp || wire.consumesOnData ? 1 : 0,
                                txQueueSize: txQueueSize, postedReceives: rxCredits,
-                               largestStreamingWrite: wire.largestStreamingWrite, controlWordsPerRing: wire.controlWordsPerRing)
+                               largestStreamingWrite: wire.largestStreamingWrite, bulkCopyBypassesCache: wire.bulkCopyBypassesCache,
+                               controlWordsPerRing: wire.controlWordsPerRing)
         wire.rings.append(receiveRegion.buffer)
     }
 

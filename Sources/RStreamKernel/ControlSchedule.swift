@@ -19,6 +19,7 @@ struct ControlSchedule {
 
     init(receiveCapacity: Int, localRxCredits: Int, reserve: Int, controlWordsPerRing: Int = 2) {
         precondition(controlWordsPerRing >= 2, "protocol v4 returns space at the latest each half ring")
+        precondition(controlWordsPerRing <= receiveCapacity, "a CONTROL word per freed byte at most")
         self.receiveCapacity = receiveCapacity
         self.localRxCredits = localRxCredits
         self.reserve = reserve

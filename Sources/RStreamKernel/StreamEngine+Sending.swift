@@ -3,7 +3,8 @@ import Glibc
 #endif
 import CBulkCopy
 // The send path: bytes into the send ring (or, for a direct-write transport, straight into the
-// peer's receive ring), one write per contiguous span, under the send lock.
+// peer's receive ring), one write per contiguous span (a streaming send's spans cut at the
+// transport's `largestStreamingWrite`), under the send lock.
 extension StreamEngine {
     private var dataCreditsAllowAWrite: Bool {
         counters.txAvailable - costs.txPerDataWrite >= Self.reserve
@@ -152,13 +153,13 @@ extension StreamEngine {
         guard bytes.count > 0 else { return 0 }
         let done = try withSendLock { (s: inout SendShard) throws(RStreamError) -> Int in
             do throws(RStreamError) { try flushStaged(&s) } catch { fail(error) }
-            if writableCount(s) < bytes.count { progressHoldingSendLock() }
-            guard writableCount(s) >= bytes.count else { return 0 }
-            // `writableCount` promised the credits and ring space for all of it (at most three
+            if recordCount(s) < bytes.count { progressHoldingSendLock() }
+            guard recordCount(s) >= bytes.count else { return 0 }
+            // `recordCount` promised the credits and ring space for all of it (at most three
             // writes): a write staged on the way does not stop the rest of the record.
             return copyIn(bytes, &s) { (s, left) in
                 let span = min(ringSpan(s), left)
-                assert(span > 0, "writableCount promised room for \(bytes.count) bytes")
+                assert(span > 0, "recordCount promised room for \(bytes.count) bytes")
                 return span
             }
         }
@@ -187,23 +188,52 @@ extension StreamEngine {
         return n
     }
 
-    /// Bytes a send could take now without blocking.
+    /// Bytes a send could take now without blocking: a streaming one (`send`) or a record
+    /// (`sendWhole`) of at most this many is taken whole.
     package var writableCount: Int {
-        let count = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in writableCount(s) }
+        let count = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in
+            min(recordCount(s), streamingCount(s))
+        }
         serveSendWork() // a request whose try-lock this hold made miss
         return count
     }
 
-    private func writableCount(_ s: borrowing SendShard) -> Int {
-        let span = writableSpan(s)
-        guard span > 0 else { return 0 }
-        // Ledger slots retire in posting order, credits as completions come: both must allow it.
+    /// Data writes that the credits and the ledger allow now (send lock held). Ledger slots retire
+    /// in posting order, credits as completions come: both must allow each write.
+    private var writesAllowed: Int {
         var writes = min((counters.txAvailable - Self.reserve) / costs.txPerDataWrite, ledger.pointee.freeSlots)
         if costs.peerReceivesPerDataWrite > 0 {
             writes = min(writes, (counters.peerReceivesAvailable - Self.reserve) / costs.peerReceivesPerDataWrite)
         }
+        return writes
+    }
+
+    /// Bytes one record (`sendWhole`) could take now.
+    private func recordCount(_ s: borrowing SendShard) -> Int {
+        let span = writableSpan(s)
+        guard span > 0 else { return 0 }
         // Both rings wrap at most once each, so three writes carry everything that is free.
-        return writes >= 3 ? min(sendCapacity - counters.sendRingUsed, counters.remoteSpace) : span
+        return writesAllowed >= 3 ? min(sendCapacity - counters.sendRingUsed, counters.remoteSpace) : span
+    }
+
+    /// Bytes a streaming send could take now: its parts walked as `streamingSpan` cuts them, one
+    /// per allowed write (where the transport cuts none, the record's figure holds for it too).
+    private func streamingCount(_ s: borrowing SendShard) -> Int {
+        let part = costs.largestStreamingWrite
+        guard part < .max, writableSpan(s) > 0 else { return .max }
+        var local = s.writeOffset, remote = s.remoteOffset
+        var localFree = sendCapacity - counters.sendRingUsed, remoteFree = counters.remoteSpace
+        var total = 0
+        for _ in 0..<writesAllowed {
+            let n = min(part, localFree, sendCapacity - local, remoteFree, peer.ringSize - remote)
+            guard n > 0 else { break }
+            total += n
+            localFree -= n
+            remoteFree -= n
+            local = local + n == sendCapacity ? 0 : local + n
+            remote = remote + n == peer.ringSize ? 0 : remote + n
+        }
+        return total
     }
 
     /// A hint for waiters, from the counters alone (no lock): the stream may take bytes now.

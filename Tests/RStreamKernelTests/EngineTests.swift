@@ -65,6 +65,45 @@ import RStreamFakeWire
         #expect(pair.a.writableCount == 1024)
     }
 
+    /// The zero-copy send region is one streaming part at most.
+    @Test func theSendRegionIsOneStreamingPartAtMost() throws {
+        let pair = EnginePair(ringSize: 4096, wire: FakeWire(largestStreamingWrite: 1024))
+        var offered = 0
+        #expect(try pair.a.withWritableBytes { region in offered = region.count; return 0 } == 0)
+        #expect(offered == 1024)
+    }
+
+    /// Where few writes are allowed (4 rx credits, receives consumed by data: two data writes),
+    /// the count of writable bytes is what a streaming send then takes, not the free ring.
+    @Test func theWritableCountIsWhatAStreamingSendTakes() throws {
+        let pair = EnginePair(ringSize: 4096, txQueueSize: 64, rxCredits: 4,
+                              wire: FakeWire(consumesOnData: true, largestStreamingWrite: 1024))
+        let count = pair.a.writableCount
+        #expect(count == 2048)
+        #expect(try pair.a.send([UInt8](repeating: 3, count: 4096)) == count)
+        #expect(pair.a.writableCount == 0)
+    }
+
+    /// A bulk send copied with cache-bypassing stores, starting at an odd offset of the ring and
+    /// wrapping it, arrives byte for byte.
+    @Test func aBulkSendCopiedPastTheCacheArrivesWhole() throws {
+        let pair = EnginePair(ringSize: 1 << 16, txQueueSize: 64, rxCredits: 32,
+                              wire: FakeWire(largestStreamingWrite: 8192, controlWordsPerRing: 4, bulkCopyBypassesCache: true))
+        #expect(try pair.a.send([1, 2, 3]) == 3)
+        var small = [UInt8](repeating: 0, count: 3)
+        #expect(try pair.b.receive(into: &small) == .bytes(3))
+        let bulk = (0..<65_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
+        var sent = 0, received: [UInt8] = [], rounds = 0
+        while received.count < bulk.count && rounds < 10_000 {
+            rounds += 1
+            sent += try bulk[sent...].withUnsafeBytes { bytes throws(RStreamError) in try pair.a.send(bytes) }
+            var buffer = [UInt8](repeating: 0, count: 50_000)
+            if case .bytes(let n) = try pair.b.receive(into: &buffer) { received += buffer[..<n] }
+            pair.a.progress()
+        }
+        #expect(received == bulk)
+    }
+
     /// A record (`sendWhole`) keeps its one write per contiguous span: it is not cut into parts.
     @Test func aRecordIsNotCutIntoStreamingParts() throws {
         let pair = EnginePair(ringSize: 4096, wire: FakeWire(largestStreamingWrite: 1024, controlWordsPerRing: 4))

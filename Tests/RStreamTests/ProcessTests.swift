@@ -245,4 +245,3 @@ let namespacesAvailable: Bool = {
         #expect(text.contains("netns dual-stack: 0 failed"), "\(text)")
     }
 }
-
