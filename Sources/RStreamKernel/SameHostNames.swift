@@ -119,8 +119,9 @@ package enum LocalAddress {
     /// Whether an IPv6 wildcard listener takes IPv4 clients too, as a TCP one does here: a
     /// socket that sets no `IPV6_V6ONLY` follows its network namespace's `net.ipv6.bindv6only`
     /// (Linux's default 0: dual-stack), and the `tcp` core's listening socket sets none (checked:
-    /// with 1 it refuses an IPv4 connect to `[::]`). Read at each use: a same-host client and
-    /// listener share the namespace, so they read the same. False where the file cannot be read
+    /// with 1 it refuses an IPv4 connect to `[::]`). Read at each use: a client at its connect, a
+    /// listener when it is made (as its TCP twin's socket at its bind); both are in one
+    /// namespace, so they agree unless the setting changed between the two. False where the file cannot be read
     /// (IPv6 absent): an IPv4 client then skips `[::]` and, if nothing else serves it, goes over
     /// the fabric, which reaches whatever listens.
     package static var ipv6WildcardTakesIPv4: Bool {

@@ -192,10 +192,19 @@ extension StreamEngine {
     /// (`sendWhole`) of at most this many is taken whole.
     package var writableCount: Int {
         let count = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Int in
-            min(recordCount(s), streamingCount(s))
+            // A CONTROL word due now takes its credits first, so the count is what is left.
+            if signals.pointee.sendWorkDue.load(ordering: .sequentiallyConsistent) { _ = serveSendWork(&s) }
+            return min(recordCount(s), streamingCount(s))
         }
         serveSendWork() // a request whose try-lock this hold made miss
         return count
+    }
+
+    /// Whether a send could take a byte now (what `writableCount > 0` says, without counting).
+    package var hasRoom: Bool {
+        let room = sendShard.pointee.withCheckedLock(key: sendKey) { (s: inout SendShard) -> Bool in writableSpan(s) > 0 }
+        serveSendWork() // a request whose try-lock this hold made miss
+        return room
     }
 
     /// Data writes that the credits and the ledger allow now (send lock held). Ledger slots retire
@@ -220,7 +229,8 @@ extension StreamEngine {
     /// per allowed write (where the transport cuts none, the record's figure holds for it too).
     private func streamingCount(_ s: borrowing SendShard) -> Int {
         let part = costs.largestStreamingWrite
-        guard part < .max, writableSpan(s) > 0 else { return .max }
+        guard part < .max else { return .max }
+        guard writableSpan(s) > 0 else { return 0 }
         var local = s.writeOffset, remote = s.remoteOffset
         var localFree = sendCapacity - counters.sendRingUsed, remoteFree = counters.remoteSpace
         var total = 0

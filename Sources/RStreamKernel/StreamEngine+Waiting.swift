@@ -56,7 +56,7 @@ extension StreamEngine {
     package func progressAndCheck(readyFor interest: WaitInterest) -> Bool {
         progress()
         if interest.contains(.readable) && isReadable { return true }
-        return interest.contains(.writable) && (writableCount > 0 || hasFailed || isShutdown || peerHasDisconnected)
+        return interest.contains(.writable) && (hasRoom || hasFailed || isShutdown || peerHasDisconnected)
     }
 
     /// `flush`'s look: drives progress; true once every byte accepted and the FIN (if asked

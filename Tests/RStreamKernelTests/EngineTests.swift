@@ -85,21 +85,33 @@ import RStreamFakeWire
     }
 
     /// A bulk send copied with cache-bypassing stores, starting at an odd offset of the ring and
-    /// wrapping it, arrives byte for byte.
+    /// wrapping it, arrives byte for byte; its parts are cut at the ring's end, and the writable
+    /// count at that offset is what the send takes.
     @Test func aBulkSendCopiedPastTheCacheArrivesWhole() throws {
-        let pair = EnginePair(ringSize: 1 << 16, txQueueSize: 64, rxCredits: 32,
+        let ring = 1 << 16
+        let pair = EnginePair(ringSize: ring, txQueueSize: 64, rxCredits: 32,
                               wire: FakeWire(largestStreamingWrite: 8192, controlWordsPerRing: 4, bulkCopyBypassesCache: true))
-        #expect(try pair.a.send([1, 2, 3]) == 3)
-        var small = [UInt8](repeating: 0, count: 3)
-        #expect(try pair.b.receive(into: &small) == .bytes(3))
+        let lead = 30_003
+        #expect(try pair.a.send([UInt8](repeating: 1, count: lead)) == lead)
+        var drain = [UInt8](repeating: 0, count: lead)
+        #expect(try pair.b.receive(into: &drain) == .bytes(lead))
+        pair.a.progress()
+        pair.wire.posted[0] = []
         let bulk = (0..<65_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
-        var sent = 0, received: [UInt8] = [], rounds = 0
+        let writable = pair.a.writableCount
+        let first = try bulk.withUnsafeBytes { bytes throws(RStreamError) in try pair.a.send(bytes) }
+        #expect(first == min(bulk.count, writable) && first > ring - lead, "the send wraps the ring")
+        let ends = pair.wire.posted[0].compactMap { word -> Int? in
+            if case .data(let n)? = try? NotificationWord.decode(word) { return n } else { return nil }
+        }.reduce(into: [lead]) { $0.append($0.last! + $1) }
+        #expect(ends.contains(ring), "a part ends at the ring's end: \(ends)")
+        var sent = first, received: [UInt8] = [], rounds = 0
         while received.count < bulk.count && rounds < 10_000 {
             rounds += 1
-            sent += try bulk[sent...].withUnsafeBytes { bytes throws(RStreamError) in try pair.a.send(bytes) }
             var buffer = [UInt8](repeating: 0, count: 50_000)
             if case .bytes(let n) = try pair.b.receive(into: &buffer) { received += buffer[..<n] }
             pair.a.progress()
+            sent += try bulk[sent...].withUnsafeBytes { bytes throws(RStreamError) in try pair.a.send(bytes) }
         }
         #expect(received == bulk)
     }

@@ -238,7 +238,8 @@ let namespacesAvailable: Bool = {
     }
 
     /// An IPv6 wildcard listener takes an IPv4 client over shared memory only where its TCP twin
-    /// would (`scripts/netns-dual-stack.sh`: a namespace with `net.ipv6.bindv6only` 0, then 1).
+    /// would (`scripts/netns-dual-stack.sh`: a namespace with `net.ipv6.bindv6only` 0; 1; and 1
+    /// when the listener is made, 0 when the client connects).
     @Test func anIPv6WildcardTakesIPv4ClientsOverSharedMemoryOnlyWhenDualStack() throws {
         guard let (status, text) = try Self.run("netns-dual-stack.sh") else { return }
         #expect(status == 0, "\(text)")

@@ -93,6 +93,7 @@ import Testing
     static func pollWithoutTimeout(_ listener: StreamListener, patience: Duration = .seconds(10),
                                    rescue: @escaping @Sendable () -> Void, until look: () -> Bool) throws -> (wakes: Int, rescued: Bool) {
         let descriptor = try #require(listener.descriptor)
+        try #require(descriptor >= 0, "the listener has a descriptor to poll")
         // (fired, done), `rescue` run under the lock, so that it never runs once the test is done.
         let watchdog = Locked((fired: false, done: false))
         defer { watchdog.withLock { $0.done = true } }
@@ -123,6 +124,7 @@ import Testing
     /// socket unwatched (so its readability spins nobody): a program polling with no timeout is
     /// woken by the listener's timer when the retry is due, and the waiting client is served.
     /// Without the timer only the watchdog wakes it; without the unwatch it spins.
+    #if DEBUG // fault injection is compiled out of release builds
     @Test func aListenerPolledWithoutATimeoutIsWokenToRetryAFailedAccept() throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: sameHostOptions())
         defer { listener.close() }
@@ -130,13 +132,16 @@ import Testing
         let client = try #require(try SameHostConnectAttempt(destinations: [destination], shape: Self.shape))
         FaultInjection.failNext(.unixAccept, code: EMFILE)
         defer { FaultInjection.disarm() }
-        #expect(throws: RStreamError.self, "the first look's accept fails") { _ = try listener.accept(timeout: .zero) }
+        // The first look's accept fails; each later look accepts if it can (the retry is due).
         var server: StreamConnection?
+        var failures: [RStreamError] = []
         let (wakes, rescued) = try Self.pollWithoutTimeout(listener, rescue: { listener.close() }) {
-            server = Self.acceptIfThere(listener)
+            do throws(RStreamError) { server = try listener.accept(timeout: .zero) } catch { failures.append(error) }
             return server != nil
         }
+        #expect(failures.first?.code == EMFILE, "the first look's accept fails: \(failures)")
         #expect(!rescued, "woken only by the watchdog: no timer")
+        #expect(wakes >= 1, "the failed look was followed by a wait")
         #expect(wakes < 50, "\(wakes) wake-ups: a spin")
         let served = try #require(server)
         var engine: StreamEngine?
@@ -145,6 +150,7 @@ import Testing
         #expect(engine != nil, "the client got its answer")
         served.close(linger: .zero)
     }
+    #endif
 
     /// A connection that never says anything is dropped when its `requestTimeout` runs out, and
     /// not before, even while the only waiter polls with no timeout: the listener's timer wakes
@@ -155,8 +161,8 @@ import Testing
         defer { listener.close() }
         let silent = try Self.silentClient(port: listener.port)
         defer { close(silent) }
-        _ = Self.acceptIfThere(listener) // one look: the listener takes it in
-        let start = ContinuousClock.now
+        let start = ContinuousClock.now // before the look that takes it in and starts its time
+        _ = Self.acceptIfThere(listener)
         var droppedAfter: Duration?
         let (wakes, rescued) = try Self.pollWithoutTimeout(listener, patience: .seconds(15), rescue: { listener.close() }) {
             _ = Self.acceptIfThere(listener)
@@ -168,7 +174,7 @@ import Testing
         #expect(!rescued, "woken only by the watchdog: no timer")
         #expect(wakes < 50, "\(wakes) wake-ups: a spin")
         let after = try #require(droppedAfter, "the silent connection was dropped")
-        #expect(after >= SameHostListener.requestTimeout - .milliseconds(50), "dropped after \(after), before its time")
+        #expect(after >= SameHostListener.requestTimeout, "dropped after \(after), before its time")
     }
 
     /// One look for a connection, without waiting.
