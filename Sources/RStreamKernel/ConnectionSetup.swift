@@ -419,7 +419,7 @@ package enum StreamConnector {
         let selection = SameHostSelection(provider: requirements.provider)
         if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
            let engine = try fallingBack(selection, { () throws(RStreamError) in
-               try SameHostHandshake.connect(destinations: destinations, shape: shape, deadline: deadline)
+               try SameHostHandshake.connect(destinations: destinations, shape: shape, fullBacklog: selection.fullBacklog, deadline: deadline)
            }) {
             return engine
         }
@@ -435,16 +435,18 @@ package enum StreamConnector {
         let selection = SameHostSelection(provider: requirements.provider)
         if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty {
             do {
-                if let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape, deadline: deadline) { return engine }
+                if let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape,
+                                                                         fullBacklog: selection.fullBacklog, deadline: deadline) { return engine }
             } catch let error as RStreamError where Self.fallsBack(error, selection) {}
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)
         return try await ActiveConnector.connectAsync(host: host, port: port, shape: shape, requirements: requirements, deadline: deadline)
     }
 
-    /// A same-host connect, where a client that finds no free client name (`.addressUnavailable`:
-    /// another user may hold them, abstract names have no owner) goes over the fabric instead
-    /// unless shared memory was asked for.
+    /// A same-host connect, where a client that finds no usable name (`.addressUnavailable`: no
+    /// free client name, the listener's name held by another user, or a backlog that stayed full
+    /// for a second: abstract names have no owner) goes over the fabric instead unless shared
+    /// memory was asked for.
     private static func fallingBack(_ selection: SameHostSelection,
                                     _ connect: () throws(RStreamError) -> StreamEngine?) throws(RStreamError) -> StreamEngine? {
         do throws(RStreamError) { return try connect() } catch where fallsBack(error, selection) { return nil }

@@ -8,6 +8,19 @@ import Glibc
 /// `RSTREAM_PROVIDER`): "shm" is the same-host transport alone; a core's name is that core alone;
 /// none is automatic: the same-host transport for an address of this host whose listener serves
 /// it, else the best core.
+/// What a same-host connect does while the listener's backlog stays full (a burst of clients,
+/// or a socket of another user holding the name without accepting).
+package enum FullBacklog: Sendable, Equatable {
+    /// Retries for 10 s (as TCP retries a SYN), then fails with `.timedOut`.
+    case retry
+    /// Retries for 1 s, then gives the name up (`.addressUnavailable`): for a connect that chose
+    /// shared memory by itself and can go over the fabric instead (whose listener is the same).
+    case giveUpSoon
+
+    var patience: Duration { self == .retry ? .seconds(10) : .seconds(1) }
+    var failure: RStreamError.Kind { self == .retry ? .timedOut : .addressUnavailable }
+}
+
 package enum SameHostSelection: Equatable {
     case sameHostOnly
     case fabricOnly
@@ -24,6 +37,10 @@ package enum SameHostSelection: Equatable {
         default: self = .fabricOnly
         }
     }
+
+    /// How a connect of this selection bears a full backlog: one that chose shared memory by
+    /// itself gives it up soon for the fabric.
+    var fullBacklog: FullBacklog { self == .automatic ? .giveUpSoon : .retry }
 }
 
 /// Both ends of the same-host set-up over the Unix socket. The active side sends its 24-byte
@@ -54,10 +71,12 @@ package enum SameHostHandshake {
 
     /// Connects to the same-host listener that serves one of `destinations` (local addresses, as
     /// `sockaddr`s with the port; `SameHostName`); nil when none listens. A refusal, a listener
-    /// that closes, a bad answer and the deadline are distinct errors.
-    package static func connect(destinations: [[UInt8]], shape: EndpointShape,
+    /// that closes, a bad answer and the deadline are distinct errors; a name that cannot be used
+    /// (`.addressUnavailable`: none free for the client, a listener of another user, a backlog
+    /// that stays full past `fullBacklog`'s giving up) is another.
+    package static func connect(destinations: [[UInt8]], shape: EndpointShape, fullBacklog: FullBacklog = .retry,
                                 deadline: ContinuousClock.Instant?) throws(RStreamError) -> StreamEngine? {
-        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape) else { return nil }
+        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape, fullBacklog: fullBacklog) else { return nil }
         // Until the request is sent (the listener's backlog is full: it drains as it accepts) the
         // wait naps; then it sleeps on the socket for the answer.
         return try answerWait(attempt, deadline).run(
@@ -66,9 +85,9 @@ package enum SameHostHandshake {
     }
 
     /// `connect` for a task: the answer is awaited with the task suspended on the reactor.
-    package static func connectAsync(destinations: [[UInt8]], shape: EndpointShape,
+    package static func connectAsync(destinations: [[UInt8]], shape: EndpointShape, fullBacklog: FullBacklog = .retry,
                                      deadline: ContinuousClock.Instant?) async throws -> StreamEngine? {
-        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape) else { return nil }
+        guard let attempt = try SameHostConnectAttempt(destinations: destinations, shape: shape, fullBacklog: fullBacklog) else { return nil }
         return try await answerWait(attempt, deadline).runAsync(
             readable: { attempt.requestSent ? attempt.socket : nil },
             attempt: { (_) throws(RStreamError) in try attempt.complete()?.0 })
@@ -168,8 +187,7 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
     private let ownAddress: [UInt8]
     private let shape: EndpointShape
     private let started = ContinuousClock.now
-    /// How long a full backlog is retried before the attempt gives up.
-    package static let backlogPatience: Duration = .seconds(10)
+    private let fullBacklog: FullBacklog
 
     private struct Progress: ~Copyable {
         var offer: SameHostOffer?
@@ -186,7 +204,9 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
     /// Starts a connection to the first same-host listener that serves one of `destinations`
     /// (`SameHostName.candidates`); nil when none does. A listener of another user is passed
     /// over: it is not ours to give memory to.
-    package init?(destinations: [[UInt8]], shape: EndpointShape, userData: [UInt8] = []) throws(RStreamError) {
+    package init?(destinations: [[UInt8]], shape: EndpointShape, userData: [UInt8] = [],
+                  fullBacklog: FullBacklog = .retry) throws(RStreamError) {
+        self.fullBacklog = fullBacklog
         var found: (fd: Int32, candidate: SameHostName.Candidate, own: [UInt8], sent: Bool)?
         for candidate in SameHostName.candidates(for: destinations) {
             let fd = try UnixSocket.make()
@@ -248,15 +268,18 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                     p.offer = nil
                     throw RStreamError(.connectionRefused, code: ECONNREFUSED, "\(place) has gone")
                 case .backlogFull:
-                    guard ContinuousClock.now - started < Self.backlogPatience else {
+                    guard ContinuousClock.now - started < fullBacklog.patience else {
                         p.offer = nil
-                        throw RStreamError(.timedOut, code: ETIMEDOUT, "\(place) kept a full backlog for \(Self.backlogPatience)")
+                        throw RStreamError(fullBacklog.failure, code: fullBacklog.failure == .timedOut ? ETIMEDOUT : EADDRNOTAVAIL,
+                                           "\(place) kept a full backlog for \(fullBacklog.patience)")
                     }
                     return nil
                 case .connected:
+                    // Known only now that it accepted: the name is another user's (abstract names
+                    // have no owner), so it cannot carry this stream.
                     guard Self.listenerIsTrusted(socket) else {
                         p.offer = nil
-                        throw RStreamError(.connectionRefused, code: ECONNREFUSED, "\(place) belongs to another user")
+                        throw RStreamError(.addressUnavailable, code: EADDRNOTAVAIL, "\(place) belongs to another user")
                     }
                     let offer = p.offer.take()!
                     let request = offer.block.encoded + p.userData.prefix(SameHostHandshake.userDataLimit)
