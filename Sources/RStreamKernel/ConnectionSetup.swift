@@ -419,7 +419,7 @@ package enum StreamConnector {
         let selection = SameHostSelection(provider: requirements.provider)
         if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty,
            let engine = try fallingBack(selection, { () throws(RStreamError) in
-               try SameHostHandshake.connect(destinations: destinations, shape: shape, fullBacklog: selection.fullBacklog, deadline: deadline)
+               try SameHostHandshake.connect(destinations: destinations, shape: shape, fullBacklog: selection.fullBacklog(before: deadline), deadline: deadline)
            }) {
             return engine
         }
@@ -436,7 +436,7 @@ package enum StreamConnector {
         if case let destinations = sameHostDestinations(host: host, port: port, shape: shape, selection: selection), !destinations.isEmpty {
             do {
                 if let engine = try await SameHostHandshake.connectAsync(destinations: destinations, shape: shape,
-                                                                         fullBacklog: selection.fullBacklog, deadline: deadline) { return engine }
+                                                                         fullBacklog: selection.fullBacklog(before: deadline), deadline: deadline) { return engine }
             } catch let error as RStreamError where Self.fallsBack(error, selection) {}
         }
         try checkFabricAllowed(host: host, port: port, shape: shape, selection: selection)

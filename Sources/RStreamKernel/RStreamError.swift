@@ -33,10 +33,11 @@ public struct RStreamError: Error, Sendable, Equatable, CustomStringConvertible 
         public static let protocolViolation = Kind("protocolViolation")
         /// The stream was used after shutdown or close.
         public static let closed = Kind("closed")
-        /// No address of its own could be had for the connection: over shared memory, every
-        /// client name of the address and port dialled that was tried is taken (abstract names
-        /// have no owner: another user may hold them). A connect that chose its transport by
-        /// itself goes over the fabric instead.
+        /// No usable address could be had for the connection: over shared memory, every client
+        /// name of the address and port dialled that was tried is taken, or the listener's name
+        /// is held by a socket of another user, or its backlog stayed full past the connect's
+        /// patience (abstract names have no owner). A connect that chose its transport by itself
+        /// goes over the fabric instead.
         public static let addressUnavailable = Kind("addressUnavailable")
         /// Memory for a ring or the stream's state could not be had (the allocation or mapping
         /// was refused: the process's limits, its address space); nothing was left half made. A

@@ -13,11 +13,24 @@ import Glibc
 package enum FullBacklog: Sendable, Equatable {
     /// Retries for 10 s (as TCP retries a SYN), then fails with `.timedOut`.
     case retry
-    /// Retries for 1 s, then gives the name up (`.addressUnavailable`): for a connect that chose
-    /// shared memory by itself and can go over the fabric instead (whose listener is the same).
-    case giveUpSoon
+    /// Retries for this long, then gives the name up (`.addressUnavailable`): for a connect that
+    /// chose shared memory by itself and can go over the fabric instead (whose listener is the
+    /// same).
+    case giveUp(after: Duration)
 
-    var patience: Duration { self == .retry ? .seconds(10) : .seconds(1) }
+    /// `giveUp` after a second, or after half the time left before `deadline` if that is less,
+    /// so that the fabric has time too.
+    static func giveUpSoon(before deadline: ContinuousClock.Instant?) -> FullBacklog {
+        guard let deadline else { return .giveUp(after: .seconds(1)) }
+        return .giveUp(after: min(.seconds(1), max(.zero, deadline - .now) / 2))
+    }
+
+    var patience: Duration {
+        switch self {
+        case .retry: .seconds(10)
+        case .giveUp(let after): after
+        }
+    }
     var failure: RStreamError.Kind { self == .retry ? .timedOut : .addressUnavailable }
 }
 
@@ -38,9 +51,11 @@ package enum SameHostSelection: Equatable {
         }
     }
 
-    /// How a connect of this selection bears a full backlog: one that chose shared memory by
-    /// itself gives it up soon for the fabric.
-    var fullBacklog: FullBacklog { self == .automatic ? .giveUpSoon : .retry }
+    /// How a connect of this selection, due by `deadline`, bears a full backlog: one that chose
+    /// shared memory by itself gives it up soon for the fabric.
+    func fullBacklog(before deadline: ContinuousClock.Instant?) -> FullBacklog {
+        self == .automatic ? .giveUpSoon(before: deadline) : .retry
+    }
 }
 
 /// Both ends of the same-host set-up over the Unix socket. The active side sends its 24-byte
@@ -279,7 +294,8 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                     // have no owner), so it cannot carry this stream.
                     guard Self.listenerIsTrusted(socket) else {
                         p.offer = nil
-                        throw RStreamError(.addressUnavailable, code: EADDRNOTAVAIL, "\(place) belongs to another user")
+                        // (ECONNREFUSED, as a C program's fi_connect has always been told.)
+                        throw RStreamError(.addressUnavailable, code: ECONNREFUSED, "\(place) belongs to another user")
                     }
                     let offer = p.offer.take()!
                     let request = offer.block.encoded + p.userData.prefix(SameHostHandshake.userDataLimit)
