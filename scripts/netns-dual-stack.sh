@@ -63,15 +63,21 @@ said() { cat "$work/connect-$port-$1"; }
 
 stop_listener() { kill -9 "$listener" 2>/dev/null; wait "$listener" 2>/dev/null; listener=; }
 
+# Connects from HOST, which the listener (serving one connection) must take over shm: says ok
+# with WHAT, or fails.
+expect_served_over_shm() {
+  connect_client "$1"
+  wait $listener; listener=
+  if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$port-$1" && grep -q 'dual-stack probe' "$work/got-$port"; then
+    echo "$2 came over shm: ok"
+  else
+    fail "$2 (rc $rc): $(said "$1")"
+  fi
+}
+
 bindv6only 0
 if start_listener; then
-  connect_client 127.0.0.1
-  wait $listener; listener=
-  if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$port-127.0.0.1" && grep -q 'dual-stack probe' "$work/got-$port"; then
-    echo "bindv6only=0: an IPv4 client of [::] came over shm: ok"
-  else
-    fail "bindv6only=0: the IPv4 client (rc $rc): $(said 127.0.0.1)"
-  fi
+  expect_served_over_shm 127.0.0.1 "bindv6only=0: an IPv4 client of [::]"
 fi
 
 bindv6only 1
@@ -82,13 +88,7 @@ if start_listener; then
   else
     fail "bindv6only=1: the IPv4 client (rc $rc, expected a refusal): $(said 127.0.0.1)"
   fi
-  connect_client ::1
-  wait $listener; listener=
-  if [ $rc = 0 ] && grep -q 'over shm' "$work/connect-$port-::1" && grep -q 'dual-stack probe' "$work/got-$port"; then
-    echo "bindv6only=1: an IPv6 client of [::] came over shm: ok"
-  else
-    fail "bindv6only=1: the IPv6 client (rc $rc): $(said ::1)"
-  fi
+  expect_served_over_shm ::1 "bindv6only=1: an IPv6 client of [::]"
 fi
 
 bindv6only 1
