@@ -121,9 +121,9 @@ package enum LocalAddress {
     /// (Linux's default 0: dual-stack), and the `tcp` core's listening socket sets none (checked:
     /// with 1 it refuses an IPv4 connect to `[::]`). Read at each use: a client at its connect, a
     /// listener when it is made (as its TCP twin's socket at its bind); both are in one
-    /// namespace, so they agree unless the setting changed between the two. False where the file cannot be read
-    /// (IPv6 absent): an IPv4 client then skips `[::]` and, if nothing else serves it, goes over
-    /// the fabric, which reaches whatever listens.
+    /// namespace, so they agree unless the setting changed between the two. False where the
+    /// file cannot be read (IPv6 absent): an IPv4 client then skips `[::]` and, if nothing else
+    /// serves it, goes over the fabric, which reaches whatever listens.
     package static var ipv6WildcardTakesIPv4: Bool {
         guard let file = fopen("/proc/sys/net/ipv6/bindv6only", "r") else { return false }
         defer { fclose(file) }
@@ -171,9 +171,9 @@ package enum LocalAddress {
 /// client tries, for each local address that its host name gives, the names that a TCP connect to
 /// that address could reach, in the order the kernel matches listeners: the address itself, the
 /// wildcard of its family, and for IPv4 the IPv6 wildcard when IPv6 wildcards are dual-stack here
-/// (`LocalAddress.ipv6WildcardTakesIPv4`). So a same-host listener serves exactly the clients its TCP twin would: two listeners
-/// of one port on different addresses both serve shared memory, and one bound to a single address
-/// takes no client that dialled another.
+/// (`LocalAddress.ipv6WildcardTakesIPv4`). So a same-host listener serves exactly the clients its
+/// TCP twin would: two listeners of one port on different addresses both serve shared memory, and
+/// one bound to a single address takes no client that dialled another.
 ///
 /// A client's socket is bound, before it connects, to
 /// `rstream-shm-peer:<address>:<listener port>:<port>`: the address and port it dialled and a

@@ -8,32 +8,6 @@ import Glibc
 /// `RSTREAM_PROVIDER`): "shm" is the same-host transport alone; a core's name is that core alone;
 /// none is automatic: the same-host transport for an address of this host whose listener serves
 /// it, else the best core.
-/// What a same-host connect does while the listener's backlog stays full (a burst of clients,
-/// or a socket of another user holding the name without accepting).
-package enum FullBacklog: Sendable, Equatable {
-    /// Retries for 10 s (as TCP retries a SYN), then fails with `.timedOut`.
-    case retry
-    /// Retries for this long, then gives the name up (`.addressUnavailable`): for a connect that
-    /// chose shared memory by itself and can go over the fabric instead (whose listener is the
-    /// same).
-    case giveUp(after: Duration)
-
-    /// `giveUp` after a second, or after half the time left before `deadline` if that is less,
-    /// so that the fabric has time too.
-    static func giveUpSoon(before deadline: ContinuousClock.Instant?) -> FullBacklog {
-        guard let deadline else { return .giveUp(after: .seconds(1)) }
-        return .giveUp(after: min(.seconds(1), max(.zero, deadline - .now) / 2))
-    }
-
-    var patience: Duration {
-        switch self {
-        case .retry: .seconds(10)
-        case .giveUp(let after): after
-        }
-    }
-    var failure: RStreamError.Kind { self == .retry ? .timedOut : .addressUnavailable }
-}
-
 package enum SameHostSelection: Equatable {
     case sameHostOnly
     case fabricOnly
@@ -55,6 +29,39 @@ package enum SameHostSelection: Equatable {
     /// shared memory by itself gives it up soon for the fabric.
     func fullBacklog(before deadline: ContinuousClock.Instant?) -> FullBacklog {
         self == .automatic ? .giveUpSoon(before: deadline) : .retry
+    }
+}
+
+/// What a same-host connect does while the listener's backlog stays full (a burst of clients,
+/// or a socket of another user holding the name without accepting).
+package enum FullBacklog: Sendable, Equatable {
+    /// Retries for 10 s (as TCP retries a SYN), then fails with `.timedOut`.
+    case retry
+    /// Retries for this long, then gives the name up (`.addressUnavailable`): for a connect that
+    /// chose shared memory by itself and can go over the fabric instead (whose listener is the
+    /// same).
+    case giveUp(after: Duration)
+
+    /// `giveUp` after a second, or after half the time left before `deadline` if that is less,
+    /// so that the fabric has time too.
+    static func giveUpSoon(before deadline: ContinuousClock.Instant?) -> FullBacklog {
+        guard let deadline else { return .giveUp(after: .seconds(1)) }
+        return .giveUp(after: min(.seconds(1), max(.zero, deadline - .now) / 2))
+    }
+
+    /// How long the backlog is retried.
+    var patience: Duration {
+        switch self {
+        case .retry: .seconds(10)
+        case .giveUp(let after): after
+        }
+    }
+
+    /// What the connect to `place` fails with once `patience` ran out.
+    func failure(at place: String) -> RStreamError {
+        let context = "\(place) kept a full backlog for \(patience)"
+        return self == .retry ? RStreamError(.timedOut, code: ETIMEDOUT, context)
+                              : RStreamError(.addressUnavailable, code: EADDRNOTAVAIL, context)
     }
 }
 
@@ -285,8 +292,7 @@ package final class SameHostConnectAttempt: @unchecked Sendable {
                 case .backlogFull:
                     guard ContinuousClock.now - started < fullBacklog.patience else {
                         p.offer = nil
-                        throw RStreamError(fullBacklog.failure, code: fullBacklog.failure == .timedOut ? ETIMEDOUT : EADDRNOTAVAIL,
-                                           "\(place) kept a full backlog for \(fullBacklog.patience)")
+                        throw fullBacklog.failure(at: place)
                     }
                     return nil
                 case .connected:
