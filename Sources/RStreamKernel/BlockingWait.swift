@@ -124,7 +124,9 @@ extension BlockingWait {
     /// `watching members`: the reactor watches the wait set's descriptors one by one rather than
     /// the set (a stream's: the nested set held about a hundred tcp streams, its members several
     /// hundred), reading them again each time it files the task after a check (a same-host set
-    /// drops its ended sockets); not a listener's, whose members come and go with each request.
+    /// drops its ended sockets), and the set's `localSignal` for rings from inside the process
+    /// (so the set needs no eventfd); not a listener's, whose members come and go with each
+    /// request.
     package func runAsync<R>(
         interruption: () -> RStreamError? = { nil },
         prepare: () -> Bool = { false },
@@ -175,6 +177,7 @@ extension BlockingWait {
                 let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
                 let current: @Sendable () -> [Int32] = { waitSet.members }
                 slept = await Reactor.shared.sleep(on: members ? waitSet.members : [waitSet.descriptor],
+                                                   signal: members ? waitSet.localSignal : nil,
                                                    currentFds: members ? current : nil, until: wakeBy,
                                                    checkEvery: Self.idleCheckInterval,
                                                    awake: awake, stillIdle: recheck, onTick: onTick)

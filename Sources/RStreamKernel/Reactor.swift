@@ -26,12 +26,16 @@ import Glibc
 /// Timers are buckets on a 5 ms grid (ticks on a 50 ms one), so a wake-up of the reactor costs
 /// what is due then, not a look at every waiter.
 ///
+/// A waiter may also watch a `LocalSignal` (a wait set's rings from inside the process): a raise
+/// fires it as its descriptor would, so a stream slept on by a task needs no eventfd of its own.
+///
 /// Invariants: every pending waiter is either filed (in `waiters`, its token under its
-/// descriptor in `byDescriptor`, and in the timer bucket of its `checkAt`) or out for its fired
-/// check (in `checking`), never both; a waiter is resumed exactly once, by whoever removed it
+/// descriptors in `byDescriptor`, watching its signal, and in the timer bucket of its `checkAt`)
+/// or out for its fired check (in `checking`), never both; a waiter is resumed exactly once, by whoever removed it
 /// from there under the lock. A cancel that finds its waiter out for its check marks it, and the
 /// check's end resumes it. A bucket may name tokens gone since, or filed again at another time:
-/// they are skipped. `wakeFD` is in the epoll set for ever. Once `parked` is true the thread
+/// they are skipped, as are tokens in `signalled` that are filed no more. `wakeFD` is in the epoll
+/// set for ever. Once `parked` is true the thread
 /// runs at most the few instructions to its last wait (see `park` and `stopForExit`).
 package final class Reactor: @unchecked Sendable {
     package typealias Token = UInt64
@@ -42,6 +46,8 @@ package final class Reactor: @unchecked Sendable {
     private struct Waiter {
         /// The descriptors it waits on (any of them readable fires it): a wait set's members.
         var fds: [Int32]
+        /// Rings from inside the process that fire it too (nil: none).
+        let signal: LocalSignal?
         /// Where the descriptors come from, asked again each time the waiter is filed after a
         /// check (a wait set drops an ended socket: filing it again would fire at once, for ever).
         let currentFds: (@Sendable () -> [Int32])?
@@ -77,6 +83,8 @@ package final class Reactor: @unchecked Sendable {
         var timers: [ContinuousClock.Instant: [Token]] = [:]
         /// Waiters out for their fired check, and whether a cancel came meanwhile.
         var checking: [Token: Bool] = [:]
+        /// Waiters whose signal was raised, for the thread to sort as fired.
+        var signalled: [Token] = []
         var nextToken: Token = 1
         /// When the reactor's current sleep ends (nil while it is awake or not started).
         var sleepingUntil: ContinuousClock.Instant?
@@ -127,23 +135,24 @@ package final class Reactor: @unchecked Sendable {
 
     // MARK: Registering
 
-    /// Calls `resume` on the reactor's thread once one of `fds` is readable and `stillIdle` (if given)
-    /// answers false, `onTick` (run every `checkEvery`) answers false, or `deadline` passes.
+    /// Calls `resume` on the reactor's thread once one of `fds` is readable or `signal` is raised,
+    /// and `stillIdle` (if given) answers false, `onTick` (run every `checkEvery`) answers false,
+    /// or `deadline` passes.
     /// Returns the token that `cancel` takes. Nil when the descriptor cannot be watched (the
     /// reactor could not be made, or `epoll_ctl` refused the descriptor), when its thread cannot
     /// be started, once the exit began, or in a child forked after the thread started: the
     /// caller then naps (and `resume` is never called).
-    package func whenReadable(_ fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
+    package func whenReadable(_ fds: [Int32], signal: LocalSignal? = nil, currentFds: (@Sendable () -> [Int32])? = nil,
                               deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                               awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                               onTick: (@Sendable () -> Bool)? = nil,
                               _ resume: @escaping @Sendable () -> Void) -> Token? {
-        guard epoll >= 0, wakeFD >= 0, !fds.isEmpty else { return nil }
+        guard epoll >= 0, wakeFD >= 0, !fds.isEmpty || signal != nil else { return nil }
         // Not once the exit began, nor in a child forked after the thread started (it has no
         // thread, and the epoll set is the parent's): the caller naps.
         guard !Self.exiting.load(ordering: .sequentiallyConsistent) else { return nil }
         if case let owner = threadProcess.load(ordering: .sequentiallyConsistent), owner != 0, owner != getpid() { return nil }
-        var waiter = Waiter(fds: fds, currentFds: currentFds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
+        var waiter = Waiter(fds: fds, signal: signal, currentFds: currentFds, deadline: deadline, checkAt: deadline, checkEvery: checkEvery,
                             awake: awake, stillIdle: stillIdle, onTick: onTick, resume: resume)
         waiter.checkAt = Self.nextTimer(of: waiter, after: .now)
         let checkAt = waiter.checkAt
@@ -158,6 +167,16 @@ package final class Reactor: @unchecked Sendable {
         if startThread, let token, !startLoop(registering: token) { return nil }
         if token != nil { wakeIfSleepingPast(checkAt) }
         return token
+    }
+
+    /// A raise of the signal that `token` watched (`LocalSignal.raise`, holding no lock): the
+    /// thread sorts it as fired at its next look, woken for it if asleep.
+    func signalled(_ token: Token) {
+        let asleep = state.withCheckedLock(key: lockKey(self)) { s -> Bool in
+            s.signalled.append(token)
+            return s.sleepingUntil != nil
+        }
+        if asleep { ring() }
     }
 
     /// Takes back a waiter not yet resumed and returns its `resume` (the caller runs it), or nil
@@ -200,6 +219,9 @@ package final class Reactor: @unchecked Sendable {
         }
         s.waiters[token] = waiter
         s.timers[waiter.checkAt, default: []].append(token)
+        // Raised already: fired at the thread's next look (its sleep is cut short: the loop
+        // looks at `signalled` before it sleeps, `whenReadable` rings it awake).
+        if let signal = waiter.signal, signal.watch(reactor: self, token: token) { s.signalled.append(token) }
         return true
     }
 
@@ -207,6 +229,7 @@ package final class Reactor: @unchecked Sendable {
     private func unfile(_ token: Token, _ s: inout State) -> Waiter? {
         guard let waiter = s.waiters.removeValue(forKey: token) else { return nil }
         for fd in waiter.fds { forget(token, under: fd, &s) }
+        waiter.signal?.unwatch(reactor: self, token: token)
         return waiter
     }
 
@@ -244,7 +267,10 @@ package final class Reactor: @unchecked Sendable {
     }
 
     private func wakeIfSleepingPast(_ instant: ContinuousClock.Instant) {
-        let wake = state.withCheckedLock(key: lockKey(self)) { s in s.sleepingUntil.map { instant < $0 } ?? false }
+        let wake = state.withCheckedLock(key: lockKey(self)) { s in
+            guard let until = s.sleepingUntil else { return false }
+            return instant < until || !s.signalled.isEmpty
+        }
         if wake { ring() }
     }
 
@@ -284,6 +310,7 @@ package final class Reactor: @unchecked Sendable {
         // No thread: the others look again now; the next registration tries to start it again.
         let others = state.withCheckedLock(key: lockKey(self)) { s -> [@Sendable () -> Void] in
             let others = s.waiters.filter { $0.key != registering }.values.map(\.finish)
+            for (token, waiter) in s.waiters { waiter.signal?.unwatch(reactor: self, token: token) }
             s = State(nextToken: s.nextToken)
             return others
         }
@@ -312,6 +339,10 @@ package final class Reactor: @unchecked Sendable {
         var work = Work()
         while true {
             let timeout = state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
+                guard s.signalled.isEmpty else {
+                    s.sleepingUntil = .now // past: a registration meanwhile rings nothing
+                    return 0
+                }
                 guard let next = s.timers.keys.min() else {
                     s.sleepingUntil = .now + .seconds(100 * 365 * 86_400) // for ever: any timer rings it awake
                     return -1
@@ -329,6 +360,8 @@ package final class Reactor: @unchecked Sendable {
                 for i in 0..<max(0, Int(n)) where events[i].data.fd != wakeFD {
                     sortFired(events[i].data.fd, now: now, &s, &work)
                 }
+                for token in s.signalled { sortFired(token: token, now: now, &s, &work) }
+                s.signalled.removeAll(keepingCapacity: true)
                 sortTimers(now: now, &s, &work)
             }
             var drained: UInt64 = 0
@@ -358,14 +391,17 @@ package final class Reactor: @unchecked Sendable {
     /// A fired descriptor is disarmed (one-shot): each of its waiters leaves it, to be resumed or
     /// sent out for its check.
     private func sortFired(_ fd: Int32, now: ContinuousClock.Instant, _ s: inout State, _ work: inout Work) {
-        for token in s.byDescriptor.removeValue(forKey: fd) ?? [] {
-            guard let waiter = unfile(token, &s) else { continue } // off its other descriptors too
-            if waiter.stillIdle == nil || now >= waiter.deadline {
-                work.due.append(waiter.finish)
-            } else {
-                s.checking[token] = false
-                work.fired.append((token, waiter))
-            }
+        for token in s.byDescriptor.removeValue(forKey: fd) ?? [] { sortFired(token: token, now: now, &s, &work) }
+    }
+
+    /// One fired waiter (by a descriptor or its signal), if it is still filed.
+    private func sortFired(token: Token, now: ContinuousClock.Instant, _ s: inout State, _ work: inout Work) {
+        guard let waiter = unfile(token, &s) else { return } // off its other descriptors too
+        if waiter.stillIdle == nil || now >= waiter.deadline {
+            work.due.append(waiter.finish)
+        } else {
+            s.checking[token] = false
+            work.fired.append((token, waiter))
         }
     }
 
@@ -461,18 +497,18 @@ extension Reactor {
     /// `/proc/self/task/<tid>/syscall` cannot be read.
     package var lastWaitSeen: Int32 { isParked ? rs_thread_waits_on_futex(parkedThread.load(ordering: .relaxed)) : 0 }
 
-    /// Suspends the calling task until one of `fds` is readable and `stillIdle` (run on the reactor's
-    /// thread then) answers false, `onTick` (every `checkEvery`) answers false, `deadline`
-    /// passes, or the task is cancelled (it then returns at once; the caller looks at
-    /// `Task.isCancelled`). False when `whenReadable` gives no token (see there): the caller must nap.
-    package func sleep(on fds: [Int32], currentFds: (@Sendable () -> [Int32])? = nil,
+    /// Suspends the calling task until one of `fds` is readable or `signal` is raised, and
+    /// `stillIdle` (run on the reactor's thread then) answers false, `onTick` (every `checkEvery`)
+    /// answers false, `deadline` passes, or the task is cancelled (it then returns at once; the
+    /// caller looks at `Task.isCancelled`). False when `whenReadable` gives no token (see there): the caller must nap.
+    package func sleep(on fds: [Int32], signal: LocalSignal? = nil, currentFds: (@Sendable () -> [Int32])? = nil,
                        until deadline: ContinuousClock.Instant, checkEvery: Duration = .seconds(3600),
                        awake: (@Sendable () -> Void)? = nil, stillIdle: (@Sendable () -> Bool)? = nil,
                        onTick: (@Sendable () -> Bool)? = nil) async -> Bool {
         let pending = PendingToken()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                guard let token = whenReadable(fds, currentFds: currentFds, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
+                guard let token = whenReadable(fds, signal: signal, currentFds: currentFds, deadline: deadline, checkEvery: checkEvery, awake: awake, stillIdle: stillIdle,
                                                onTick: onTick, { continuation.resume(returning: true) }) else {
                     continuation.resume(returning: false)
                     return

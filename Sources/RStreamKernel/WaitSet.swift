@@ -21,8 +21,8 @@ public struct WaitInterest: OptionSet, Sendable {
 }
 
 /// Owner of what a stream's waiters sleep on. Either *members*: the completion queue's and event
-/// queue's wait descriptors (a same-host stream's set-up socket) and a private eventfd, gathered
-/// in an epoll set; or, for a stream
+/// queue's wait descriptors (a same-host stream's set-up socket), and, once a caller asks for one
+/// descriptor, a private eventfd, gathered with them in an epoll set; or, for a stream
 /// whose completion queue is shared with many others (`CompletionGroup`), *flat*: the private
 /// eventfd alone, made when first needed; the reactor reads the shared queue for every stream
 /// and rings the eventfds (so that one epoll holds ten thousand such descriptors: a nested
@@ -37,10 +37,11 @@ public struct WaitInterest: OptionSet, Sendable {
 /// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
 /// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
 ///
-/// A stream's own set (`init(ownMembers:)`) makes its eventfd at its first arming and its epoll
-/// set only for a caller that asks for one descriptor: its library sleeps poll the members, and
-/// the reactor watches them one by one, so a stream that is only busy-polled holds neither, and
-/// one that nobody polls from outside holds no epoll. A set that others `watch`
+/// A stream's own set (`init(ownMembers:)`) makes its eventfd and its epoll set only for a caller
+/// that asks for one descriptor: its library sleeps poll the members, and the reactor watches
+/// them one by one, and both are rung from inside the process through `localSignal` (a thread
+/// with an eventfd lent for its sleep, a task through the reactor), so a stream that nobody polls
+/// from outside holds neither, however it is slept on. A set that others `watch`
 /// descriptors into (an event queue of the provider, a listener) gathers them at once: their
 /// owners may close them without an `unwatch` (a C program closing an endpoint), which an epoll
 /// set forgets by itself and a list of descriptors would not.
@@ -54,13 +55,15 @@ public struct WaitInterest: OptionSet, Sendable {
 /// queue's reader under the group's lock, ordered against the arming by `CompletionInbox`'s
 /// fences; `sleepers` is raised under that lock,
 /// before it is released, by a thread about to sleep, and lowered by that thread when it wakes. The
-/// eventfd is made before the first arming, so whoever finds the set armed finds the eventfd.
+/// eventfd of a flat set is made before its first arming, so whoever finds the set armed finds
+/// the eventfd; every ring raises `localSignal`, and writes the eventfd once it is made.
 package final class WaitSet: @unchecked Sendable {
     /// The epoll set of the members, made when first asked for (-1 until then, and always for a
     /// flat set).
     private let epollFD = Atomic<Int32>(-1)
     package let isFlat: Bool
-    /// The private eventfd (-1 until a flat set, or a set gathered when asked, first needs it).
+    /// The private eventfd (-1 until a flat set first needs it, or a caller asks for the one
+    /// `descriptor` of a set of members).
     private let wake = Atomic<Int32>(-1)
     /// What has the reactor read a flat set's shared queues (once), and says whether it does.
     private let startSharedReaders: (@Sendable () -> Bool)?
@@ -74,6 +77,8 @@ package final class WaitSet: @unchecked Sendable {
     /// The interests armed since the last ring (`WaitInterest` bits; 0: nobody is armed).
     private let armed = Atomic<UInt8>(0)
     private let sleepers = Atomic<Int>(0)
+    /// What rings the set's sleepers that sleep without its eventfd.
+    package let localSignal = LocalSignal()
     /// The descriptors in the set now, each with the events it is watched for (`EPOLLIN`, or
     /// `EPOLLRDHUP` alone), for a library sleep and for a waiter that watches them one by one (the
     /// reactor: holding the set itself nests one epoll in another, which the kernel limits per
@@ -173,9 +178,9 @@ package final class WaitSet: @unchecked Sendable {
         }
     }
 
-    /// True once the eventfd is made: a waiter may sleep only then (else a ring would reach
-    /// nobody), and `arm` makes it.
-    package var canBeRung: Bool { wake.load(ordering: .acquiring) >= 0 }
+    /// True when a sleeper can be rung: a set of members always (through `localSignal`), a flat
+    /// set once its eventfd is made (its reactor rings that), which `arm` does.
+    package var canBeRung: Bool { !isFlat || wake.load(ordering: .acquiring) >= 0 }
 
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
@@ -183,6 +188,9 @@ package final class WaitSet: @unchecked Sendable {
         let fd = descriptor
         return fd >= 0 ? [fd] : []
     }
+
+    /// True once the private eventfd is made (for tests).
+    package var hasOwnEventfd: Bool { wake.load(ordering: .acquiring) >= 0 }
 
     /// True once the epoll set is made (for tests).
     package var hasEpollSet: Bool { epollFD.load(ordering: .acquiring) >= 0 }
@@ -283,12 +291,14 @@ package final class WaitSet: @unchecked Sendable {
     /// Called under the progress lock before the last readiness check: clears an old wake-up and
     /// asks the next taker of completions that can serve `interest` (empty: anything) to ring.
     package func arm(for interest: WaitInterest = []) {
-        // The eventfd is made before the first arming (see the invariant); -1 when it cannot be,
-        // and then nobody sleeps (`canBeRung`).
-        let wakeFD = wakeDescriptor
+        // A flat set's eventfd is made before its first arming (see the invariant); -1 when it
+        // cannot be, and then nobody sleeps (`canBeRung`). A set of members has one only once a
+        // caller asked for its descriptor.
+        let wakeFD = isFlat ? wakeDescriptor : wake.load(ordering: .acquiring)
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
+            localSignal.clear()
             var value: UInt64 = 0
-            _ = read(wakeFD, &value, 8)
+            if wakeFD >= 0 { _ = read(wakeFD, &value, 8) }
             if doorbellFD >= 0 { _ = rs_drain_doorbell(doorbellFD) }
         }
         if case let fd = tickFD.load(ordering: .acquiring), fd >= 0 {
@@ -318,6 +328,7 @@ package final class WaitSet: @unchecked Sendable {
 
     package func ring() {
         armed.store(0, ordering: .relaxed)
+        localSignal.raise()
         // Sequentially consistent: see `wakeDescriptor`'s store.
         let wakeFD = wake.load(ordering: .sequentiallyConsistent)
         guard wakeFD >= 0 else { return } // a set nobody has armed yet
@@ -357,32 +368,42 @@ package final class WaitSet: @unchecked Sendable {
         endSleep()
     }
 
-    /// `poll` over the members (a stream's own: open until deinit), from a copy on the stack (a
-    /// member watched or dropped meanwhile is seen by the next sleep: the callers look again
-    /// before they sleep again).
+    /// `poll` over the members (a stream's own: open until deinit) and an eventfd lent for this
+    /// sleep that `localSignal` rings, from a copy on the stack (a member watched or dropped
+    /// meanwhile is seen by the next sleep: the callers look again before they sleep again).
+    /// With no eventfd to be had (no descriptor left) the sleep is a nap of a millisecond at
+    /// most: a ring from inside the process would reach nobody.
     private func pollMembers(timeoutMilliseconds: Int32) -> Int32 {
-        let capacity = Self.mostMembersPolled
+        let lent = SleeperEventfds.borrow()
+        defer { if lent >= 0 { SleeperEventfds.giveBack(lent) } }
+        if lent >= 0 && localSignal.watch(eventfd: lent) { return 1 } // rung since the arming
+        defer { if lent >= 0 { localSignal.unwatch(eventfd: lent) } }
+        let timeout = lent >= 0 ? timeoutMilliseconds : min(timeoutMilliseconds, 1)
+        let capacity = Self.mostMembersPolled + 1
         return withUnsafeTemporaryAllocation(of: pollfd.self, capacity: capacity) { fds -> Int32 in
             let count = memberList.withCheckedLock(key: lockKey(self)) { members -> Int in
-                assert(members.count <= capacity, "more members than a stream's set has")
-                for i in 0..<min(members.count, capacity) {
+                assert(members.count < capacity, "more members than a stream's set has")
+                let polled = min(members.count, capacity - 1)
+                for i in 0..<polled {
                     let member = members[i]
                     let events = member.events == EPOLLRDHUP.rawValue ? Self.pollReadHangUp : Int32(POLLIN)
                     fds.initializeElement(at: i, to: pollfd(fd: member.fd, events: Int16(events), revents: 0))
                 }
-                return min(members.count, capacity)
+                guard lent >= 0 else { return polled }
+                fds.initializeElement(at: polled, to: pollfd(fd: lent, events: Int16(POLLIN), revents: 0))
+                return polled + 1
             }
             defer { fds.baseAddress!.deinitialize(count: count) }
-            return poll(fds.baseAddress!, nfds_t(count), timeoutMilliseconds)
+            return poll(fds.baseAddress!, nfds_t(count), timeout)
         }
     }
 
     /// `POLLRDHUP` (a GNU extension that Glibc's module does not export; the kernel's value).
     private static let pollReadHangUp: Int32 = 0x2000
 
-    /// The most members a library sleep polls: a stream's own set has at most three (its two
-    /// queues' wait descriptors, or its set-up socket, and the eventfd; nothing else watches
-    /// into it).
+    /// The most members a library sleep polls (besides the eventfd lent to it): a stream's own
+    /// set has at most four (its two queues' wait descriptors, or its set-up socket; a ticker;
+    /// its eventfd once its descriptor was asked for; nothing else watches into it).
     static let mostMembersPolled = 8
 
     /// Sleeps that ended by their timeout, not by a ring (for tests: a wake-up that should have

@@ -67,8 +67,9 @@ import Testing
         #expect(rs_peer_hung_up(ends[0]) == 1, "seen with a ring still queued ahead of it")
     }
 
-    /// A stream's own set makes its epoll set when its descriptor is first asked for, holding
-    /// every member watched before and after; a set gathered at once has it from the start.
+    /// A stream's own set makes its epoll set and eventfd when its descriptor is first asked
+    /// for, holding every member watched before and after; a set gathered at once has them from
+    /// the start.
     @Test func theEpollSetIsMadeWhenAskedForAndHoldsEveryMember() throws {
         func isEpollSet(_ fd: Int32) -> Bool {
             (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")) == "anon_inode:[eventpoll]"
@@ -76,11 +77,11 @@ import Testing
         let early = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)), late = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         defer { close(early); close(late) }
         let set = WaitSet(ownMembers: [early])
-        #expect(!set.hasEpollSet && !set.canBeRung, "nothing made before it is needed")
+        #expect(!set.hasEpollSet && !set.hasOwnEventfd && set.canBeRung, "nothing made before it is needed")
         set.arm(for: .readable)
-        #expect(set.canBeRung && !set.hasEpollSet, "an arming makes the eventfd alone")
+        #expect(!set.hasOwnEventfd && !set.hasEpollSet, "an arming makes nothing (its sleepers are rung through its signal)")
         let descriptor = set.descriptor
-        #expect(descriptor >= 0 && set.hasEpollSet && isEpollSet(descriptor))
+        #expect(descriptor >= 0 && set.hasEpollSet && set.hasOwnEventfd && isEpollSet(descriptor))
         #expect(set.descriptor == descriptor, "made once")
         set.watch(late)
         func readable() -> Bool {
@@ -98,7 +99,7 @@ import Testing
         set.unwatch(early)
         #expect(!readable(), "a member no longer watched")
         set.ring()
-        #expect(readable(), "the eventfd made at the arming is in the epoll set")
+        #expect(readable(), "the eventfd made with the epoll set is in it, and rung")
         let atOnce = try #require(WaitSet(waitDescriptors: []))
         #expect(atOnce.hasEpollSet && atOnce.canBeRung)
     }

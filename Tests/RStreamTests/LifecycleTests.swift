@@ -178,17 +178,24 @@ import Testing
 
 /// What one live stream holds in descriptors, counted in /proc/self/fd with many streams open.
 @Suite(.serialized) struct DescriptorBudgetTests {
+    /// A blocking wait (a thread's sleep past its busy-poll window), from a function that is not
+    /// async, where Swift picks the blocking call.
+    static func sleepOnThisThread(_ stream: StreamConnection) throws -> Bool {
+        try stream.wait(for: .readable, timeout: .milliseconds(2))
+    }
+
     static func openDescriptors() -> Int {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
 
-    /// A same-host stream holds one descriptor while it is only busy-polled: its set-up socket
-    /// (on which the peer rings it and it rings the peer); a second, its wait set's eventfd, once
-    /// a waiter has slept on it; a third, the epoll set of the two, once its `descriptor` is
-    /// asked for. Its segments' memfds are closed once the peer holds them (before, seven; then
-    /// five, with a socket pair for a doorbell; then three, with an epoll set and an eventfd made
-    /// at once).
-    @Test func aSameHostStreamHoldsOneDescriptorAndOneMoreForEachWayToSleep() throws {
+    /// A same-host stream holds one descriptor however it is slept on: its set-up socket (on which
+    /// the peer rings it and it rings the peer); a thread asleep on it borrows an eventfd for the
+    /// sleep, a task sleeps on the reactor. Two more, its wait set's eventfd and the epoll set of
+    /// the two, once its `descriptor` is asked for. Its segments' memfds are closed once the peer
+    /// holds them (before, seven; then five, with a socket pair for a doorbell; then three, with
+    /// an epoll set and an eventfd made at once; then two once slept on, the eventfd made at the
+    /// first sleep).
+    @Test func aSameHostStreamHoldsOneDescriptorHoweverItIsSleptOn() async throws {
         let options = LifecycleTests.options("shm")
         let listener = try StreamListener(host: "127.0.0.1", port: 0, options: options)
         var streams: [StreamConnection] = []
@@ -196,7 +203,7 @@ import Testing
         let pairs = 100
         for _ in 0..<pairs {
             let accepted = Background { try listener.accept(timeout: .seconds(10)) }
-            streams.append(try StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: options))
+            streams.append(try await StreamConnection.connect(host: "127.0.0.1", port: listener.port, options: options))
             streams.append(try accepted.value())
         }
         // Rounded: a test running beside this one may open or close a few of its own meanwhile.
@@ -205,26 +212,36 @@ import Testing
         var buffer = [UInt8](repeating: 0, count: 1)
         for stream in streams { #expect(try stream.tryReceive(into: &buffer) == .wouldBlock) } // a busy-poll makes nothing
         #expect(perStream(since: before) == 1, "descriptors per busy-polled same-host stream")
-        // A blocking call that sleeps (past its busy-poll window) makes the eventfd, no epoll set.
+        // A blocking call that sleeps (past its busy-poll window) makes nothing.
         let slept = Self.openDescriptors()
-        for stream in streams { #expect(try !stream.wait(for: .readable, timeout: .milliseconds(2))) }
-        #expect(perStream(since: slept) == 1, "more descriptors per same-host stream slept on")
-        // A receive asleep on the eventfd made this way is rung awake by the peer's word, not
-        // by its sleep running out.
+        for stream in streams { #expect(try !Self.sleepOnThisThread(stream)) }
+        #expect(perStream(since: slept) == 0, "more descriptors per same-host stream slept on by a thread")
+        #expect(streams.allSatisfy { $0.waitSetForTests?.hasOwnEventfd == false })
+        // Nor does a task asleep on the reactor, counted while every one of them sleeps.
+        let waitingBefore = Reactor.shared.waiting
+        let waits = streams.map { stream in Task { try await stream.wait(for: .readable, timeout: .milliseconds(500)) } }
+        let asleepBy = ContinuousClock.now + .seconds(10)
+        while Reactor.shared.waiting < waitingBefore + streams.count && ContinuousClock.now < asleepBy { usleep(1000) }
+        #expect(Reactor.shared.waiting >= waitingBefore + streams.count)
+        #expect(perStream(since: slept) == 0, "more descriptors per same-host stream slept on by a task")
+        for wait in waits { #expect(try await !wait.value) }
+        #expect(streams.allSatisfy { $0.waitSetForTests?.hasOwnEventfd == false })
+        // A receive asleep this way is rung awake by the peer's word, not by its sleep running
+        // out.
         let reader = streams[1]
         let timedOut = try #require(reader.waitSetForTests).timedOutSleeps.load(ordering: .relaxed)
         let sleeper = Background { try reader.receive(maxBytes: 1) }
         usleep(100_000)
-        try streams[0].sendAll([41])
+        try await streams[0].sendAll([41])
         #expect(try sleeper.value() == [41])
         #expect(reader.waitSetForTests?.timedOutSleeps.load(ordering: .relaxed) == timedOut, "the sleeper was rung")
         let asked = Self.openDescriptors()
         for stream in streams { #expect(stream.descriptor != nil) }
-        #expect(perStream(since: asked) == 1, "more descriptors per stream polled from outside")
+        #expect(perStream(since: asked) == 2, "more descriptors per stream polled from outside")
         // They still work: the memory outlives the memfds.
-        try streams[0].sendAll([42])
-        #expect(try streams[1].receive(maxBytes: 1) == [42])
-        for stream in streams { stream.close(linger: .zero) }
+        try await streams[0].sendAll([42])
+        #expect(try await streams[1].receive(maxBytes: 1) == [42])
+        for stream in streams { await stream.close(linger: .zero) }
         listener.close()
     }
 }

@@ -51,9 +51,9 @@ import Testing
 
     /// Runs `body` with this process's soft descriptor limit raised to at least `wanted` where
     /// the hard one allows (children inherit it), handing it the limit; restores it after.
-    static func withDescriptorLimit<R>(_ wanted: Int, _ body: (Int) throws -> R) rethrows -> R {
+    static func withDescriptorLimit<R>(_ wanted: Int, _ body: (Int) async throws -> R) async rethrows -> R {
         var saved = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return try body(1024) }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) == 0 else { return try await body(1024) }
         var raised = saved
         if raised.rlim_cur < rlim_t(wanted) {
             raised.rlim_cur = min(raised.rlim_max, rlim_t(wanted))
@@ -61,7 +61,7 @@ import Testing
         }
         defer { _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &saved) }
         _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
-        return try body(Int(min(raised.rlim_cur, 1 << 30)))
+        return try await body(Int(min(raised.rlim_cur, 1 << 30)))
     }
 
     /// 10,000 streams (5,000 pairs, both ends here) under this machine's 20,000-descriptor
@@ -71,17 +71,59 @@ import Testing
     /// completion queue's three, its wait set's two, a client's own event queue), so this failed
     /// with EMFILE near 2,000; a same-host stream held three (its wait set's epoll and eventfd).
     @Test(arguments: ["tcp", "shm"])
-    func tenThousandStreamsHoldOneDescriptorEach(transport: String) throws {
-        let options = transport == "shm" ? Self.options { $0.iwarp = false; $0.provider = "shm" } : Self.options()
-        try Self.withDescriptorLimit(20_000) { limit in try tenThousandStreams(limit: limit, options: options) }
+    func tenThousandStreamsHoldOneDescriptorEach(transport: String) async throws {
+        let options = transport == "shm" ? Self.sameHostOptions : Self.options()
+        try await Self.withDescriptorLimit(20_000) { limit in try tenThousandStreams(limit: limit, options: options) }
+    }
+
+    static var sameHostOptions: StreamOptions { options { $0.iwarp = false; $0.provider = "shm" } }
+
+    /// How many streams a scale test opens under `limit`: 10,000, or what the limit allows
+    /// (`RSTREAM_SCALE_STREAMS` scales it down: the ThreadSanitizer pass, 2,000).
+    static func scaleStreams(limit: Int) -> Int {
+        let wanted = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
+        return min(wanted, (limit - 256) / 2 * 2)
+    }
+
+    /// 10,000 same-host streams (5,000 pairs, both ends here), every one of them asleep at once
+    /// in an async wait: still one descriptor each, since a stream's rings from inside the process
+    /// reach its task through the reactor, not through an eventfd of the stream's (before, each
+    /// made one at its first sleep: 20,000, which this machine's limit does not hold). Then each
+    /// wakes for its own bytes.
+    @Test func tenThousandSameHostStreamsAsleepInAsyncWaitsHoldOneDescriptorEach() async throws {
+        try await Self.withDescriptorLimit(20_000) { limit in
+            let options = Self.sameHostOptions
+            let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 1024, options: options)
+            let before = Self.openDescriptors()
+            let pairs = try Self.openPairs(Self.scaleStreams(limit: limit) / 2, options: options, listener: listener)
+            let ends = pairs.flatMap { [$0.0, $0.1] }
+            let waitingBefore = Reactor.shared.waiting
+            let waits = ends.map { end in Task { try await end.wait(for: .readable, timeout: .seconds(300)) } }
+            let asleepBy = ContinuousClock.now + .seconds(120)
+            while Reactor.shared.waiting < waitingBefore + ends.count && ContinuousClock.now < asleepBy {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(Reactor.shared.waiting >= waitingBefore + ends.count, "\(Reactor.shared.waiting - waitingBefore) of \(ends.count) asleep")
+            let perStream = Double(Self.openDescriptors() - before) / Double(ends.count)
+            #expect(perStream < 1.05, "\(perStream) descriptors per stream asleep")
+            for (i, (client, server)) in pairs.enumerated() {
+                try await client.sendAll([UInt8(i & 0xFF)])
+                try await server.sendAll([UInt8(~i & 0xFF)])
+            }
+            for wait in waits { #expect(try await wait.value, "woken for its bytes, before its timeout") }
+            for (i, (client, server)) in pairs.enumerated() {
+                #expect(try Self.receiveSpinning(server, 1) == [UInt8(i & 0xFF)])
+                #expect(try Self.receiveSpinning(client, 1) == [UInt8(~i & 0xFF)])
+            }
+            for end in ends { await end.close(linger: .zero) }
+            listener.close()
+        }
     }
 
     private func tenThousandStreams(limit: Int, options: StreamOptions) throws {
         let listener = try StreamListener(host: "127.0.0.1", port: 0, backlog: 1024, options: options)
         let before = Self.openDescriptors()
-        // RSTREAM_SCALE_STREAMS scales it down (the ThreadSanitizer pass: 2,000).
-        let wanted = Int(ProcessInfo.processInfo.environment["RSTREAM_SCALE_STREAMS"] ?? "") ?? 10_000
-        let streams = min(wanted, (limit - 256) / 2 * 2)
+        let streams = Self.scaleStreams(limit: limit)
         let pairs = try Self.openPairs(streams / 2, options: options, listener: listener)
         #expect(pairs.allSatisfy { $0.0.transport == $0.1.transport } && pairs.first?.0.transport == (options.provider == "shm" ? "shm" : "tcp"))
         let perStream = Double(Self.openDescriptors() - before) / Double(2 * pairs.count)
