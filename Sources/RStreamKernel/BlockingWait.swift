@@ -177,7 +177,7 @@ extension BlockingWait {
                 let wakeBy = recheck == nil ? min(now + .milliseconds(Int(longestSleep)), far) : far
                 let current: @Sendable () -> [Int32] = { waitSet.members }
                 slept = await Reactor.shared.sleep(on: members ? waitSet.members : [waitSet.descriptor],
-                                                   signal: members ? waitSet.localSignal : nil,
+                                                   signal: members && !waitSet.isFlat ? waitSet.localSignal : nil,
                                                    currentFds: members ? current : nil, until: wakeBy,
                                                    checkEvery: Self.idleCheckInterval,
                                                    awake: awake, stillIdle: recheck, onTick: onTick)

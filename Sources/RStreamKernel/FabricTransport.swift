@@ -444,7 +444,6 @@ package final class FabricTransport: StreamTransport, @unchecked Sendable {
             guard let waitSet, waitSet.descriptor >= 0 else { return false } // the eventfd, and the reactor reading
             return grouped.inbox.isEmpty && grouped.group.failure == nil
         }
-        guard waitSet?.canBeRung ?? true else { return false } // no eventfd to be rung on (no descriptor left)
         return fabricTryWait() == 0
     }
 

@@ -103,9 +103,15 @@ package final class LocalSignal: Sendable {
 
 /// Eventfds lent to threads for the length of one sleep on a `LocalSignal`: as many as threads
 /// have slept at once, made when first needed and kept for the process's life (no thread-exit
-/// hook, which would run in `librstream-fi.so` after libfabric unloaded it).
+/// hook, which would run in `librstream-fi.so` after libfabric unloaded it). A child forked
+/// since closes the ones it inherited: the parent's sleepers still use those open files, and
+/// the child's drain could take a parent's ring.
 package enum SleeperEventfds {
-    private static let free = Mutex<[Int32]>([])
+    private struct Pool {
+        var owner: pid_t = 0
+        var free: [Int32] = []
+    }
+    private static let pool = Mutex(Pool())
     private final class LockName: Sendable {}
     private static let lockName = LockName()
     /// Eventfds made so far (for tests).
@@ -113,7 +119,13 @@ package enum SleeperEventfds {
 
     /// An eventfd with nothing counted in it, or -1 when none can be made (no descriptor left).
     package static func borrow() -> Int32 {
-        let lent = free.withCheckedLock(key: lockKey(lockName)) { $0.popLast() }
+        let lent = pool.withCheckedLock(key: lockKey(lockName)) { pool -> Int32? in
+            if case let me = getpid(), pool.owner != me {
+                for fd in pool.free { close(fd) }
+                pool = Pool(owner: me)
+            }
+            return pool.free.popLast()
+        }
         if let lent {
             var count: UInt64 = 0
             _ = read(lent, &count, 8) // a raise that came after its sleeper woke
@@ -126,6 +138,8 @@ package enum SleeperEventfds {
 
     /// Gives back an eventfd that no signal watches any more.
     package static func giveBack(_ fd: Int32) {
-        free.withCheckedLock(key: lockKey(lockName)) { $0.append(fd) }
+        pool.withCheckedLock(key: lockKey(lockName)) { pool in
+            if pool.owner == getpid() { pool.free.append(fd) } else { close(fd) }
+        }
     }
 }

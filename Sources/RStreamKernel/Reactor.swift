@@ -30,8 +30,9 @@ import Glibc
 /// fires it as its descriptor would, so a stream slept on by a task needs no eventfd of its own.
 ///
 /// Invariants: every pending waiter is either filed (in `waiters`, its token under its
-/// descriptors in `byDescriptor`, watching its signal, and in the timer bucket of its `checkAt`)
-/// or out for its fired check (in `checking`), never both; a waiter is resumed exactly once, by whoever removed it
+/// descriptors in `byDescriptor`, watching its signal or, once it was raised, in `signalled`,
+/// and in the timer bucket of its `checkAt`) or out for its fired check (in `checking`), never
+/// both; a waiter is resumed exactly once, by whoever removed it
 /// from there under the lock. A cancel that finds its waiter out for its check marks it, and the
 /// check's end resumes it. A bucket may name tokens gone since, or filed again at another time:
 /// they are skipped, as are tokens in `signalled` that are filed no more. `wakeFD` is in the epoll
@@ -169,8 +170,9 @@ package final class Reactor: @unchecked Sendable {
         return token
     }
 
-    /// A raise of the signal that `token` watched (`LocalSignal.raise`, holding no lock): the
-    /// thread sorts it as fired at its next look, woken for it if asleep.
+    /// A raise of the signal that `token` watched (`LocalSignal.raise`, holding no reactor lock;
+    /// perhaps an engine's progress lock or a group's, which the reactor never takes under its
+    /// own): the thread sorts it as fired at its next look, woken for it if asleep.
     func signalled(_ token: Token) {
         let asleep = state.withCheckedLock(key: lockKey(self)) { s -> Bool in
             s.signalled.append(token)
@@ -340,7 +342,7 @@ package final class Reactor: @unchecked Sendable {
         while true {
             let timeout = state.withCheckedLock(key: lockKey(self)) { s -> Int32 in
                 guard s.signalled.isEmpty else {
-                    s.sleepingUntil = .now // past: a registration meanwhile rings nothing
+                    s.sleepingUntil = .now // not to sleep: `wakeIfSleepingPast` may ring once in vain
                     return 0
                 }
                 guard let next = s.timers.keys.min() else {

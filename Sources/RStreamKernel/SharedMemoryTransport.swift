@@ -344,7 +344,6 @@ package final class SharedMemoryTransport: StreamTransport, @unchecked Sendable 
         // Only this side writes it, under the progress lock: a load and a store. It asks for what
         // every waiter armed since the last ring wants, not only this one (a writer arming after
         // a reader must not take the reader's request back).
-        guard ownWaitSet.canBeRung else { return false } // no eventfd to be rung on (no descriptor left)
         let wanted = interest.isEmpty ? [.readable, .writable] : interest
         let raised = SameHostWakeRequest.raised(ownWakeRequest.pointee.load(ordering: .relaxed),
                                                 for: wanted.union(ownWaitSet.armedInterest))

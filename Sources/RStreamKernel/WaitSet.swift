@@ -33,9 +33,10 @@ public struct WaitInterest: OptionSet, Sendable {
 /// A completion-queue wakeup is not stream readiness (rsockets' poll hung on exactly that): another
 /// thread may take the completion, and clear the queue's signal, before a sleeper wakes. So a
 /// waiter *arms* the set under the progress lock before its last readiness check, and whoever takes
-/// completions while it is armed rings the eventfd. The eventfd is drained only by an arming
-/// made while no counted sleeper is asleep: draining it under a sleeper makes that sleeper's
-/// `poll` re-check, find nothing, and sleep on (a lost wake-up this type's tests caught).
+/// completions while it is armed rings the set (its `localSignal`, and its eventfd once made).
+/// Both are cleared only by an arming made while no counted sleeper is asleep: draining them
+/// under a sleeper makes that sleeper's `poll` re-check, find nothing, and sleep on (a lost
+/// wake-up this type's tests caught).
 ///
 /// A stream's own set (`init(ownMembers:)`) makes its eventfd and its epoll set only for a caller
 /// that asks for one descriptor: its library sleeps poll the members, and the reactor watches
@@ -148,8 +149,9 @@ package final class WaitSet: @unchecked Sendable {
 
     /// The private eventfd, made now if need be (-1 when it cannot be: no descriptor left). A
     /// set of members takes it in as a member (and into its epoll set, if made) before anyone
-    /// sees it, so whoever arms with it sleeps on it. Tests use it as an eventfd to offer a
-    /// hostile peer's listener.
+    /// sees it, counting in it a ring that came before (a waiter may have armed before it was
+    /// made, and sleep on the epoll set). Tests use it as an eventfd to offer a hostile peer's
+    /// listener.
     package var wakeDescriptor: Int32 {
         let fd = wake.load(ordering: .acquiring)
         if fd >= 0 { return fd }
@@ -170,17 +172,18 @@ package final class WaitSet: @unchecked Sendable {
                 return -1
             }
             members.set(member)
-            // Sequentially consistent, as `ring`'s load: a closer that raised its flag and then
-            // finds no eventfd is ordered before this store, so the waiter that made it sees the
-            // flag when it looks after arming.
+            // Sequentially consistent, as `ring`'s raise and load: either the ring finds the
+            // eventfd and writes it, or this sees the latch it raised and counts it here (a
+            // waiter armed before the eventfd existed, then sleeping on the epoll set, would
+            // otherwise miss it; a stale latch costs one spurious wake-up).
             wake.store(made, ordering: .sequentiallyConsistent)
+            if localSignal.isRaised {
+                var one: UInt64 = 1
+                _ = write(made, &one, 8)
+            }
             return made
         }
     }
-
-    /// True when a sleeper can be rung: a set of members always (through `localSignal`), a flat
-    /// set once its eventfd is made (its reactor rings that), which `arm` does.
-    package var canBeRung: Bool { !isFlat || wake.load(ordering: .acquiring) >= 0 }
 
     /// What the reactor files a waiter under: the members, or a flat set's eventfd alone.
     package var members: [Int32] {
@@ -202,9 +205,10 @@ package final class WaitSet: @unchecked Sendable {
         if epollDescriptor < 0 { return nil } // what was made is closed by deinit
     }
 
-    /// A stream's own set: its eventfd is made at the first arming, its epoll set at the first
-    /// `descriptor`; until then library sleeps poll the members, so a stream that is only
-    /// busy-polled holds neither. `doorbell`: a same-host stream's set-up socket.
+    /// A stream's own set: its eventfd and epoll set are made at the first `descriptor`; until
+    /// then library sleeps poll the members with a lent eventfd and tasks sleep on the reactor,
+    /// both rung through `localSignal`, so a stream that nobody polls from outside holds
+    /// neither. `doorbell`: a same-host stream's set-up socket.
     package convenience init(ownMembers waitDescriptors: [Int32], doorbell: Int32 = -1) {
         self.init(members: waitDescriptors, doorbell: doorbell)
     }
@@ -292,8 +296,8 @@ package final class WaitSet: @unchecked Sendable {
     /// asks the next taker of completions that can serve `interest` (empty: anything) to ring.
     package func arm(for interest: WaitInterest = []) {
         // A flat set's eventfd is made before its first arming (see the invariant); -1 when it
-        // cannot be, and then nobody sleeps (`canBeRung`). A set of members has one only once a
-        // caller asked for its descriptor.
+        // cannot be, and then nobody sleeps (its transport's `tryWait` says no). A set of
+        // members has one only once a caller asked for its descriptor.
         let wakeFD = isFlat ? wakeDescriptor : wake.load(ordering: .acquiring)
         if sleepers.load(ordering: .sequentiallyConsistent) == 0 {
             localSignal.clear()
@@ -331,7 +335,7 @@ package final class WaitSet: @unchecked Sendable {
         localSignal.raise()
         // Sequentially consistent: see `wakeDescriptor`'s store.
         let wakeFD = wake.load(ordering: .sequentiallyConsistent)
-        guard wakeFD >= 0 else { return } // a set nobody has armed yet
+        guard wakeFD >= 0 else { return } // a set whose descriptor nobody asked for
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }

@@ -46,7 +46,32 @@ import Testing
         #expect(woke.wait(timeout: .now() + 5) == .success, "the ring woke the sleeper")
         #expect(set.timedOutSleeps.load(ordering: .relaxed) == 0)
         #expect(!set.hasOwnEventfd && !set.hasEpollSet, "the set made no descriptor of its own")
-        #expect(set.localSignal.watcherCount == 0, "the woken sleeper watches no more")
+        // Woken by a member instead, the sleeper takes itself off the signal (the raise did it above).
+        let other = Self.sleepOnThread(set, milliseconds: 10_000)
+        while set.localSignal.watcherCount == 0 && ContinuousClock.now < watchedBy + .seconds(10) { usleep(1000) }
+        var one: UInt64 = 1
+        _ = write(member, &one, 8)
+        #expect(other.wait(timeout: .now() + 5) == .success, "the member woke the sleeper")
+        #expect(set.localSignal.watcherCount == 0, "a sleeper woken otherwise watches no more")
+    }
+
+    /// A waiter that armed before anyone asked for the set's descriptor, rung then, and sleeping
+    /// on the epoll set made after the ring, is not lost: the eventfd made then counts the ring
+    /// (a cold review found it lost: a poll of the descriptor without a timeout would sleep for
+    /// ever).
+    @Test func aRingBeforeTheDescriptorWasMadeIsCountedInIt() throws {
+        let member = try Self.silentMember()
+        defer { close(member) }
+        let set = WaitSet(ownMembers: [member])
+        set.arm(for: .readable)
+        set.willSleep()
+        set.ring()
+        let descriptor = set.descriptor
+        try #require(descriptor >= 0)
+        var look = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&look, 1, 0) == 1, "the descriptor made after the ring is readable")
+        set.sleep(timeoutMilliseconds: 2_000)
+        #expect(set.timedOutSleeps.load(ordering: .relaxed) == 0)
     }
 
     /// A ring between a waiter's arming and its sleep is latched: the sleep returns at once.
@@ -69,7 +94,8 @@ import Testing
     }
 
     /// Two threads asleep on one set are both woken by one ring; the eventfds lent to them go
-    /// back to the pool and are lent again, not made anew.
+    /// back to the pool and are lent again, not made anew (the pool is the process's: run with
+    /// `--no-parallel`, as `make test` does, no other sleeper borrows meanwhile).
     @Test func oneRingWakesEverySleeperAndTheLentEventfdsAreReused() throws {
         let member = try Self.silentMember()
         defer { close(member) }
