@@ -17,6 +17,16 @@ import Testing
         return fd
     }
 
+    /// A set of `member` with a waiter armed and counted as a library sleep is, rung before it
+    /// sleeps.
+    static func setRungBeforeItsSleep(member: Int32) -> WaitSet {
+        let set = WaitSet(ownMembers: [member])
+        set.arm(for: .readable)
+        set.willSleep()
+        set.ring()
+        return set
+    }
+
     /// Sleeps on `set` on a thread of its own, armed and counted as a library sleep is; the
     /// semaphore is signalled when the sleep returns.
     static func sleepOnThread(_ set: WaitSet, milliseconds: Int32) -> DispatchSemaphore {
@@ -62,10 +72,7 @@ import Testing
     @Test func aRingBeforeTheDescriptorWasMadeIsCountedInIt() throws {
         let member = try Self.silentMember()
         defer { close(member) }
-        let set = WaitSet(ownMembers: [member])
-        set.arm(for: .readable)
-        set.willSleep()
-        set.ring()
+        let set = Self.setRungBeforeItsSleep(member: member)
         let descriptor = set.descriptor
         try #require(descriptor >= 0)
         var look = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
@@ -79,10 +86,7 @@ import Testing
     @Test func aRingBeforeTheSleepIsLatchedUntilTheNextArming() throws {
         let member = try Self.silentMember()
         defer { close(member) }
-        let set = WaitSet(ownMembers: [member])
-        set.arm(for: .readable)
-        set.willSleep()
-        set.ring()
+        let set = Self.setRungBeforeItsSleep(member: member)
         let start = ContinuousClock.now
         set.sleep(timeoutMilliseconds: 5_000)
         #expect(ContinuousClock.now - start < .seconds(4) && set.timedOutSleeps.load(ordering: .relaxed) == 0)
